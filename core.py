@@ -1,0 +1,614 @@
+"""The decision core and the fill rules, shared by the backtester, bybit_sim and the live trader.
+
+Everything here is a numba function over plain float64 arrays:
+
+* ``params`` (``P_*`` slots) — the strategy's management params, the costs and the instrument;
+* ``state`` (``S_*`` slots) — one side's strategy state: position, stops, take-profit levels,
+  accrued fees and funding, cooldown, the wallet and its high-water mark, and the order the core
+  asks for at the next open.
+
+Why one module: the backtester's bar loop, the simulated exchange's matching and the live
+trader's bar-close handler all call these same functions, so a rule exists exactly once and the
+long and short sides share it through a direction sign ``d`` (+1 long, -1 short).
+
+Time: ``decide`` runs at the close of bar *i* with bars <= *i* only. Its market orders fill at the
+open of bar *i+1*; its stop moves rest from bar *i+1* on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# ----------------------------------------------------------------------------------------------
+# Exit reasons (codes index EXIT_REASONS). Stop kinds share the first three codes.
+# ----------------------------------------------------------------------------------------------
+EXIT_REASONS = ("stop_loss", "breakeven_stop", "trailing_stop", "take_profit", "partial_take_profit",
+                "signal_exit", "stagnation_exit", "time_exit", "liquidation", "end_of_data")
+R_STOP_LOSS, R_BREAKEVEN, R_TRAILING, R_TAKE_PROFIT, R_PARTIAL = 0, 1, 2, 3, 4
+R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END = 5, 6, 7, 8, 9
+
+# Signal codes produced by generate_signals.
+SIG_LONG, SIG_SHORT, SIG_EXIT_LONG, SIG_EXIT_SHORT = 1, -1, 10, -10
+
+# Order actions the core asks for (S_ORDER_ACTION).
+A_NONE, A_OPEN, A_ADD, A_CLOSE = 0, 1, 2, 3
+
+FUNDING_INTERVAL_MS = 8 * 3_600_000
+MAX_LEVELS = 4
+
+# ----------------------------------------------------------------------------------------------
+# Params layout
+# ----------------------------------------------------------------------------------------------
+PARAM_NAMES = (
+    "risk_per_trade", "leverage", "position_scaling", "max_position_multiplier", "scale_add_atr_multiplier",
+    "atr_stop_multiplier", "breakeven_atr_multiplier", "aggressive_breakout_stop_multiplier",
+    "profit_lock_trigger_pct", "profit_lock_target_pct", "trail_atr_multiplier",
+    "trail_early_activation_atr_multiplier", "aggressive_trail_atr_multiplier", "tp_atr_multiplier",
+    "partial_take_profit", "partial_tp_fraction", "n_partial_levels",
+    "partial_level_1", "partial_level_2", "partial_level_3", "partial_level_4",
+    "max_hold_hours", "cooldown_period_candles", "stagnation_atr_threshold", "stagnation_profit_decay",
+    "taker_fee", "maker_fee", "slippage", "funding_rate", "maintenance_margin_rate",
+    "qty_step", "min_qty", "min_notional", "tick_size", "capital", "bar_ms",
+    "gov_dd_1", "gov_dd_2", "gov_dd_3", "gov_dd_4", "gov_factor_1", "gov_factor_2", "gov_factor_3", "gov_factor_4",
+)
+(P_RISK, P_LEVERAGE, P_SCALING, P_MAX_POS_MULT, P_SCALE_ADD_ATR,
+ P_STOP_ATR, P_BE_ATR, P_BREAKOUT_STOP, P_LOCK_TRIGGER, P_LOCK_TARGET, P_TRAIL_ATR,
+ P_TRAIL_EARLY_ATR, P_AGGR_TRAIL_ATR, P_TP_ATR, P_PARTIAL_ON, P_PARTIAL_FRACTION, P_N_LEVELS,
+ P_LEVEL_1, P_LEVEL_2, P_LEVEL_3, P_LEVEL_4,
+ P_MAX_HOLD_HOURS, P_COOLDOWN, P_STAG_ATR, P_STAG_DECAY,
+ P_TAKER, P_MAKER, P_SLIPPAGE, P_FUNDING_RATE, P_MMR,
+ P_QTY_STEP, P_MIN_QTY, P_MIN_NOTIONAL, P_TICK, P_CAPITAL, P_BAR_MS,
+ P_GOV_DD_1, P_GOV_DD_2, P_GOV_DD_3, P_GOV_DD_4,
+ P_GOV_F_1, P_GOV_F_2, P_GOV_F_3, P_GOV_F_4) = range(len(PARAM_NAMES))
+N_PARAMS = len(PARAM_NAMES)
+PARAM_INDEX = {name: k for k, name in enumerate(PARAM_NAMES)}
+
+# ----------------------------------------------------------------------------------------------
+# State layout
+# ----------------------------------------------------------------------------------------------
+STATE_NAMES = (
+    "dir", "qty", "entry_price", "initial_qty", "entry_ts", "entry_bar", "atr_at_entry",
+    "stop", "stop_kind", "tp", "level_1", "level_2", "level_3", "level_4", "levels_done",
+    "breakeven_set", "trailing_active", "extreme", "last_add_price", "max_pnl", "stagnation_armed",
+    "acc_fees", "acc_funding", "entry_fee_total", "entry_qty_total", "liq_price",
+    "wallet", "hwm", "risk_base", "cooldown_until",
+    "order_action", "order_dir", "order_qty", "order_stop", "order_atr", "order_reason",
+)
+(S_DIR, S_QTY, S_ENTRY, S_INITIAL_QTY, S_ENTRY_TS, S_ENTRY_BAR, S_ATR_ENTRY,
+ S_STOP, S_STOP_KIND, S_TP, S_LEVEL_1, S_LEVEL_2, S_LEVEL_3, S_LEVEL_4, S_LEVELS_DONE,
+ S_BREAKEVEN, S_TRAILING, S_EXTREME, S_LAST_ADD, S_MAX_PNL, S_STAG_ARMED,
+ S_ACC_FEES, S_ACC_FUNDING, S_ENTRY_FEE_TOTAL, S_ENTRY_QTY_TOTAL, S_LIQ,
+ S_WALLET, S_HWM, S_RISK_BASE, S_COOLDOWN_UNTIL,
+ S_ORDER_ACTION, S_ORDER_DIR, S_ORDER_QTY, S_ORDER_STOP, S_ORDER_ATR, S_ORDER_REASON) = range(len(STATE_NAMES))
+N_STATE = len(STATE_NAMES)
+
+# A trade row (one per fill that closes quantity): column layout of the trades buffer.
+TRADE_COLUMNS = ("entry_ts", "exit_ts", "side", "qty", "entry_price", "exit_price", "fees", "funding", "pnl",
+                 "exit_reason", "entry_bar", "exit_bar")
+N_TRADE_COLS = len(TRADE_COLUMNS)
+
+
+def params_vector(values: dict[str, float]) -> np.ndarray:
+    """The params vector with ``values`` set by name (others 0 = off); unknown names are an error."""
+    p = np.zeros(N_PARAMS, dtype=np.float64)
+    for name, value in values.items():
+        if name not in PARAM_INDEX:
+            raise ValueError(f"unknown core parameter '{name}'; accepted: {', '.join(PARAM_NAMES)}")
+        p[PARAM_INDEX[name]] = float(value)
+    return p
+
+
+def new_state(capital: float) -> np.ndarray:
+    """A flat state with ``capital`` in the wallet."""
+    state = np.zeros(N_STATE, dtype=np.float64)
+    state[S_WALLET] = capital
+    state[S_HWM] = capital
+    state[S_RISK_BASE] = capital
+    state[S_COOLDOWN_UNTIL] = -1.0
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision helpers
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def round_qty(qty: float, step: float) -> float:
+    """Round a quantity down to the instrument's step (a hair of tolerance for float noise)."""
+    return math.floor(qty / step + 1e-9) * step
+
+
+@njit(cache=True)
+def round_price(price: float, tick: float) -> float:
+    """Round a price to the nearest tick."""
+    return round(price / tick) * tick
+
+
+# ----------------------------------------------------------------------------------------------
+# Fill rules (DESIGN.md "What a venue does in bar t+1")
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def market_fill_price(reference: float, side: float, slippage: float) -> float:
+    """A market order of ``side`` (+1 buy, -1 sell) fills ``slippage`` worse than ``reference``."""
+    return reference * (1.0 + side * slippage)
+
+
+@njit(cache=True)
+def stop_touched(level: float, d: float, extreme: float) -> bool:
+    """True when a protective level of a position of direction ``d`` is reached by ``extreme``."""
+    return (extreme - level) * d <= 0.0
+
+
+@njit(cache=True)
+def stop_fill_price(stop: float, d: float, open_: float, slippage: float) -> float:
+    """A stop-market exit of a ``d`` position: at the open when gapped through, else at the stop, less slippage."""
+    base = open_ if (open_ - stop) * d <= 0.0 else stop
+    return market_fill_price(base, -d, slippage)
+
+
+@njit(cache=True)
+def limit_touched(level: float, d: float, extreme: float) -> bool:
+    """True when a reduce-only take-profit limit of a ``d`` position is reached by ``extreme``."""
+    return (extreme - level) * d >= 0.0
+
+
+@njit(cache=True)
+def limit_fill_price(level: float, d: float, open_: float) -> float:
+    """A take-profit limit fills at its level, or at the better open when the market gapped through it."""
+    return open_ if (open_ - level) * d >= 0.0 else level
+
+
+@njit(cache=True)
+def liquidation_fill_price(liq: float, d: float, open_: float) -> float:
+    """Liquidation happens at the liquidation price, or at the open when gapped through."""
+    return open_ if (open_ - liq) * d <= 0.0 else liq
+
+
+@njit(cache=True)
+def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> float:
+    """Isolated-margin liquidation price of a ``d`` position (Bybit's formula without fees)."""
+    return entry * (1.0 - d * (1.0 / leverage - mmr))
+
+
+@njit(cache=True)
+def funding_events(bar_ts: int, bar_ms: int) -> int:
+    """How many 8-hourly funding timestamps fall in [bar_ts, bar_ts + bar_ms)."""
+    first = -((-bar_ts) // FUNDING_INTERVAL_MS)
+    last = -((-(bar_ts + bar_ms)) // FUNDING_INTERVAL_MS)
+    return last - first
+
+
+# ----------------------------------------------------------------------------------------------
+# Accounting: every fill goes through open_fill or close_fill, in every venue.
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
+    """Charge one funding event on the open position (positive = paid); returns the amount."""
+    cost = state[S_QTY] * mark * rate * state[S_DIR]
+    state[S_WALLET] -= cost
+    state[S_ACC_FUNDING] += cost
+    return cost
+
+
+@njit(cache=True)
+def open_fill(state: np.ndarray, p: np.ndarray, d: float, qty: float, price: float, fee: float,
+              ts: float, bar: float) -> None:
+    """Book an entry or pyramid add of ``qty`` at ``price`` paying ``fee``."""
+    state[S_WALLET] -= fee
+    state[S_ACC_FEES] += fee
+    state[S_ENTRY_FEE_TOTAL] += fee
+    state[S_ENTRY_QTY_TOTAL] += qty
+    if state[S_DIR] == 0.0:
+        atr = state[S_ORDER_ATR]
+        state[S_DIR] = d
+        state[S_QTY] = qty
+        state[S_ENTRY] = price
+        state[S_INITIAL_QTY] = qty
+        state[S_ENTRY_TS] = ts
+        state[S_ENTRY_BAR] = bar
+        state[S_ATR_ENTRY] = atr
+        state[S_STOP] = state[S_ORDER_STOP]
+        state[S_STOP_KIND] = R_STOP_LOSS
+        state[S_BREAKEVEN] = 0.0
+        state[S_TRAILING] = 0.0
+        state[S_EXTREME] = price
+        state[S_LAST_ADD] = price
+        state[S_MAX_PNL] = 0.0
+        state[S_STAG_ARMED] = 0.0
+        tick = p[P_TICK]
+        state[S_TP] = round_price(price + d * atr * p[P_TP_ATR], tick) if p[P_TP_ATR] > 0.0 else 0.0
+        n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
+        for k in range(MAX_LEVELS):
+            state[S_LEVEL_1 + k] = round_price(price + d * atr * p[P_LEVEL_1 + k], tick) if k < n_levels else 0.0
+        state[S_LEVELS_DONE] = 0.0
+    else:
+        total = state[S_QTY] + qty
+        state[S_ENTRY] = (state[S_ENTRY] * state[S_QTY] + price * qty) / total
+        state[S_QTY] = total
+        state[S_LAST_ADD] = price
+        if (price - state[S_EXTREME]) * d > 0.0:
+            state[S_EXTREME] = price
+    state[S_LIQ] = liquidation_price(state[S_ENTRY], d, p[P_LEVERAGE], p[P_MMR])
+
+
+@njit(cache=True)
+def close_fill(state: np.ndarray, p: np.ndarray, qty: float, price: float, fee: float, reason: int,
+               bar: float, row: np.ndarray) -> bool:
+    """Book an exit of ``qty`` at ``price``; writes the trade into ``row`` and returns True when flat.
+
+    Entry fees and funding accrued by the position are shared out pro rata to the closed quantity,
+    so the trade rows add up exactly to the wallet's change.
+    """
+    d = state[S_DIR]
+    held = state[S_QTY]
+    if qty > held:
+        qty = held
+    share = qty / held
+    fee_share = state[S_ACC_FEES] * share
+    funding_share = state[S_ACC_FUNDING] * share
+    state[S_ACC_FEES] -= fee_share
+    state[S_ACC_FUNDING] -= funding_share
+    gross = (price - state[S_ENTRY]) * qty * d
+    state[S_WALLET] += gross - fee
+    row[0] = state[S_ENTRY_TS]
+    row[2] = d
+    row[3] = qty
+    row[4] = state[S_ENTRY]
+    row[5] = price
+    row[6] = fee_share + fee
+    row[7] = funding_share
+    row[8] = gross - fee_share - fee - funding_share
+    row[9] = reason
+    row[10] = state[S_ENTRY_BAR]
+    row[11] = bar
+    remaining = held - qty
+    if remaining > p[P_QTY_STEP] * 1e-6:
+        state[S_QTY] = remaining
+        return False
+    reset_position(state, p, reason, bar)
+    return True
+
+
+@njit(cache=True)
+def reset_position(state: np.ndarray, p: np.ndarray, reason: int, bar: float) -> None:
+    """Clear the position fields after the last fill; update the high-water mark and the cooldown."""
+    for k in range(S_DIR, S_LIQ + 1):
+        state[k] = 0.0
+    if state[S_WALLET] > state[S_HWM]:
+        state[S_HWM] = state[S_WALLET]
+        state[S_RISK_BASE] = state[S_HWM]
+    if (reason == R_BREAKEVEN or reason == R_TRAILING) and p[P_COOLDOWN] > 0.0:
+        state[S_COOLDOWN_UNTIL] = bar + p[P_COOLDOWN]
+
+
+@njit(cache=True)
+def partial_qty(state: np.ndarray, p: np.ndarray) -> float:
+    """Size of the next partial take-profit: a share of the initial size, or all if less would remain."""
+    qty = round_qty(state[S_INITIAL_QTY] * p[P_PARTIAL_FRACTION], p[P_QTY_STEP])
+    if state[S_QTY] - qty < p[P_MIN_QTY] - p[P_QTY_STEP] * 1e-6:
+        qty = state[S_QTY]
+    return qty
+
+
+@njit(cache=True)
+def unrealized(state: np.ndarray, price: float) -> float:
+    """Unrealized PnL of the open position marked at ``price``."""
+    return (price - state[S_ENTRY]) * state[S_QTY] * state[S_DIR]
+
+
+# ----------------------------------------------------------------------------------------------
+# The decision core
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def governor_factor(state: np.ndarray, p: np.ndarray) -> float:
+    """Risk factor of the drawdown risk governor: the wallet's drawdown from its high-water mark."""
+    hwm = state[S_HWM]
+    drawdown = (hwm - state[S_WALLET]) / hwm if hwm > 0.0 else 0.0
+    for k in range(4):
+        threshold = p[P_GOV_DD_1 + k]
+        if threshold > 0.0 and drawdown > threshold:
+            return p[P_GOV_F_1 + k]
+    return 1.0
+
+
+@njit(cache=True)
+def breakeven_level(state: np.ndarray, p: np.ndarray) -> float:
+    """The stop level at which a stop exit nets zero: entry fees, exit fee and stop slippage covered.
+
+    Solves d*(fill - entry)*qty = entry_fees + fill*qty*taker for the fill, then adds the
+    slippage a stop-market exit suffers, and rounds away from the entry to the next tick.
+    """
+    d = state[S_DIR]
+    fees_per_unit = state[S_ENTRY_FEE_TOTAL] / state[S_ENTRY_QTY_TOTAL]
+    fill = (state[S_ENTRY] + d * fees_per_unit) / (1.0 - d * p[P_TAKER])
+    level = fill / (1.0 - d * p[P_SLIPPAGE])
+    tick = p[P_TICK]
+    return math.ceil(level / tick - 1e-9) * tick if d > 0.0 else math.floor(level / tick + 1e-9) * tick
+
+
+@njit(cache=True)
+def tighten_stop(state: np.ndarray, p: np.ndarray, level: float, kind: int, close: float) -> bool:
+    """Move the stop to ``level`` if that tightens it; a level beyond the market is clamped one tick inside.
+
+    Returns True when the stop moved. The stop never loosens.
+    """
+    d = state[S_DIR]
+    tick = p[P_TICK]
+    if (close - level) * d <= 0.0:
+        level = close - d * tick
+    level = round_price(level, tick)
+    if (level - state[S_STOP]) * d > 0.0:
+        state[S_STOP] = level
+        state[S_STOP_KIND] = kind
+        return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def decide(state: np.ndarray, p: np.ndarray, i: int, bar_ts: float, h: float, low_: float, c: float,
+           a: float, sig: int, prev_high: float, prev_low: float) -> None:
+    """Run every management rule at the close of bar ``i`` and leave the next order in the state.
+
+    Inputs are bar i's open time, high, low, close, ATR and signal, and bar i-1's high and low
+    (NaN for the first bar). The order (S_ORDER_*) is a market order for the open of bar i+1;
+    S_STOP holds the stop that rests from bar i+1 on. The caller (backtest loop, live trader)
+    executes both. Scalars, not arrays, so the call stays cheap inside the bar loop.
+    """
+    state[S_ORDER_ACTION] = A_NONE
+    d = state[S_DIR]
+    if d == 0.0:
+        if sig != SIG_LONG and sig != SIG_SHORT:
+            return
+        d = float(sig)
+        breakout = False
+        if i < state[S_COOLDOWN_UNTIL]:
+            prior_extreme = prev_high if d > 0.0 else prev_low
+            if (c - prior_extreme) * d > 0.0:
+                breakout = True
+            else:
+                return
+        if not (a > 0.0):
+            return
+        distance = a * p[P_STOP_ATR]
+        if breakout and p[P_BREAKOUT_STOP] > 0.0:
+            bar_extreme = low_ if d > 0.0 else h
+            to_extreme = (c - bar_extreme) * d
+            if to_extreme > 0.0:
+                distance = to_extreme * p[P_BREAKOUT_STOP]
+        if not (distance > 0.0):
+            return
+        wallet = state[S_WALLET]
+        qty = state[S_RISK_BASE] * p[P_RISK] * governor_factor(state, p) / distance
+        cap = wallet * p[P_LEVERAGE] / c
+        if qty > cap:
+            qty = cap
+        qty = round_qty(qty, p[P_QTY_STEP])
+        if qty < p[P_MIN_QTY] or qty * c < p[P_MIN_NOTIONAL]:
+            return
+        state[S_ORDER_ACTION] = A_OPEN
+        state[S_ORDER_DIR] = d
+        state[S_ORDER_QTY] = qty
+        state[S_ORDER_STOP] = round_price(c - d * distance, p[P_TICK])
+        state[S_ORDER_ATR] = a
+        return
+
+    # --- managing an open position --------------------------------------------------------------
+    entry = state[S_ENTRY]
+    atr_entry = state[S_ATR_ENTRY]
+    bar_extreme = h if d > 0.0 else low_
+    if (bar_extreme - state[S_EXTREME]) * d > 0.0:
+        state[S_EXTREME] = bar_extreme
+    move = (c - entry) * d
+
+    if state[S_BREAKEVEN] == 0.0 and p[P_BE_ATR] > 0.0 and move >= atr_entry * p[P_BE_ATR]:
+        tighten_stop(state, p, breakeven_level(state, p), R_BREAKEVEN, c)
+        state[S_BREAKEVEN] = 1.0
+
+    if p[P_LOCK_TRIGGER] > 0.0 and state[S_BREAKEVEN] == 0.0 and move >= entry * p[P_LOCK_TRIGGER]:
+        tighten_stop(state, p, entry * (1.0 + d * p[P_LOCK_TARGET]), R_BREAKEVEN, c)
+
+    should_trail = state[S_BREAKEVEN] > 0.0 or state[S_TRAILING] > 0.0 or move > atr_entry * p[P_TRAIL_EARLY_ATR]
+    if should_trail:
+        if state[S_BREAKEVEN] > 0.0:
+            mult = p[P_AGGR_TRAIL_ATR]
+        elif state[S_MAX_PNL] > 2.0 * atr_entry * state[S_INITIAL_QTY]:
+            mult = p[P_TRAIL_ATR] * 0.7
+        else:
+            mult = p[P_TRAIL_ATR]
+        if tighten_stop(state, p, state[S_EXTREME] - d * a * mult, R_TRAILING, c):
+            state[S_TRAILING] = 1.0
+
+    pnl = move * state[S_QTY]
+    if pnl > state[S_MAX_PNL]:
+        state[S_MAX_PNL] = pnl
+    if (state[S_STAG_ARMED] == 0.0 and p[P_STAG_ATR] > 0.0 and state[S_TRAILING] > 0.0
+            and state[S_MAX_PNL] > atr_entry * p[P_STAG_ATR] * state[S_INITIAL_QTY]):
+        state[S_STAG_ARMED] = 1.0
+
+    reason = -1
+    if sig == SIG_EXIT_LONG * d and state[S_BREAKEVEN] > 0.0:
+        reason = R_SIGNAL
+    elif state[S_STAG_ARMED] > 0.0 and pnl < state[S_MAX_PNL] * p[P_STAG_DECAY]:
+        reason = R_STAGNATION
+    elif p[P_MAX_HOLD_HOURS] > 0.0 and bar_ts + p[P_BAR_MS] - state[S_ENTRY_TS] >= p[P_MAX_HOLD_HOURS] * 3_600_000.0:
+        reason = R_TIME
+    if reason >= 0:
+        state[S_ORDER_ACTION] = A_CLOSE
+        state[S_ORDER_DIR] = -d
+        state[S_ORDER_QTY] = state[S_QTY]
+        state[S_ORDER_REASON] = reason
+        return
+
+    if (p[P_SCALING] > 0.0 and sig == d and (state[S_BREAKEVEN] > 0.0 or state[S_TRAILING] > 0.0)
+            and (c - state[S_LAST_ADD] - d * p[P_SCALE_ADD_ATR] * a) * d >= 0.0):
+        room = state[S_INITIAL_QTY] * p[P_MAX_POS_MULT] - state[S_QTY]
+        add = round_qty(min(state[S_INITIAL_QTY], room), p[P_QTY_STEP])
+        if add >= p[P_MIN_QTY] and add * c >= p[P_MIN_NOTIONAL]:
+            equity = state[S_WALLET] + pnl
+            free_margin = equity - state[S_QTY] * entry / p[P_LEVERAGE]
+            cost = (add * c / p[P_LEVERAGE] + add * c * p[P_TAKER]) * 1.05
+            if cost <= free_margin:
+                state[S_ORDER_ACTION] = A_ADD
+                state[S_ORDER_DIR] = d
+                state[S_ORDER_QTY] = add
+
+
+# ----------------------------------------------------------------------------------------------
+# One bar at a simulated venue
+# ----------------------------------------------------------------------------------------------
+@njit(cache=True)
+def execute_market_order(state: np.ndarray, p: np.ndarray, open_: float, ts: float, bar: float,
+                         row: np.ndarray) -> bool:
+    """Fill the order decided at the previous close at this bar's open; True when a trade row was written."""
+    action = state[S_ORDER_ACTION]
+    if action == A_NONE:
+        return False
+    state[S_ORDER_ACTION] = A_NONE
+    side = state[S_ORDER_DIR]
+    qty = state[S_ORDER_QTY]
+    price = market_fill_price(open_, side, p[P_SLIPPAGE])
+    fee = qty * price * p[P_TAKER]
+    if action == A_CLOSE:
+        row[1] = ts
+        close_fill(state, p, qty, price, fee, int(state[S_ORDER_REASON]), bar, row)
+        return True
+    open_fill(state, p, side, qty, price, fee, ts, bar)
+    return False
+
+
+@njit(cache=True)
+def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, low: float, ts: float,
+                   bar: float, rows: np.ndarray, n_rows: int) -> int:
+    """Match the stop, liquidation, partial and final take-profits on the bar's pessimistic path.
+
+    The path is open, the extreme against the position, the other extreme, close. Writes trade
+    rows from ``rows[n_rows]`` on and returns the new count.
+    """
+    d = state[S_DIR]
+    if d == 0.0:
+        return n_rows
+    adverse = low if d > 0.0 else high
+    favourable = high if d > 0.0 else low
+    stop = state[S_STOP]
+    liq = state[S_LIQ]
+    if (liq - stop) * d >= 0.0:
+        if stop_touched(liq, d, adverse):
+            price = liquidation_fill_price(liq, d, open_)
+            row = rows[n_rows]
+            row[1] = ts
+            close_fill(state, p, state[S_QTY], price, state[S_QTY] * price * p[P_TAKER], R_LIQUIDATION, bar, row)
+            return n_rows + 1
+    elif stop_touched(stop, d, adverse):
+        price = stop_fill_price(stop, d, open_, p[P_SLIPPAGE])
+        row = rows[n_rows]
+        row[1] = ts
+        close_fill(state, p, state[S_QTY], price, state[S_QTY] * price * p[P_TAKER],
+                   int(state[S_STOP_KIND]), bar, row)
+        return n_rows + 1
+    tp = state[S_TP]
+    n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
+    for k in range(int(state[S_LEVELS_DONE]), n_levels):
+        level = state[S_LEVEL_1 + k]
+        if tp > 0.0 and (level - tp) * d >= 0.0:
+            break
+        if not limit_touched(level, d, favourable):
+            break
+        price = limit_fill_price(level, d, open_)
+        qty = partial_qty(state, p)
+        row = rows[n_rows]
+        row[1] = ts
+        n_rows += 1
+        state[S_LEVELS_DONE] = k + 1
+        if close_fill(state, p, qty, price, qty * price * p[P_MAKER], R_PARTIAL, bar, row):
+            return n_rows
+    if tp > 0.0 and limit_touched(tp, d, favourable):
+        price = limit_fill_price(tp, d, open_)
+        qty = state[S_QTY]
+        row = rows[n_rows]
+        row[1] = ts
+        close_fill(state, p, qty, price, qty * price * p[P_MAKER], R_TAKE_PROFIT, bar, row)
+        n_rows += 1
+    return n_rows
+
+
+@njit(cache=True)
+def _grow(rows: np.ndarray, needed: int) -> np.ndarray:
+    if needed <= rows.shape[0]:
+        return rows
+    bigger = np.empty((max(needed, rows.shape[0] * 2), N_TRADE_COLS), dtype=np.float64)
+    bigger[:rows.shape[0]] = rows
+    return bigger
+
+
+@njit(cache=True)
+def venue_bar(state: np.ndarray, p: np.ndarray, bar: int, bar_ts: int, open_: float, high: float, low: float,
+              funding_rate: float, rows: np.ndarray, n_rows: int) -> int:
+    """What the simulated venue does in one bar, in DESIGN.md's order, before the decision at its close.
+
+    Funding (``funding_rate`` NaN = the params' constant), the market order decided at the
+    previous close, then the resting orders on the bar's path. ``rows`` must have room for
+    MAX_LEVELS + 2 more trade rows. Returns the new trade-row count.
+    """
+    if state[S_DIR] != 0.0:
+        events = funding_events(bar_ts, int(p[P_BAR_MS]))
+        if events > 0:
+            rate = funding_rate if funding_rate == funding_rate else p[P_FUNDING_RATE]
+            for _ in range(events):
+                pay_funding(state, rate, open_)
+    if state[S_ORDER_ACTION] != A_NONE:
+        if execute_market_order(state, p, open_, bar_ts, bar, rows[n_rows]):
+            n_rows += 1
+    if state[S_DIR] != 0.0:
+        n_rows = resting_orders(state, p, open_, high, low, bar_ts, bar, rows, n_rows)
+    return n_rows
+
+
+@njit(cache=True)
+def close_at_end(state: np.ndarray, p: np.ndarray, ts: np.ndarray, close: np.ndarray, row: np.ndarray) -> bool:
+    """Close an open position at the last close as ``end_of_data`` (taker fee); True when it did."""
+    n = ts.shape[0]
+    state[S_ORDER_ACTION] = A_NONE
+    if state[S_DIR] == 0.0 or n == 0:
+        return False
+    price = close[n - 1]
+    row[1] = ts[n - 1] + p[P_BAR_MS]
+    close_fill(state, p, state[S_QTY], price, state[S_QTY] * price * p[P_TAKER], R_END, n - 1, row)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def run_loop(ts: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray,
+             atr: np.ndarray, signal: np.ndarray, funding: np.ndarray, p: np.ndarray, state: np.ndarray,
+             equity: np.ndarray, position: np.ndarray, end_close: bool) -> np.ndarray:
+    """The backtest bar loop; fills ``equity``/``position`` per bar close and returns the trade rows.
+
+    ``funding`` holds a rate per bar (NaN = the params' constant rate), charged only when the
+    bar holds a funding timestamp. With ``end_close`` an open position is closed at the last close.
+    """
+    n = ts.shape[0]
+    rows = np.empty((64, N_TRADE_COLS), dtype=np.float64)
+    n_rows = 0
+    prev_high = np.nan
+    prev_low = np.nan
+    for i in range(n):
+        if state[S_DIR] != 0.0 or state[S_ORDER_ACTION] != A_NONE:
+            if n_rows + MAX_LEVELS + 2 > rows.shape[0]:
+                rows = _grow(rows, n_rows + MAX_LEVELS + 2)
+            n_rows = venue_bar(state, p, i, ts[i], open_[i], high[i], low[i], funding[i], rows, n_rows)
+        decide(state, p, i, ts[i], high[i], low[i], close[i], atr[i], signal[i], prev_high, prev_low)
+        prev_high = high[i]
+        prev_low = low[i]
+        if state[S_DIR] != 0.0:
+            equity[i] = state[S_WALLET] + unrealized(state, close[i])
+            position[i] = state[S_QTY] * state[S_DIR]
+        else:
+            equity[i] = state[S_WALLET]
+            position[i] = 0.0
+    if end_close and n > 0:
+        rows = _grow(rows, n_rows + 1)
+        if close_at_end(state, p, ts, close, rows[n_rows]):
+            n_rows += 1
+            equity[n - 1] = state[S_WALLET]
+    return rows[:n_rows]
