@@ -184,11 +184,17 @@ def funding_events(bar_ts: int, bar_ms: int) -> int:
 # Accounting: every fill goes through open_fill or close_fill, in every venue.
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True)
-def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
-    """Charge one funding event on the open position (positive = paid); returns the amount."""
-    cost = state[S_QTY] * mark * rate * state[S_DIR]
+def book_funding(state: np.ndarray, cost: float) -> None:
+    """Book a funding payment of the open position (positive = paid), as the exchange reports it."""
     state[S_WALLET] -= cost
     state[S_ACC_FUNDING] += cost
+
+
+@njit(cache=True)
+def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
+    """Charge one funding event on the open position: notional x rate x side; returns the amount."""
+    cost = state[S_QTY] * mark * rate * state[S_DIR]
+    book_funding(state, cost)
     return cost
 
 
@@ -290,6 +296,43 @@ def partial_qty(state: np.ndarray, p: np.ndarray) -> float:
     if state[S_QTY] - qty < p[P_MIN_QTY] - p[P_QTY_STEP] * 1e-6:
         qty = state[S_QTY]
     return qty
+
+
+@njit(cache=True)
+def resting_targets(state: np.ndarray, p: np.ndarray, out: np.ndarray) -> int:
+    """The take-profit orders that should rest now: rows (level index, price, qty); returns the count.
+
+    Remaining partial levels (those nearer than the final take-profit), each sized as
+    ``partial_qty`` will size it when it fills, then the final take-profit for the whole position
+    (reduce-only, so the exchange trims it to what is left). Level index -1 is the final one.
+    A live venue places exactly these, so it fills what the backtest fills on the same path.
+    """
+    d = state[S_DIR]
+    if d == 0.0:
+        return 0
+    count = 0
+    held = state[S_QTY]
+    remaining = held
+    tp = state[S_TP]
+    n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
+    for k in range(int(state[S_LEVELS_DONE]), n_levels):
+        level = state[S_LEVEL_1 + k]
+        if remaining <= 0.0 or (tp > 0.0 and (level - tp) * d >= 0.0):
+            break
+        state[S_QTY] = remaining
+        qty = partial_qty(state, p)
+        out[count, 0] = k
+        out[count, 1] = level
+        out[count, 2] = qty
+        count += 1
+        remaining -= qty
+    state[S_QTY] = held
+    if tp > 0.0 and remaining > 0.0:
+        out[count, 0] = -1
+        out[count, 1] = tp
+        out[count, 2] = held
+        count += 1
+    return count
 
 
 @njit(cache=True)

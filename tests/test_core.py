@@ -316,3 +316,19 @@ def test_accounting_identity_and_fills_inside_bars(moves, signals, slippage, par
         entry_bar = int(row[10])
         if not scaling:
             assert arr[entry_bar, 2] * (1 - slippage) - 1e-9 <= row[4] <= arr[entry_bar, 1] * (1 + slippage) + 1e-9
+
+
+def test_resting_targets_are_what_the_backtest_would_fill():
+    # After the entry at 100 (ATR 2): partial levels 102 and 104 with 25% of 25 = 6.25 each, then
+    # the final take-profit at 106 for the whole position (reduce-only: the exchange trims it).
+    # With 50% levels the two partials take everything and no final order is needed.
+    extra = {"partial_take_profit": 1, "n_partial_levels": 2, "partial_level_1": 1.0, "partial_level_2": 2.0,
+             "tp_atr_multiplier": 3.0}
+    out = np.zeros((core.MAX_LEVELS + 1, 3))
+    for fraction, expected in ((0.25, [[0, 102.0, 6.25], [1, 104.0, 6.25], [-1, 106.0, 25.0]]),
+                               (0.5, [[0, 102.0, 12.5], [1, 104.0, 12.5]])):
+        _, state, _ = run([FLAT, FLAT], [1], partial_tp_fraction=fraction, **extra)
+        p = core.params_vector({**BASE, **extra, "partial_tp_fraction": fraction})
+        count = core.resting_targets(state, p, out)
+        assert out[:count].tolist() == expected
+        assert state[core.S_QTY] == 25.0
