@@ -1,0 +1,253 @@
+"""Backtests: signals from indicators, the jitted bar loop of core.py, equity and metrics.
+
+``MarketData`` holds one dataset's arrays and its indicator cache, so that many parameter sets
+(Optuna trials, walk-forward folds, the interactive tester) reuse indicators computed once over
+the whole history. ``simulate`` is the fast path (arrays and metrics); ``backtest`` adds the
+trade and equity tables that reports and files need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import config
+import core
+import metrics as metrics_mod
+from data_fetcher import TIMEFRAMES, to_arrays
+from indicators import IndicatorCache
+
+SignalFn = Callable[["MarketData", dict[str, Any]], np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals: one function per mode, registered in SIGNAL_MODES
+# ----------------------------------------------------------------------------------------------
+def _long_only(data: MarketData, params: dict[str, Any]) -> np.ndarray:
+    """Long while close is above the tactical and macro EMAs; exit signal when RSI is above the grid."""
+    close = data.close
+    entry = close > data.indicator("ema", params["macro_ema_period"])
+    if params["use_regime_filter"]:
+        entry &= close > data.indicator("ema", params["regime_filter_period"])
+    signal = np.where(entry, core.SIG_LONG, 0).astype(np.int8)
+    signal[data.indicator("rsi", params["rsi_period"]) > params["grid_upper_rsi"]] = core.SIG_EXIT_LONG
+    return signal
+
+
+def _short_only(data: MarketData, params: dict[str, Any]) -> np.ndarray:
+    """Mirror of long_only with the lower RSI grid and the optional ADX trend-strength filter."""
+    close = data.close
+    entry = close < data.indicator("ema", params["macro_ema_period"])
+    if params["use_regime_filter"]:
+        entry &= close < data.indicator("ema", params["regime_filter_period"])
+    if params["adx_period"] > 0:
+        entry &= data.indicator("adx", params["adx_period"]) > params["adx_threshold"]
+    signal = np.where(entry, core.SIG_SHORT, 0).astype(np.int8)
+    signal[data.indicator("rsi", params["rsi_period"]) < params["grid_lower_rsi"]] = core.SIG_EXIT_SHORT
+    return signal
+
+
+def _short_scalp(data: MarketData, params: dict[str, Any]) -> np.ndarray:
+    """Bollinger mean reversion both ways, with the medium EMA as the trend side."""
+    close = data.close
+    ema = data.indicator("ema", params["medium_ema_period"])
+    upper, middle, lower = data.indicator("bollinger", params["bb_period"], params["bb_dev"])
+    signal = np.zeros(close.shape[0], dtype=np.int8)
+    signal[(close > ema) & (close < lower)] = core.SIG_LONG
+    signal[close > middle] = core.SIG_EXIT_LONG
+    signal[(close < ema) & (close > upper)] = core.SIG_SHORT
+    signal[close < middle] = core.SIG_EXIT_SHORT
+    return signal
+
+
+SIGNAL_MODES: dict[str, SignalFn] = {
+    "long_only": _long_only,
+    "short_only": _short_only,
+    "short_scalp": _short_scalp,
+}
+
+# Params each mode's signals depend on (the signal cache key).
+SIGNAL_KEYS = ("mode", "use_regime_filter", "regime_filter_period", "macro_ema_period", "rsi_period",
+               "grid_upper_rsi", "grid_lower_rsi", "adx_period", "adx_threshold", "medium_ema_period",
+               "bb_period", "bb_dev")
+
+
+# ----------------------------------------------------------------------------------------------
+# Market data with its indicator cache
+# ----------------------------------------------------------------------------------------------
+class MarketData:
+    """One dataset (candles of one symbol and timeframe) prepared for many backtests."""
+
+    def __init__(self, candles: pd.DataFrame, symbol: str, timeframe: str,
+                 funding: pd.Series | None = None) -> None:
+        if timeframe not in TIMEFRAMES:
+            raise config.ConfigError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
+        self.candles = candles
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.bar_ms = TIMEFRAMES[timeframe]
+        arrays = to_arrays(candles)
+        self.ts: np.ndarray = arrays["ts"]
+        self.open: np.ndarray = arrays["open"]
+        self.high: np.ndarray = arrays["high"]
+        self.low: np.ndarray = arrays["low"]
+        self.close: np.ndarray = arrays["close"]
+        self.cache = IndicatorCache(self.high, self.low, self.close)
+        self.funding = funding_per_bar(self.ts, self.bar_ms, funding)
+        self._signals: dict[tuple, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.ts.shape[0]
+
+    def indicator(self, name: str, *args: Any) -> np.ndarray:
+        """An indicator over the whole history (computed once per name and params)."""
+        return self.cache.get(name, *args)
+
+    def signals(self, params: dict[str, Any]) -> np.ndarray:
+        """generate_signals for ``params``, cached by the params signals depend on."""
+        key = tuple(params.get(k) for k in SIGNAL_KEYS)
+        cached = self._signals.get(key)
+        if cached is None:
+            cached = generate_signals(self, params)
+            if len(self._signals) > 256:
+                self._signals.clear()
+            self._signals[key] = cached
+        return cached
+
+
+def generate_signals(data: MarketData, params: dict[str, Any]) -> np.ndarray:
+    """Signal codes per bar (core.SIG_*) for the params' mode; bar i uses bars <= i only."""
+    mode = params["mode"]
+    if mode not in SIGNAL_MODES:
+        raise config.ConfigError(f"unknown mode '{mode}'; accepted: {', '.join(SIGNAL_MODES)}")
+    return SIGNAL_MODES[mode](data, params)
+
+
+def funding_per_bar(ts: np.ndarray, bar_ms: int, funding: pd.Series | None) -> np.ndarray:
+    """Funding rate per bar from a series keyed by funding time (ms); NaN = use the constant rate."""
+    rates = np.full(ts.shape[0], np.nan)
+    if funding is None or len(funding) == 0:
+        return rates
+    times = np.asarray(funding.index, dtype=np.int64)
+    values = np.asarray(funding.values, dtype=np.float64)
+    slot = np.searchsorted(ts, times, side="right") - 1
+    inside = (slot >= 0) & (times < ts[np.clip(slot, 0, None)] + bar_ms)
+    rates[slot[inside]] = values[inside]
+    return rates
+
+
+# ----------------------------------------------------------------------------------------------
+# Params vector
+# ----------------------------------------------------------------------------------------------
+def build_core_params(params: dict[str, Any], bar_ms: int, symbol: str,
+                      cost_overrides: dict[str, float] | None = None,
+                      instrument: dict[str, float] | None = None) -> np.ndarray:
+    """The float64 params vector of core.py from a validated params dict, the costs and the instrument."""
+    costs = config.costs()
+    costs.update(cost_overrides or {})
+    inst = instrument or config.instrument_for(symbol)
+    p = core.params_vector({name: params[name] for name in core.PARAM_NAMES if name in params})
+    levels = list(params["partial_tp_levels"])
+    p[core.P_N_LEVELS] = len(levels)
+    for k, level in enumerate(levels):
+        p[core.P_LEVEL_1 + k] = level
+    p[core.P_TAKER] = costs["taker_fee"]
+    p[core.P_MAKER] = costs["maker_fee"]
+    p[core.P_SLIPPAGE] = costs["slippage"]
+    p[core.P_FUNDING_RATE] = costs["funding_rate"]
+    p[core.P_MMR] = costs["maintenance_margin_rate"]
+    p[core.P_CAPITAL] = costs["capital"]
+    p[core.P_QTY_STEP] = inst["qty_step"]
+    p[core.P_MIN_QTY] = inst["min_qty"]
+    p[core.P_MIN_NOTIONAL] = inst["min_notional"]
+    p[core.P_TICK] = inst["tick_size"]
+    if params["leverage"] > inst.get("max_leverage", params["leverage"]):
+        raise config.ConfigError(f"leverage {params['leverage']} exceeds {symbol}'s maximum "
+                                 f"{inst['max_leverage']}")
+    p[core.P_BAR_MS] = bar_ms
+    for k, (threshold, factor) in enumerate(config.RISK_GOVERNOR):
+        p[core.P_GOV_DD_1 + k] = threshold
+        p[core.P_GOV_F_1 + k] = factor
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a backtest
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SimResult:
+    """Raw arrays of one backtest: trade rows (core.TRADE_COLUMNS), equity and position per bar."""
+
+    rows: np.ndarray
+    ts: np.ndarray
+    equity: np.ndarray
+    position: np.ndarray
+    bar_ms: int
+    initial_capital: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def simulate(data: MarketData, params: dict[str, Any], start: int = 0, stop: int | None = None,
+             cost_overrides: dict[str, float] | None = None, instrument: dict[str, float] | None = None,
+             with_metrics: bool = True) -> SimResult:
+    """Backtest bars [start, stop) of ``data`` with indicators from the whole history."""
+    stop = len(data) if stop is None else stop
+    if not 0 <= start < stop <= len(data):
+        raise config.ConfigError(f"empty or invalid bar range [{start}, {stop}) of {len(data)} bars")
+    p = build_core_params(params, data.bar_ms, data.symbol, cost_overrides, instrument)
+    atr = data.indicator("atr", params["atr_period"])
+    signal = data.signals(params)
+    state = core.new_state(p[core.P_CAPITAL])
+    n = stop - start
+    equity = np.empty(n)
+    position = np.empty(n)
+    sl = slice(start, stop)
+    rows = core.run_loop(data.ts[sl], data.open[sl], data.high[sl], data.low[sl], data.close[sl], atr[sl],
+                         signal[sl], data.funding[sl], p, state, equity, position, True)
+    rows[:, 10:12] += start
+    result = SimResult(rows, data.ts[sl], equity, position, data.bar_ms, float(p[core.P_CAPITAL]))
+    if with_metrics:
+        result.metrics = compute_result_metrics(result)
+    return result
+
+
+def compute_result_metrics(result: SimResult) -> dict[str, Any]:
+    """The summary figures of a SimResult (metrics.py definitions)."""
+    rows = result.rows
+    return metrics_mod.compute_metrics(
+        result.ts, result.bar_ms, result.equity, result.position,
+        rows[:, 8], rows[:, 6], rows[:, 7], rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64),
+        rows[:, 9].astype(np.int8), result.initial_capital, core.EXIT_REASONS)
+
+
+@dataclass
+class BacktestResult:
+    """A backtest as tables: trades, the mark-to-market equity curve, and the metrics."""
+
+    trades: pd.DataFrame
+    equity: pd.DataFrame
+    metrics: dict[str, Any]
+    candles: pd.DataFrame
+    params: dict[str, Any]
+    raw: SimResult
+
+
+def trades_table(rows: np.ndarray) -> pd.DataFrame:
+    """Trade rows as the trades.csv table."""
+    return metrics_mod.trades_frame(rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64),
+                                    rows[:, 2].astype(np.int8), rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6],
+                                    rows[:, 7], rows[:, 8], rows[:, 9].astype(np.int8), core.EXIT_REASONS)
+
+
+def backtest(data: MarketData, params: dict[str, Any], start: int = 0, stop: int | None = None,
+             cost_overrides: dict[str, float] | None = None,
+             instrument: dict[str, float] | None = None) -> BacktestResult:
+    """Backtest and return the tables that reports and files need."""
+    raw = simulate(data, params, start, stop, cost_overrides, instrument)
+    stop = len(data) if stop is None else stop
+    equity = metrics_mod.equity_frame(raw.ts, raw.bar_ms, raw.equity, raw.position, raw.initial_capital)
+    return BacktestResult(trades_table(raw.rows), equity, raw.metrics, data.candles.iloc[start:stop], params, raw)

@@ -1,0 +1,135 @@
+"""GrTr command line: download, backtest, optimize, validate, and the default pipeline.
+
+Every user error (unknown strategy, symbol or timeframe, a missing or malformed file, an empty
+date range, a bad parameter) ends with one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import config
+from data_fetcher import TIMEFRAMES, DataError, load_candles
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user error reported as one line with exit code 2."""
+
+
+def default_out_dir(kind: str) -> Path:
+    """results/<kind>-<UTC timestamp>/ so that runs never overwrite each other."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return config.RESULTS_DIR / f"{kind}-{stamp}"
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose the candles: source, symbol, timeframe, date range."""
+    parser.add_argument("--source", default=config.DEFAULT_SOURCE,
+                        help="where candles come from: 'sample' (bundled, offline), 'csv:PATH', or 'bybit' "
+                             "(cached download); default: %(default)s")
+    parser.add_argument("--symbol", default=None,
+                        help="instrument, e.g. BTCUSDT or SOLUSDT (default: first of config.SYMBOLS)")
+    parser.add_argument("--timeframe", default=None, choices=list(TIMEFRAMES),
+                        help="bar length (default: the strategy's timeframe param)")
+    parser.add_argument("--start", default=None, help="first day to use, e.g. 2019-01-01 (UTC, inclusive)")
+    parser.add_argument("--end", default=None, help="last day to use, e.g. 2019-06-30 (UTC, inclusive)")
+    parser.add_argument("--days", type=int, default=None,
+                        help="use only the last N days of the data (bybit: download depth)")
+
+
+def add_strategy_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose the strategy and its params."""
+    parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY,
+                        help=f"strategy key of config.STRATEGY_LIBRARY ({', '.join(config.STRATEGY_LIBRARY)}); "
+                             "default: %(default)s")
+    parser.add_argument("--params", default=None,
+                        help="JSON params file (e.g. best_params.json) applied over the strategy's fixed params")
+
+
+def resolve_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The strategy's fixed params, overridden by --params, with --timeframe and --symbol applied."""
+    params = config.fixed_params(args.strategy)
+    if args.params:
+        params = config.load_params_file(args.params, base=params)
+    if getattr(args, "timeframe", None):
+        params["timeframe"] = args.timeframe
+    if getattr(args, "symbol", None):
+        params["symbol"] = args.symbol
+    return params
+
+
+def load_market(args: argparse.Namespace, params: dict[str, Any]) -> Any:
+    """Load the candles the flags ask for and wrap them for backtests."""
+    from backtester import MarketData
+
+    symbol = params["symbol"]
+    timeframe = params["timeframe"]
+    if args.source == "bybit":
+        candles = load_candles(args.source, symbol, timeframe, start=args.start, end=args.end, days=args.days)
+    else:
+        candles = load_candles(args.source, symbol, timeframe, start=args.start, end=args.end)
+        if args.days:
+            candles = candles[candles.index > candles.index[-1] - pd.Timedelta(days=args.days)]
+    funding = None
+    if args.source == "bybit":
+        from data_fetcher import load_funding
+        funding = load_funding(symbol, int(candles.index[0].value // 1_000_000),
+                               int(candles.index[-1].value // 1_000_000))
+    return MarketData(candles, symbol, timeframe, funding=funding)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """Backtest one params set, print the summary and write trades, equity, metrics and the report."""
+    import reporting
+    from backtester import backtest
+
+    params = resolve_params(args)
+    data = load_market(args, params)
+    result = backtest(data, params)
+    out = Path(args.out) if args.out else default_out_dir("backtest")
+    title = f"{args.strategy} {params['symbol']} {params['timeframe']} backtest"
+    reporting.print_summary(result.metrics, title)
+    paths = reporting.write_backtest_outputs(out, result.trades, result.equity, result.metrics, result.candles, title)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: subcommands, each flag explained in --help."""
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="GrTr: backtest, optimize and validate strategies for Bybit USDT perpetuals. "
+                                    "With no subcommand, runs the default pipeline of config.py.")
+    sub = parser.add_subparsers(dest="command")
+    bt = sub.add_parser("backtest", help="backtest one params set and write trades.csv, equity.csv, "
+                                         "metrics.json and report.html")
+    add_strategy_args(bt)
+    add_data_args(bt)
+    bt.add_argument("--out", default=None, help="output folder (default: results/backtest-<timestamp>/)")
+    bt.set_defaults(func=cmd_backtest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; user errors become one line on stderr and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (config.ConfigError, DataError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
