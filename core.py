@@ -114,13 +114,13 @@ def new_state(capital: float) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Precision helpers
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def round_qty(qty: float, step: float) -> float:
     """Round a quantity down to the instrument's step (a hair of tolerance for float noise)."""
     return math.floor(qty / step + 1e-9) * step
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def round_price(price: float, tick: float) -> float:
     """Round a price to the nearest tick."""
     return round(price / tick) * tick
@@ -129,50 +129,50 @@ def round_price(price: float, tick: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # Fill rules (DESIGN.md "What a venue does in bar t+1")
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def market_fill_price(reference: float, side: float, slippage: float) -> float:
     """A market order of ``side`` (+1 buy, -1 sell) fills ``slippage`` worse than ``reference``."""
     return reference * (1.0 + side * slippage)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def stop_touched(level: float, d: float, extreme: float) -> bool:
     """True when a protective level of a position of direction ``d`` is reached by ``extreme``."""
     return (extreme - level) * d <= 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def stop_fill_price(stop: float, d: float, open_: float, slippage: float) -> float:
     """A stop-market exit of a ``d`` position: at the open when gapped through, else at the stop, less slippage."""
     base = open_ if (open_ - stop) * d <= 0.0 else stop
     return market_fill_price(base, -d, slippage)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def limit_touched(level: float, d: float, extreme: float) -> bool:
     """True when a reduce-only take-profit limit of a ``d`` position is reached by ``extreme``."""
     return (extreme - level) * d >= 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def limit_fill_price(level: float, d: float, open_: float) -> float:
     """A take-profit limit fills at its level, or at the better open when the market gapped through it."""
     return open_ if (open_ - level) * d >= 0.0 else level
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def liquidation_fill_price(liq: float, d: float, open_: float) -> float:
     """Liquidation happens at the liquidation price, or at the open when gapped through."""
     return open_ if (open_ - liq) * d <= 0.0 else liq
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> float:
     """Isolated-margin liquidation price of a ``d`` position (Bybit's formula without fees)."""
     return entry * (1.0 - d * (1.0 / leverage - mmr))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def funding_events(bar_ts: int, bar_ms: int) -> int:
     """How many 8-hourly funding timestamps fall in [bar_ts, bar_ts + bar_ms)."""
     first = -((-bar_ts) // FUNDING_INTERVAL_MS)
@@ -183,14 +183,14 @@ def funding_events(bar_ts: int, bar_ms: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Accounting: every fill goes through open_fill or close_fill, in every venue.
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def book_funding(state: np.ndarray, cost: float) -> None:
     """Book a funding payment of the open position (positive = paid), as the exchange reports it."""
     state[S_WALLET] -= cost
     state[S_ACC_FUNDING] += cost
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
     """Charge one funding event on the open position: notional x rate x side; returns the amount."""
     cost = state[S_QTY] * mark * rate * state[S_DIR]
@@ -198,7 +198,7 @@ def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
     return cost
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def open_fill(state: np.ndarray, p: np.ndarray, d: float, qty: float, price: float, fee: float,
               ts: float, bar: float) -> None:
     """Book an entry or pyramid add of ``qty`` at ``price`` paying ``fee``."""
@@ -239,7 +239,7 @@ def open_fill(state: np.ndarray, p: np.ndarray, d: float, qty: float, price: flo
     state[S_LIQ] = liquidation_price(state[S_ENTRY], d, p[P_LEVERAGE], p[P_MMR])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def close_fill(state: np.ndarray, p: np.ndarray, qty: float, price: float, fee: float, reason: int,
                bar: float, row: np.ndarray) -> bool:
     """Book an exit of ``qty`` at ``price``; writes the trade into ``row`` and returns True when flat.
@@ -277,7 +277,7 @@ def close_fill(state: np.ndarray, p: np.ndarray, qty: float, price: float, fee: 
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def reset_position(state: np.ndarray, p: np.ndarray, reason: int, bar: float) -> None:
     """Clear the position fields after the last fill; update the high-water mark and the cooldown."""
     for k in range(S_DIR, S_LIQ + 1):
@@ -289,7 +289,7 @@ def reset_position(state: np.ndarray, p: np.ndarray, reason: int, bar: float) ->
         state[S_COOLDOWN_UNTIL] = bar + p[P_COOLDOWN]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def partial_qty(state: np.ndarray, p: np.ndarray) -> float:
     """Size of the next partial take-profit: a share of the initial size, or all if less would remain."""
     qty = round_qty(state[S_INITIAL_QTY] * p[P_PARTIAL_FRACTION], p[P_QTY_STEP])
@@ -298,7 +298,7 @@ def partial_qty(state: np.ndarray, p: np.ndarray) -> float:
     return qty
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def resting_targets(state: np.ndarray, p: np.ndarray, out: np.ndarray) -> int:
     """The take-profit orders that should rest now: rows (level index, price, qty); returns the count.
 
@@ -335,7 +335,7 @@ def resting_targets(state: np.ndarray, p: np.ndarray, out: np.ndarray) -> int:
     return count
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def unrealized(state: np.ndarray, price: float) -> float:
     """Unrealized PnL of the open position marked at ``price``."""
     return (price - state[S_ENTRY]) * state[S_QTY] * state[S_DIR]
@@ -344,7 +344,7 @@ def unrealized(state: np.ndarray, price: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # The decision core
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def governor_factor(state: np.ndarray, p: np.ndarray) -> float:
     """Risk factor of the drawdown risk governor: the wallet's drawdown from its high-water mark."""
     hwm = state[S_HWM]
@@ -356,7 +356,7 @@ def governor_factor(state: np.ndarray, p: np.ndarray) -> float:
     return 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def breakeven_level(state: np.ndarray, p: np.ndarray) -> float:
     """The stop level at which a stop exit nets zero: entry fees, exit fee and stop slippage covered.
 
@@ -371,7 +371,7 @@ def breakeven_level(state: np.ndarray, p: np.ndarray) -> float:
     return math.ceil(level / tick - 1e-9) * tick if d > 0.0 else math.floor(level / tick + 1e-9) * tick
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def tighten_stop(state: np.ndarray, p: np.ndarray, level: float, kind: int, close: float) -> bool:
     """Move the stop to ``level`` if that tightens it; a level beyond the market is clamped one tick inside.
 
@@ -389,55 +389,49 @@ def tighten_stop(state: np.ndarray, p: np.ndarray, level: float, kind: int, clos
     return False
 
 
-@njit(cache=True, inline="always")
-def decide(state: np.ndarray, p: np.ndarray, i: int, bar_ts: float, h: float, low_: float, c: float,
-           a: float, sig: int, prev_high: float, prev_low: float) -> None:
-    """Run every management rule at the close of bar ``i`` and leave the next order in the state.
-
-    Inputs are bar i's open time, high, low, close, ATR and signal, and bar i-1's high and low
-    (NaN for the first bar). The order (S_ORDER_*) is a market order for the open of bar i+1;
-    S_STOP holds the stop that rests from bar i+1 on. The caller (backtest loop, live trader)
-    executes both. Scalars, not arrays, so the call stays cheap inside the bar loop.
-    """
-    state[S_ORDER_ACTION] = A_NONE
-    d = state[S_DIR]
-    if d == 0.0:
-        if sig != SIG_LONG and sig != SIG_SHORT:
+@njit(cache=True, error_model="numpy")
+def decide_entry(state: np.ndarray, p: np.ndarray, i: int, h: float, low_: float, c: float, a: float, sig: int,
+                 prev_high: float, prev_low: float) -> None:
+    """Entry rules at a close while flat: cooldown and its breakout override, stop distance, sizing."""
+    d = float(sig)
+    breakout = False
+    if i < state[S_COOLDOWN_UNTIL]:
+        prior_extreme = prev_high if d > 0.0 else prev_low
+        if (c - prior_extreme) * d > 0.0:
+            breakout = True
+        else:
             return
-        d = float(sig)
-        breakout = False
-        if i < state[S_COOLDOWN_UNTIL]:
-            prior_extreme = prev_high if d > 0.0 else prev_low
-            if (c - prior_extreme) * d > 0.0:
-                breakout = True
-            else:
-                return
-        if not (a > 0.0):
-            return
-        distance = a * p[P_STOP_ATR]
-        if breakout and p[P_BREAKOUT_STOP] > 0.0:
-            bar_extreme = low_ if d > 0.0 else h
-            to_extreme = (c - bar_extreme) * d
-            if to_extreme > 0.0:
-                distance = to_extreme * p[P_BREAKOUT_STOP]
-        if not (distance > 0.0):
-            return
-        wallet = state[S_WALLET]
-        qty = state[S_RISK_BASE] * p[P_RISK] * governor_factor(state, p) / distance
-        cap = wallet * p[P_LEVERAGE] / c
-        if qty > cap:
-            qty = cap
-        qty = round_qty(qty, p[P_QTY_STEP])
-        if qty < p[P_MIN_QTY] or qty * c < p[P_MIN_NOTIONAL]:
-            return
-        state[S_ORDER_ACTION] = A_OPEN
-        state[S_ORDER_DIR] = d
-        state[S_ORDER_QTY] = qty
-        state[S_ORDER_STOP] = round_price(c - d * distance, p[P_TICK])
-        state[S_ORDER_ATR] = a
+    if not (a > 0.0):
         return
+    distance = a * p[P_STOP_ATR]
+    if breakout and p[P_BREAKOUT_STOP] > 0.0:
+        bar_extreme = low_ if d > 0.0 else h
+        to_extreme = (c - bar_extreme) * d
+        if to_extreme > 0.0:
+            distance = to_extreme * p[P_BREAKOUT_STOP]
+    if not (distance > 0.0):
+        return
+    wallet = state[S_WALLET]
+    qty = state[S_RISK_BASE] * p[P_RISK] * governor_factor(state, p) / distance
+    cap = wallet * p[P_LEVERAGE] / c
+    if qty > cap:
+        qty = cap
+    qty = round_qty(qty, p[P_QTY_STEP])
+    if qty < p[P_MIN_QTY] or qty * c < p[P_MIN_NOTIONAL]:
+        return
+    state[S_ORDER_ACTION] = A_OPEN
+    state[S_ORDER_DIR] = d
+    state[S_ORDER_QTY] = qty
+    state[S_ORDER_STOP] = round_price(c - d * distance, p[P_TICK])
+    state[S_ORDER_ATR] = a
+    return
 
-    # --- managing an open position --------------------------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def manage(state: np.ndarray, p: np.ndarray, bar_ts: float, h: float, low_: float, c: float, a: float,
+           sig: int) -> None:
+    """Management rules at a close with a position: stops, exits, pyramiding."""
+    d = state[S_DIR]
     entry = state[S_ENTRY]
     atr_entry = state[S_ATR_ENTRY]
     bar_extreme = h if d > 0.0 else low_
@@ -501,7 +495,27 @@ def decide(state: np.ndarray, p: np.ndarray, i: int, bar_ts: float, h: float, lo
 # ----------------------------------------------------------------------------------------------
 # One bar at a simulated venue
 # ----------------------------------------------------------------------------------------------
-@njit(cache=True)
+
+
+@njit(cache=True, error_model="numpy")
+def decide(state: np.ndarray, p: np.ndarray, i: int, bar_ts: float, h: float, low_: float, c: float,
+           a: float, sig: int, prev_high: float, prev_low: float) -> None:
+    """Run every management rule at the close of bar ``i`` and leave the next order in the state.
+
+    Inputs are bar i's open time, high, low, close, ATR and signal, and bar i-1's high and low
+    (NaN for the first bar). The order (S_ORDER_*) is a market order for the open of bar i+1;
+    S_STOP holds the stop that rests from bar i+1 on. The caller (backtest loop, live trader)
+    executes both. Scalars, not arrays, so the call stays cheap inside the bar loop; the work is
+    split in two functions so that a bar with nothing to do costs almost nothing.
+    """
+    state[S_ORDER_ACTION] = A_NONE
+    if state[S_DIR] != 0.0:
+        manage(state, p, bar_ts, h, low_, c, a, sig)
+    elif sig == SIG_LONG or sig == SIG_SHORT:
+        decide_entry(state, p, i, h, low_, c, a, sig, prev_high, prev_low)
+
+
+@njit(cache=True, error_model="numpy")
 def execute_market_order(state: np.ndarray, p: np.ndarray, open_: float, ts: float, bar: float,
                          row: np.ndarray) -> bool:
     """Fill the order decided at the previous close at this bar's open; True when a trade row was written."""
@@ -521,7 +535,7 @@ def execute_market_order(state: np.ndarray, p: np.ndarray, open_: float, ts: flo
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, low: float, ts: float,
                    bar: float, rows: np.ndarray, n_rows: int) -> int:
     """Match the stop, liquidation, partial and final take-profits on the bar's pessimistic path.
@@ -576,7 +590,7 @@ def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, 
     return n_rows
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _grow(rows: np.ndarray, needed: int) -> np.ndarray:
     if needed <= rows.shape[0]:
         return rows
@@ -585,30 +599,44 @@ def _grow(rows: np.ndarray, needed: int) -> np.ndarray:
     return bigger
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def may_fill(state: np.ndarray, high: float, low: float) -> bool:
+    """Cheap pre-check: could any resting order (stop, liquidation, take-profits) fill in this bar?"""
+    d = state[S_DIR]
+    adverse = low if d > 0.0 else high
+    if stop_touched(state[S_STOP], d, adverse) or stop_touched(state[S_LIQ], d, adverse):
+        return True
+    favourable = high if d > 0.0 else low
+    tp = state[S_TP]
+    if tp > 0.0 and limit_touched(tp, d, favourable):
+        return True
+    done = int(state[S_LEVELS_DONE])
+    return done < MAX_LEVELS and state[S_LEVEL_1 + done] > 0.0 and limit_touched(state[S_LEVEL_1 + done], d,
+                                                                                  favourable)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def venue_bar(state: np.ndarray, p: np.ndarray, bar: int, bar_ts: int, open_: float, high: float, low: float,
-              funding_rate: float, rows: np.ndarray, n_rows: int) -> int:
+              funding_rate: float, funding_count: int, rows: np.ndarray, n_rows: int) -> int:
     """What the simulated venue does in one bar, in DESIGN.md's order, before the decision at its close.
 
-    Funding (``funding_rate`` NaN = the params' constant), the market order decided at the
-    previous close, then the resting orders on the bar's path. ``rows`` must have room for
-    MAX_LEVELS + 2 more trade rows. Returns the new trade-row count.
+    ``funding_count`` funding events (``funding_rate`` NaN = the params' constant), the market
+    order decided at the previous close, then the resting orders on the bar's path. ``rows`` must
+    have room for MAX_LEVELS + 2 more trade rows. Returns the new trade-row count.
     """
-    if state[S_DIR] != 0.0:
-        events = funding_events(bar_ts, int(p[P_BAR_MS]))
-        if events > 0:
-            rate = funding_rate if funding_rate == funding_rate else p[P_FUNDING_RATE]
-            for _ in range(events):
-                pay_funding(state, rate, open_)
+    if state[S_DIR] != 0.0 and funding_count > 0:
+        rate = funding_rate if funding_rate == funding_rate else p[P_FUNDING_RATE]
+        for _ in range(funding_count):
+            pay_funding(state, rate, open_)
     if state[S_ORDER_ACTION] != A_NONE:
         if execute_market_order(state, p, open_, bar_ts, bar, rows[n_rows]):
             n_rows += 1
-    if state[S_DIR] != 0.0:
+    if state[S_DIR] != 0.0 and may_fill(state, high, low):
         n_rows = resting_orders(state, p, open_, high, low, bar_ts, bar, rows, n_rows)
     return n_rows
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def close_at_end(state: np.ndarray, p: np.ndarray, ts: np.ndarray, close: np.ndarray, row: np.ndarray) -> bool:
     """Close an open position at the last close as ``end_of_data`` (taker fee); True when it did."""
     n = ts.shape[0]
@@ -621,7 +649,7 @@ def close_at_end(state: np.ndarray, p: np.ndarray, ts: np.ndarray, close: np.nda
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def run_loop(ts: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray,
              atr: np.ndarray, signal: np.ndarray, funding: np.ndarray, p: np.ndarray, state: np.ndarray,
              equity: np.ndarray, position: np.ndarray, end_close: bool) -> np.ndarray:
@@ -635,12 +663,24 @@ def run_loop(ts: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.ndarra
     n_rows = 0
     prev_high = np.nan
     prev_low = np.nan
+    bar_ms = int(p[P_BAR_MS])
+    next_funding = -1
     for i in range(n):
         if state[S_DIR] != 0.0 or state[S_ORDER_ACTION] != A_NONE:
             if n_rows + MAX_LEVELS + 2 > rows.shape[0]:
                 rows = _grow(rows, n_rows + MAX_LEVELS + 2)
-            n_rows = venue_bar(state, p, i, ts[i], open_[i], high[i], low[i], funding[i], rows, n_rows)
-        decide(state, p, i, ts[i], high[i], low[i], close[i], atr[i], signal[i], prev_high, prev_low)
+            funding_count = 0
+            if ts[i] + bar_ms > next_funding:
+                funding_count = funding_events(ts[i], bar_ms)
+                next_funding = -((-(ts[i] + bar_ms)) // FUNDING_INTERVAL_MS) * FUNDING_INTERVAL_MS
+            n_rows = venue_bar(state, p, i, ts[i], open_[i], high[i], low[i], funding[i], funding_count, rows,
+                               n_rows)
+        if state[S_DIR] != 0.0:
+            state[S_ORDER_ACTION] = A_NONE
+            manage(state, p, ts[i], high[i], low[i], close[i], atr[i], signal[i])
+        elif signal[i] == SIG_LONG or signal[i] == SIG_SHORT:
+            decide_entry(state, p, i, high[i], low[i], close[i], atr[i], signal[i], prev_high, prev_low)
+        # (decide() inlined by hand: numba would not inline it, and a call per bar costs more than the rules)
         prev_high = high[i]
         prev_low = low[i]
         if state[S_DIR] != 0.0:
