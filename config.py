@@ -201,6 +201,11 @@ def check_param_name(name: str, where: str) -> ParamSpec:
     return PARAM_SPECS[name]
 
 
+def check_param(name: str, value: Any, where: str) -> Any:
+    """One parameter's value converted to its kind, or an error naming it (no cross-field checks)."""
+    return _check_value(name, value, check_param_name(name, where), where)
+
+
 def validate_params(params: dict[str, Any], where: str = "params", base: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """Check ``params`` and return a complete dict: ``base`` (or the defaults) updated with them."""
@@ -208,8 +213,7 @@ def validate_params(params: dict[str, Any], where: str = "params", base: dict[st
         raise ConfigError(f"{where}: expected a mapping of parameter names to values, got {type(params).__name__}")
     full = {name: spec.default for name, spec in PARAM_SPECS.items()} if base is None else dict(base)
     for name, value in params.items():
-        spec = check_param_name(name, where)
-        full[name] = _check_value(name, value, spec, where)
+        full[name] = check_param(name, value, where)
     if full["profit_lock_trigger_pct"] > 0 and full["profit_lock_target_pct"] <= 0:
         raise ConfigError(f"{where}: profit_lock_target_pct must be > 0 when profit_lock_trigger_pct > 0")
     return full
@@ -369,3 +373,50 @@ def _validate_library() -> None:
 
 
 _validate_library()
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimization: Optuna search, hierarchical filters, walk-forward validation
+# ---------------------------------------------------------------------------------------------
+OPTUNA_SETTINGS = {
+    "n_trials": 3900,          # the original GrTr's setting; `python main.py` uses DEFAULT_PIPELINE_TRIALS
+    "n_jobs": 2,               # parallel backtests (threads; the bar loop releases the GIL)
+    "sampler": "tpe",          # tpe (multivariate, seeded), random or cmaes
+    "seed": 42,
+    "n_startup_trials": 40,    # random trials before TPE models the results
+    "window_best": 100,        # the sampler sees the best N trials ...
+    "window_recent": 200,      # ... and the latest N, so its cost per trial stays flat
+}
+DEFAULT_PIPELINE_TRIALS = 300
+TRAIN_FRACTION = 0.50          # first half of the data for training
+GAP_FRACTION = 0.15            # then a gap the objective never sees, then the test period
+OBJECTIVE_FILTERS = {
+    "min_trades_train": 30, "min_trades_test": 10,          # tier 1: enough trades
+    "min_profit_factor": 1.0,                                # tier 2: profitable on both periods
+    "min_sharpe_ratio": 0.3, "max_sharpe_ratio": 3.0,        # tier 3: test/train Sharpe within bounds
+    "max_drawdown": -0.50,                                   # tier 4: drawdown on both periods
+    "min_cagr": 0.0,                                         # tier 5: annualized test return
+    "min_calmar": 0.3,                                       # tier 6: test Calmar
+    "min_trades_per_month": 0.5,                             # tier 7: test trade frequency
+    "max_sharpe": 6.0, "max_profit_factor": 10.0,            # tier 8: realism caps
+    "exit_mix_bonus": 0.25, "exit_mix_penalty": 0.5,         # score: reward profit-taking exits, penalise forced ones
+}
+WF_FOLDS = 5
+WF_TRAIN_RATIO = 3.0           # train bars per test bar in each walk-forward fold
+WF_MIN_PROFITABLE_FOLDS = 0.6  # share of profitable test folds for a strategy to pass validation
+VALIDATE_TOP = 5               # best trials validated walk-forward after a search
+PBO_TOP_TRIALS = 10            # trials compared by the Probability of Backtest Overfitting
+
+
+def _validate_optimization() -> None:
+    for name in ("TRAIN_FRACTION", "GAP_FRACTION", "WF_MIN_PROFITABLE_FOLDS"):
+        value = globals()[name]
+        if not 0 <= value < 1:
+            raise ConfigError(f"{name} = {value!r} must be in [0, 1)")
+    if TRAIN_FRACTION + GAP_FRACTION >= 0.95:
+        raise ConfigError(f"TRAIN_FRACTION + GAP_FRACTION = {TRAIN_FRACTION + GAP_FRACTION} leaves no test period")
+    if OPTUNA_SETTINGS["sampler"] not in ("tpe", "random", "cmaes"):
+        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS['sampler']!r}; accepted: tpe, random, cmaes")
+
+
+_validate_optimization()

@@ -102,11 +102,79 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_spec(args: argparse.Namespace, kind: str) -> Any:
+    """The pipeline's RunSpec from the flags."""
+    from pipeline import RunSpec
+
+    if args.strategy not in config.STRATEGY_LIBRARY:
+        config.strategy(args.strategy)
+    return RunSpec(strategy=args.strategy, source=args.source, symbol=args.symbol or config.SYMBOLS[0],
+                   out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
+                   params_file=getattr(args, "params", None), timeframe=args.timeframe)
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """--trials, --jobs and --folds must be positive (checked before any work starts)."""
+    if getattr(args, "trials", 1) < 1:
+        raise UsageError(f"--trials must be at least 1, got {args.trials}")
+    if getattr(args, "jobs", 1) < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.folds < 2:
+        raise UsageError(f"--folds must be at least 2, got {args.folds}")
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Search the strategy's grid, validate the best trials walk-forward, write outputs, maybe export."""
+    import pipeline
+
+    check_counts(args)
+    pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
+                          args.storage, args.seed, not args.no_export)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Walk-forward validation of one params set."""
+    import pipeline
+
+    check_counts(args)
+    pipeline.run_validate(run_spec(args, "validate"), args.folds)
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """The default pipeline of config.py (fixed params validation, search, validation, export)."""
+    import pipeline
+
+    check_counts(args)
+    pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds, not args.no_export,
+                          args.seed, args.storage)
+    return 0
+
+
+def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
+    """Flags of a search: trial count, jobs, folds, seed, storage, export."""
+    parser.add_argument("--trials", type=int, default=trials, help="trials to run (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
+                        help="parallel backtests (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
+                        help="sampler seed (default: %(default)s)")
+    parser.add_argument("--storage", default=None,
+                        help="study storage: any Optuna RDB URL (sqlite:///results/studies.db, "
+                             "postgresql://user@host/db) or journal:PATH (default: journal file "
+                             "results/studies.journal)")
+    parser.add_argument("--no-export", action="store_true",
+                        help="never write prod_config_long.py / prod_config_short.py")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: subcommands, each flag explained in --help."""
     parser = argparse.ArgumentParser(
         prog="main.py", description="GrTr: backtest, optimize and validate strategies for Bybit USDT perpetuals. "
-                                    "With no subcommand, runs the default pipeline of config.py.")
+                                    "With no subcommand, runs the default pipeline of config.py: walk-forward "
+                                    "validation of the active strategy's fixed params (ENABLE_FIXED_PARAMS), a "
+                                    "search of its grid (ENABLE_OPTUNA), validation of the best trials, reports, "
+                                    "and export to prod_config_*.py when a strategy passes.")
     sub = parser.add_subparsers(dest="command")
     bt = sub.add_parser("backtest", help="backtest one params set and write trades.csv, equity.csv, "
                                          "metrics.json and report.html")
@@ -114,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(bt)
     bt.add_argument("--out", default=None, help="output folder (default: results/backtest-<timestamp>/)")
     bt.set_defaults(func=cmd_backtest)
+
+    opt = sub.add_parser("optimize", help="search the strategy's grid with Optuna, validate the best trials "
+                                          "walk-forward and write best_params.json, trials.csv, reports")
+    add_strategy_args(opt)
+    add_data_args(opt)
+    add_search_args(opt, config.OPTUNA_SETTINGS["n_trials"])
+    opt.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    opt.add_argument("--study-name", default=None,
+                     help="name of the persistent study; run again with the same name to resume it")
+    opt.add_argument("--out", default=None, help="output folder (default: results/optimize-<timestamp>/)")
+    opt.set_defaults(func=cmd_optimize)
+
+    val = sub.add_parser("validate", help="walk-forward validation of a params set (e.g. best_params.json)")
+    add_strategy_args(val)
+    add_data_args(val)
+    val.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    val.add_argument("--out", default=None, help="output folder (default: results/validate-<timestamp>/)")
+    val.set_defaults(func=cmd_validate)
+
+    add_strategy_args(parser)
+    add_data_args(parser)
+    add_search_args(parser, config.DEFAULT_PIPELINE_TRIALS)
+    parser.add_argument("--folds", type=int, default=config.WF_FOLDS,
+                        help="walk-forward folds (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="output folder (default: results/pipeline-<timestamp>/)")
+    parser.set_defaults(func=cmd_pipeline)
     return parser
 
 
@@ -121,14 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; user errors become one line on stderr and exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
         return args.func(args)
     except (config.ConfigError, DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

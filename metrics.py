@@ -34,6 +34,22 @@ YEAR_DAYS = 365.25
 
 
 @njit(cache=True, nogil=True)
+def daily_returns(ts: np.ndarray, equity: np.ndarray, initial: float, bar_ms: int) -> np.ndarray:
+    """Returns of the equity at the last bar close of each UTC day (the first from ``initial``)."""
+    n = equity.shape[0]
+    out = np.empty(n)
+    count = 0
+    previous = initial
+    for i in range(n):
+        close_day = (ts[i] + bar_ms - 1) // DAY_MS
+        if i == n - 1 or (ts[i + 1] + bar_ms - 1) // DAY_MS != close_day:
+            out[count] = equity[i] / previous - 1.0 if previous > 0.0 else 0.0
+            previous = equity[i]
+            count += 1
+    return out[:count]
+
+
+@njit(cache=True, nogil=True)
 def curve_stats(ts: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float,
                 bar_ms: int) -> tuple[float, float, float, float]:
     """One pass over the curve: (max drawdown, exposure, daily Sharpe, daily Sortino)."""
@@ -41,11 +57,6 @@ def curve_stats(ts: np.ndarray, equity: np.ndarray, position: np.ndarray, initia
     peak = initial
     worst = 0.0
     held = 0
-    day_count = 0
-    sum_r = 0.0
-    sum_r2 = 0.0
-    sum_down2 = 0.0
-    previous_day_equity = initial
     for i in range(n):
         value = equity[i]
         if value > peak:
@@ -55,16 +66,16 @@ def curve_stats(ts: np.ndarray, equity: np.ndarray, position: np.ndarray, initia
             worst = drawdown
         if position[i] != 0.0:
             held += 1
-        close_day = (ts[i] + bar_ms - 1) // DAY_MS
-        last_of_day = i == n - 1 or (ts[i + 1] + bar_ms - 1) // DAY_MS != close_day
-        if last_of_day:
-            r = value / previous_day_equity - 1.0 if previous_day_equity > 0.0 else 0.0
-            previous_day_equity = value
-            day_count += 1
-            sum_r += r
-            sum_r2 += r * r
-            if r < 0.0:
-                sum_down2 += r * r
+    returns = daily_returns(ts, equity, initial, bar_ms)
+    day_count = returns.shape[0]
+    sum_r = 0.0
+    sum_r2 = 0.0
+    sum_down2 = 0.0
+    for r in returns:
+        sum_r += r
+        sum_r2 += r * r
+        if r < 0.0:
+            sum_down2 += r * r
     exposure = held / n if n > 0 else 0.0
     sharpe = 0.0
     sortino = 0.0
