@@ -644,7 +644,8 @@ def side_of(params: dict[str, Any]) -> str:
 
 def export_prod_config(params: dict[str, Any], metadata: dict[str, Any], directory: Path | None = None) -> Path:
     """Write prod_config_long.py or prod_config_short.py, keeping the previous file as a timestamped backup."""
-    directory = directory or config.BASE_DIR
+    directory = Path(directory or config.BASE_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"prod_config_{side_of(params)}.py"
     if path.exists():
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
