@@ -30,6 +30,7 @@ BYBIT_INTERVALS: dict[str, str] = {
 SAMPLE_SYMBOLS = ("BTCUSDT", "ETHUSDT", "LTCUSDT", "EOSUSDT", "XRPUSDT")
 SAMPLE_TIMEFRAME = "30m"
 OHLCV = ("open", "high", "low", "close", "volume")
+DAY_MS = 86_400_000
 TIME_COLUMNS = ("timestamp", "open_time", "date", "datetime", "time")
 
 
@@ -257,7 +258,193 @@ def to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return arrays
 
 
+# ----------------------------------------------------------------------------------------------
+# Bybit history through pybit: paged, retried, cached as Parquet, incremental
+# ----------------------------------------------------------------------------------------------
+PAGE = 1000
+RETRY_BASE_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+RETRY_ATTEMPTS = 6
+RETRYABLE_CODES = {10002, 10006, 10016}
+
+
+def with_retries(call: Any, what: str) -> Any:
+    """Run a pybit call, retrying network errors, HTTP 5xx and rate limits with backoff and jitter.
+
+    Business errors (bad symbol, bad interval) are raised at once as DataError with Bybit's message.
+    """
+    import random
+    import time
+
+    import requests
+    from pybit.exceptions import FailedRequestError, InvalidRequestError
+
+    from trader_utils import redact
+
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return call()
+        except InvalidRequestError as exc:
+            if exc.status_code not in RETRYABLE_CODES:
+                raise DataError(f"Bybit refused {what}: {redact(exc.message)} (retCode {exc.status_code})") from None
+            error = f"retCode {exc.status_code}"
+        except FailedRequestError as exc:
+            error = f"HTTP {exc.status_code}"
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            error = type(exc).__name__
+        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt) * (0.5 + random.random() / 2)
+        logger.warning("%s failed (%s); retry %d/%d in %.2f s", what, error, attempt + 1, RETRY_ATTEMPTS, delay)
+        time.sleep(delay)
+    raise DataError(f"Bybit did not answer {what} after {RETRY_ATTEMPTS} attempts (last: {error})")
+
+
+def _cache_path(cache_dir: Path, symbol: str, timeframe: str) -> Path:
+    return cache_dir / f"{symbol}_{timeframe}.parquet"
+
+
+def _read_cache(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return _frame(pd.DatetimeIndex([], tz="UTC"), {k: [] for k in OHLCV})
+    frame = pd.read_parquet(path)
+    frame.index = pd.DatetimeIndex(frame.index, name="time").as_unit("ms")
+    return frame
+
+
+def _write_cache(path: Path, frame: pd.DataFrame) -> None:
+    """Atomic write: a crash mid-write never leaves a torn cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.to_parquet(tmp)
+    tmp.replace(path)
+
+
+def _holes(times: np.ndarray, start: int, stop: int, step: int, known_empty: list[list[int]]) -> list[list[int]]:
+    """Ranges [a, b) of bar open times missing from ``times`` within [start, stop)."""
+    inside = times[(times >= start) & (times < stop)]
+    edges = np.concatenate([[start - step], inside, [stop]])
+    holes = [[int(a + step), int(b)] for a, b in zip(edges[:-1], edges[1:], strict=True) if b - a > step]
+    return [h for h in holes if not any(e[0] <= h[0] and h[1] <= e[1] for e in known_empty)]
+
+
+def download_klines(symbol: str, timeframe: str, days: int | None = None, start: Any = None, end: Any = None,
+                    session: Any = None, cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Closed candles of ``symbol`` from Bybit (linear), topping up the Parquet cache with what is missing.
+
+    Pages of 1,000 bars are walked back from the end of each missing range and saved as they come,
+    so an interrupted download resumes where it stopped; bars already cached are never fetched
+    again and never duplicated; the still-forming candle is never cached.
+    """
+    import json
+
+    from tqdm import tqdm
+
+    import config
+    from trader_utils import make_http
+
+    step = check_timeframe(timeframe)
+    session = session or make_http()
+    cache_dir = Path(cache_dir or config.CACHE_DIR)
+    path = _cache_path(cache_dir, symbol, timeframe)
+    sidecar = path.with_suffix(".empty.json")
+    known_empty = json.loads(sidecar.read_text()) if sidecar.exists() else []
+    server_ms = int(with_retries(session.get_server_time, "market/time")["result"]["timeSecond"]) * 1000
+    forming = server_ms // step * step
+    stop = min(forming, _timestamp(end, True).value // 10**6 // step * step + step) if end is not None else forming
+    if start is not None:
+        first = _timestamp(start, False).value // 10**6 // step * step
+    else:
+        first = stop - int(days or 365) * DAY_MS // step * step
+    cached = _read_cache(path)
+    holes = _holes(cached.index.as_unit("ms").asi8, first, stop, step, known_empty)
+    total = sum((b - a) // step for a, b in holes)
+    bar = tqdm(total=total, unit="bar", desc=f"{symbol} {timeframe}", disable=not progress or total == 0)
+    interval = BYBIT_INTERVALS[timeframe]
+    for hole_start, hole_stop in holes:
+        page_end = hole_stop
+        received = 0
+        while page_end > hole_start:
+            result = with_retries(lambda e=page_end, s=hole_start: session.get_kline(
+                category="linear", symbol=symbol, interval=interval, start=s, end=e - 1, limit=PAGE),
+                f"market/kline {symbol} {interval}")["result"]["list"]
+            rows = [r for r in result if hole_start <= int(r[0]) < min(page_end, forming)]
+            if not rows:
+                break
+            page = _frame(pd.to_datetime([int(r[0]) for r in rows], unit="ms", utc=True),
+                          {k: [float(r[j + 1]) for r in rows] for j, k in enumerate(OHLCV)})
+            cached = pd.concat([cached, page])
+            cached = cached[~cached.index.duplicated(keep="last")].sort_index()
+            _write_cache(path, cached)
+            received += len(rows)
+            bar.update(len(rows))
+            page_end = min(int(r[0]) for r in rows)
+        if received == 0:
+            known_empty.append([hole_start, hole_stop])  # nothing exists there (e.g. before the listing)
+    bar.close()
+    if known_empty:
+        sidecar.write_text(json.dumps(known_empty))
+    window = cached[(cached.index.as_unit("ms").asi8 >= first) & (cached.index.as_unit("ms").asi8 < stop)]
+    if window.empty:
+        raise DataError(f"Bybit has no {timeframe} candles of {symbol} between {pd.Timestamp(first, unit='ms')} and "
+                        f"{pd.Timestamp(stop, unit='ms')}")
+    return check_candles(window, timeframe, f"bybit {symbol}")
+
+
+def load_funding(symbol: str, start_ms: int, end_ms: int, session: Any = None,
+                 cache_dir: Path | None = None) -> pd.Series:
+    """Funding-rate history (funding time in ms -> rate), cached beside the candles."""
+    import config
+    from trader_utils import make_http
+
+    session = session or make_http()
+    cache_dir = Path(cache_dir or config.CACHE_DIR)
+    path = cache_dir / f"{symbol}_funding.parquet"
+    cached = pd.read_parquet(path)["rate"] if path.exists() else pd.Series(dtype=float, name="rate")
+    have_until = int(cached.index.max()) if len(cached) else start_ms - 1
+    page_end = end_ms
+    rows: list[tuple[int, float]] = []
+    while page_end > max(have_until, start_ms - 1):
+        result = with_retries(lambda e=page_end: session.get_funding_rate_history(
+            category="linear", symbol=symbol, startTime=max(have_until + 1, start_ms), endTime=e, limit=200),
+            f"market/funding/history {symbol}")["result"]["list"]
+        page = [(int(r["fundingRateTimestamp"]), float(r["fundingRate"])) for r in result]
+        if not page:
+            break
+        rows += page
+        page_end = min(t for t, _ in page) - 1
+    if rows:
+        fresh = pd.Series(dict(rows), name="rate", dtype=float)
+        cached = pd.concat([cached, fresh])
+        cached = cached[~cached.index.duplicated(keep="last")].sort_index()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cached.to_frame().to_parquet(path)
+    return cached[(cached.index >= start_ms) & (cached.index <= end_ms)]
+
+
+def fetch_instrument(symbol: str, session: Any = None, cache_dir: Path | None = None) -> dict[str, float]:
+    """Bybit's instrument info (step, minimum qty and notional, tick, leverage), cached as JSON."""
+    import json
+
+    import config
+    from trader_utils import make_http
+
+    session = session or make_http()
+    result = with_retries(lambda: session.get_instruments_info(category="linear", symbol=symbol),
+                          f"market/instruments-info {symbol}")["result"]["list"]
+    if not result:
+        raise DataError(f"Bybit knows no linear instrument '{symbol}'")
+    info = result[0]
+    spec = {"qty_step": float(info["lotSizeFilter"]["qtyStep"]), "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
+            "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),
+            "tick_size": float(info["priceFilter"]["tickSize"]),
+            "max_leverage": float(info["leverageFilter"]["maxLeverage"])}
+    cache_dir = Path(cache_dir or config.CACHE_DIR)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / f"instrument_{symbol}.json").write_text(json.dumps(spec, indent=2))
+    return spec
+
+
 def load_bybit(symbol: str, timeframe: str, days: int | None = None, start: Any = None,
                end: Any = None) -> pd.DataFrame:
-    """Candles from Bybit: the Parquet cache topped up by an incremental download."""
-    raise DataError("the bybit source is not available in this version; use 'sample' or 'csv:PATH'")
+    """Candles from Bybit: the Parquet cache topped up by an incremental download (and instrument info)."""
+    fetch_instrument(symbol)
+    return download_klines(symbol, timeframe, days=days, start=start, end=end)
