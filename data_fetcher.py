@@ -361,7 +361,6 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
     interval = BYBIT_INTERVALS[timeframe]
     for hole_start, hole_stop in holes:
         page_end = hole_stop
-        received = 0
         while page_end > hole_start:
             result = with_retries(lambda e=page_end, s=hole_start: session.get_kline(
                 category="linear", symbol=symbol, interval=interval, start=s, end=e - 1, limit=PAGE),
@@ -374,11 +373,10 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
             cached = pd.concat([cached, page])
             cached = cached[~cached.index.duplicated(keep="last")].sort_index()
             _write_cache(path, cached)
-            received += len(rows)
             bar.update(len(rows))
             page_end = min(int(r[0]) for r in rows)
-        if received == 0:
-            known_empty.append([hole_start, hole_stop])  # nothing exists there (e.g. before the listing)
+        if page_end > hole_start:
+            known_empty.append([hole_start, page_end])  # Bybit has nothing there (e.g. before the listing)
     bar.close()
     if known_empty:
         sidecar.write_text(json.dumps(known_empty))

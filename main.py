@@ -167,6 +167,19 @@ def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
                         help="never write prod_config_long.py / prod_config_short.py")
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download (or top up) the Parquet cache of a symbol's candles, funding and instrument info from Bybit."""
+    from data_fetcher import download_klines, fetch_instrument, load_funding
+
+    symbol = args.symbol or config.SYMBOLS[0]
+    spec = fetch_instrument(symbol)
+    candles = download_klines(symbol, args.timeframe, days=args.days, start=args.start, end=args.end)
+    funding = load_funding(symbol, int(candles.index[0].value // 1_000_000), int(candles.index[-1].value // 1_000_000))
+    print(f"{symbol} {args.timeframe}: {len(candles):,} closed bars from {candles.index[0]} to {candles.index[-1]}, "
+          f"{len(funding):,} funding rates, instrument {spec}; cached under {config.CACHE_DIR}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: subcommands, each flag explained in --help."""
     parser = argparse.ArgumentParser(
@@ -182,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(bt)
     bt.add_argument("--out", default=None, help="output folder (default: results/backtest-<timestamp>/)")
     bt.set_defaults(func=cmd_backtest)
+
+    dl = sub.add_parser("download", help="download Bybit history (candles, funding, instrument) into the cache; "
+                                         "later calls fetch only what is missing")
+    dl.add_argument("--symbol", default=None, help="instrument, e.g. SOLUSDT (default: first of config.SYMBOLS)")
+    dl.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length (default: %(default)s)")
+    dl.add_argument("--days", type=int, default=config.DATA_DAYS_DEPTH, help="depth in days (default: %(default)s)")
+    dl.add_argument("--start", default=None, help="first day instead of --days (UTC)")
+    dl.add_argument("--end", default=None, help="last day (UTC, default: now)")
+    dl.set_defaults(func=cmd_download)
 
     opt = sub.add_parser("optimize", help="search the strategy's grid with Optuna, validate the best trials "
                                           "walk-forward and write best_params.json, trials.csv, reports")
