@@ -173,6 +173,12 @@ def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> fl
 
 
 @njit(cache=True, error_model="numpy")
+def required_margin(qty: float, price: float, leverage: float, taker: float) -> float:
+    """What an exchange requires free to accept a market order: initial margin plus the taker fee."""
+    return qty * price * (1.0 / leverage + taker)
+
+
+@njit(cache=True, error_model="numpy")
 def funding_events(bar_ts: int, bar_ms: int) -> int:
     """How many 8-hourly funding timestamps fall in [bar_ts, bar_ts + bar_ms)."""
     first = -((-bar_ts) // FUNDING_INTERVAL_MS)
@@ -413,7 +419,7 @@ def decide_entry(state: np.ndarray, p: np.ndarray, i: int, h: float, low_: float
         return
     wallet = state[S_WALLET]
     qty = state[S_RISK_BASE] * p[P_RISK] * governor_factor(state, p) / distance
-    cap = wallet * p[P_LEVERAGE] / c
+    cap = 0.99 * wallet / (c * (1.0 / p[P_LEVERAGE] + p[P_TAKER]))  # margin and taker fee, 1% headroom
     if qty > cap:
         qty = cap
     qty = round_qty(qty, p[P_QTY_STEP])
@@ -485,7 +491,7 @@ def manage(state: np.ndarray, p: np.ndarray, bar_ts: float, h: float, low_: floa
         if add >= p[P_MIN_QTY] and add * c >= p[P_MIN_NOTIONAL]:
             equity = state[S_WALLET] + pnl
             free_margin = equity - state[S_QTY] * entry / p[P_LEVERAGE]
-            cost = (add * c / p[P_LEVERAGE] + add * c * p[P_TAKER]) * 1.05
+            cost = required_margin(add, c, p[P_LEVERAGE], p[P_TAKER]) * 1.05
             if cost <= free_margin:
                 state[S_ORDER_ACTION] = A_ADD
                 state[S_ORDER_DIR] = d
@@ -525,6 +531,14 @@ def execute_market_order(state: np.ndarray, p: np.ndarray, open_: float, ts: flo
     state[S_ORDER_ACTION] = A_NONE
     side = state[S_ORDER_DIR]
     qty = state[S_ORDER_QTY]
+    if action == A_OPEN and (open_ - state[S_ORDER_STOP]) * side <= 0.0:
+        return False  # the market opened beyond the entry's stop: the exchange refuses such an order
+    if action != A_CLOSE:
+        free = state[S_WALLET] - state[S_QTY] * state[S_ENTRY] / p[P_LEVERAGE]
+        if state[S_DIR] != 0.0:
+            free += unrealized(state, open_)
+        if required_margin(qty, open_, p[P_LEVERAGE], p[P_TAKER]) > free:
+            return False  # insufficient balance at the open: the exchange refuses the order
     price = market_fill_price(open_, side, p[P_SLIPPAGE])
     fee = qty * price * p[P_TAKER]
     if action == A_CLOSE:

@@ -197,8 +197,8 @@ class Engine:
             raise ExchangeError(10001, f"params error: StopLoss:{stop_loss:g} set for {side} position should be "
                                        f"{'lower' if d > 0 else 'higher'} than base_price:{reference:g}")
         if not reduce_only and not (self.hedge and slot.side and slot.side != side):
-            notional = qty * reference
-            if notional / self.leverage + notional * self.costs["taker_fee"] > self.equity() - self.used_margin():
+            needed = core.required_margin(qty, reference, self.leverage, self.costs["taker_fee"])
+            if needed > self.equity() - self.used_margin():
                 raise ExchangeError(110007, "ab not enough for new order")
         now = self.now_ms()
         order = Order(order_id=f"sim-{next(self._ids):08d}", link_id=link_id, side=side, order_type=order_type,

@@ -73,6 +73,20 @@ def test_gap_through_stop_fills_at_the_open():
     assert equity[-1] == pytest.approx(10_000 - 184.650175)
 
 
+def test_no_entry_when_the_open_is_already_beyond_the_stop():
+    # The entry's stop is 96; bar 1 opens at 95: Bybit refuses a buy whose stop-loss is above the
+    # price, so the backtest takes no position either.
+    rows, state, equity = run([FLAT, (95, 96, 94, 95), FLAT], [1])
+    assert len(rows) == 0 and state[core.S_DIR] == 0.0 and equity[-1] == 10_000.0
+
+
+def test_entry_refused_when_margin_and_fee_do_not_fit_at_the_open():
+    # Sized at the close of 100 to the 99% cap: 9,900 / (100 * 0.101) = 980.19 units; bar 1 opens
+    # 2% higher at 102: 980.19 * 102 * 0.101 = 10,098 > 10,000 free, so the order is refused.
+    _, state, _ = run([FLAT, (102, 103, 101.5, 102), FLAT], [1], risk_per_trade=0.5)
+    assert state[core.S_DIR] == 0.0
+
+
 def test_bar_touching_stop_and_take_profit_takes_the_stop():
     # TP = 100.1 + 2 * 2 = 104.1 and stop 96 both inside bar 2 (95..105): the stop is taken.
     # fill 96 * 0.999 = 95.904, fee 2.3976; pnl = -4.196 * 25 - 2.5025 - 2.3976 = -109.8001.
@@ -276,9 +290,10 @@ def test_profit_lock_beyond_the_market_is_clamped_not_an_exit():
 
 def test_quantity_respects_step_minimum_and_leverage_cap():
     # Risk 50% of 10,000 over a 4-wide stop would be 1,250 units = 125,000 notional; leverage 2
-    # caps it at 10,000 * 2 / 100 = 200. A 0.3 step rounds down: 199.8.
+    # caps it where margin and taker fee fit in 99% of the wallet: 9,900 / (100 * (0.5 + 0.001))
+    # = 197.60; a 0.3 step rounds down: 197.4.
     _, state, _ = run([FLAT, FLAT], [1], risk_per_trade=0.5, leverage=2, qty_step=0.3, min_qty=0.3)
-    assert state[core.S_QTY] == pytest.approx(199.8)
+    assert state[core.S_QTY] == pytest.approx(197.4)
     _, flat, _ = run([FLAT, FLAT], [1], min_notional=1e9)
     assert flat[core.S_DIR] == 0.0
 

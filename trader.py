@@ -1,0 +1,470 @@
+"""The live trader: bar-close driven, deciding with the backtester's own core, orders through pybit.
+
+At every closed bar it (1) books the exchange's executions since the last bar into each side's
+core state with ``core.open_fill`` / ``core.close_fill`` / ``core.book_funding``, (2) runs
+``core.decide`` on the same indicator values the backtester computes (indicators over the whole
+history it holds, never a short warm-up window), and (3) turns the order the core left into Bybit
+calls: an entry is one market order with the stop-loss attached, stop moves go through
+``position/trading-stop`` (never loosening), the take-profit orders of ``core.resting_targets``
+rest as reduce-only limits, market exits are reduce-only. Every order carries a deterministic
+``orderLinkId`` (side, trade, bar, action), so a retried or restarted trader cannot send the same
+logical order twice.
+
+Working files under ``workdir``: ``state.sqlite``, ``heartbeat.json``, ``control.json`` (pause),
+``logs/trader.log`` and ``logs/events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pybit.exceptions import InvalidRequestError
+
+import backtester
+import core
+from data_fetcher import TIMEFRAMES, download_klines
+from trader_store import Store
+from trader_utils import redact
+
+logger = logging.getLogger("grtr.trader")
+EVENT_LOG_MAX_BYTES = 5_000_000
+SIDE_DIRECTION = {"long": 1.0, "short": -1.0}
+SIDE_ORDER = {"long": ("Buy", "Sell"), "short": ("Sell", "Buy")}  # (entry side, exit side)
+
+
+@dataclass
+class SideConfig:
+    """One strategy side: its params and, in hedge mode, its positionIdx."""
+
+    side: str
+    params: dict[str, Any]
+    position_idx: int = 0
+
+
+class EventLog:
+    """logs/events.jsonl: one JSON object per event, flushed, rotated by renaming."""
+
+    def __init__(self, path: Path, symbol: str) -> None:
+        self.path = path
+        self.symbol = symbol
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, side: str | None = None, **figures: Any) -> None:
+        """Append one event."""
+        now = time.time()
+        record = {"time": pd.Timestamp(now, unit="s", tz="UTC").isoformat(), "ts_ms": int(now * 1000),
+                  "event": event, "symbol": self.symbol, "side": side, **figures}
+        line = redact(json.dumps(record, default=float))
+        if self.path.exists() and self.path.stat().st_size > EVENT_LOG_MAX_BYTES:
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+        with self.path.open("a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+
+def setup_logging(workdir: Path) -> None:
+    """logs/trader.log (rotating) with secrets redacted."""
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(logs / "trader.log", maxBytes=5_000_000, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_RedactFilter())
+    root = logging.getLogger("grtr")
+    root.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.handlers.RotatingFileHandler) for h in root.handlers):
+        root.addHandler(handler)
+
+
+class _RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def fmt(value: float, step: float) -> str:
+    """A quantity or price as the exchange expects it: on its step, without float noise."""
+    decimals = max(0, -int(np.floor(np.log10(step)))) if step < 1 else 0
+    return f"{round(value / step) * step:.{decimals}f}"
+
+
+@dataclass
+class Side:
+    """A side's live state: config, params vector, core state, the stop last sent, resting targets."""
+
+    config: SideConfig
+    p: np.ndarray
+    state: np.ndarray
+    sent_stop: float = 0.0
+    targets: list[str] = field(default_factory=list)
+    resync: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.config.side
+
+
+class Trader:
+    """A bar-close driven trader of one symbol, one or both sides."""
+
+    def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
+                 env: str, dry_run: bool = False, capital: float | None = None) -> None:
+        self.http = http
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.bar_ms = TIMEFRAMES[timeframe]
+        self.workdir = workdir
+        self.env = env
+        self.dry_run = dry_run
+        self.hedge = len(sides) > 1
+        for side in sides:
+            side.position_idx = (1 if side.side == "long" else 2) if self.hedge else 0
+        self.configs = sides
+        self.capital = capital
+        self.store = Store(workdir / "state.sqlite")
+        self.events = EventLog(workdir / "logs" / "events.jsonl", symbol)
+        self.candles: pd.DataFrame | None = None
+        self.instrument: dict[str, float] = {}
+        self.sides: list[Side] = []
+        self.last_bar_ts: int | None = self.store.get("last_bar_ts")
+        self.started_ms = int(time.time() * 1000)
+        self.latencies_ms: list[float] = []
+
+    # --- start-up ---------------------------------------------------------------------------
+    def start(self, history_days: int) -> None:
+        """Instrument, position mode, leverage, history and the side states (resumed from SQLite)."""
+        setup_logging(self.workdir)
+        self.instrument = self._instrument()
+        self._ensure_mode_and_leverage()
+        self.candles = download_klines(self.symbol, self.timeframe, days=history_days, session=self.http,
+                                       cache_dir=self.workdir / "cache", progress=False)
+        for cfg in self.configs:
+            p = backtester.build_core_params(cfg.params, self.bar_ms, self.symbol, instrument=self.instrument)
+            if self.capital is not None:
+                p[core.P_CAPITAL] = self.capital
+            state = self.store.load_state(cfg.side)
+            side = Side(cfg, p, state if state is not None else core.new_state(p[core.P_CAPITAL]))
+            side.sent_stop = side.state[core.S_STOP]
+            side.targets = self.store.get(f"targets_{cfg.side}", [])
+            self.sides.append(side)
+        self.events.emit("start", None, env=self.env, pid=os.getpid(), sides=[c.side for c in self.configs],
+                         params_file=None)
+        logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
+                    len(self.candles))
+
+    def _instrument(self) -> dict[str, float]:
+        info = self.http.get_instruments_info(category="linear", symbol=self.symbol)["result"]["list"][0]
+        return {"qty_step": float(info["lotSizeFilter"]["qtyStep"]),
+                "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
+                "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),
+                "tick_size": float(info["priceFilter"]["tickSize"]),
+                "max_leverage": float(info["leverageFilter"]["maxLeverage"])}
+
+    def _ensure_mode_and_leverage(self) -> None:
+        if self.dry_run:
+            return
+        try:
+            self.http.switch_position_mode(category="linear", symbol=self.symbol, mode=3 if self.hedge else 0)
+        except InvalidRequestError as exc:
+            if exc.status_code != 110025:  # already in that mode
+                raise
+        leverage = str(self.configs[0].params["leverage"])
+        try:
+            self.http.set_leverage(category="linear", symbol=self.symbol, buyLeverage=leverage, sellLeverage=leverage)
+        except InvalidRequestError as exc:
+            if exc.status_code != 110043:  # already set
+                raise
+
+    # --- bars -------------------------------------------------------------------------------
+    def on_closed_bar(self, bar: dict[str, Any]) -> None:
+        """A confirmed kline: append it, book fills, decide, send orders, write state and files."""
+        started = time.perf_counter()
+        ts = int(bar["start"])
+        if self.last_bar_ts is not None and ts <= self.last_bar_ts:
+            return
+        row = pd.DataFrame({k: [float(bar[k])] for k in ("open", "high", "low", "close", "volume")},
+                           index=pd.DatetimeIndex([pd.Timestamp(ts, unit="ms", tz="UTC")], name="time").as_unit("ms"))
+        if self.candles.index[-1].value // 10**6 < ts:
+            self.candles = pd.concat([self.candles, row])
+        data = backtester.MarketData(self.candles, self.symbol, self.timeframe)
+        i = len(data) - 1
+        self.sync_executions(data, until_ms=ts + self.bar_ms)
+        paused = self._paused()
+        for side in self.sides:
+            params = side.config.params
+            signal = data.signals(params)
+            atr = data.indicator("atr", params["atr_period"])
+            core.decide(side.state, side.p, i, float(data.ts[i]), data.high[i], data.low[i], data.close[i], atr[i],
+                        int(signal[i]), data.high[i - 1] if i else np.nan, data.low[i - 1] if i else np.nan)
+            self._act(side, data, i, paused)
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.last_bar_ts = ts
+        equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
+                     for s in self.sides)
+        with self.store.transaction():
+            for side in self.sides:
+                self.store.save_state(side.name, side.state, ts)
+            self.store.record_equity(ts + self.bar_ms, float(equity))
+            self.store.set("last_bar_ts", ts)
+        self.write_heartbeat(float(data.close[i]), float(equity))
+
+    def _paused(self) -> bool:
+        control = self.workdir / "control.json"
+        if not control.exists():
+            return False
+        try:
+            return bool(json.loads(control.read_text()).get("paused"))
+        except (OSError, json.JSONDecodeError) as exc:
+            logger.error("control.json unreadable (%s); not paused", exc)
+            return False
+
+    # --- orders -----------------------------------------------------------------------------
+    def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool) -> None:
+        state = side.state
+        action = int(state[core.S_ORDER_ACTION])
+        bar_ts = int(data.ts[i])
+        entry_side, exit_side = SIDE_ORDER[side.name]
+        step, tick = self.instrument["qty_step"], self.instrument["tick_size"]
+        if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
+            action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
+        if action == core.A_OPEN:
+            if paused:
+                logger.info("%s: entry skipped: paused by control.json", side.name)
+                state[core.S_ORDER_ACTION] = core.A_NONE
+            else:
+                qty = state[core.S_ORDER_QTY]
+                self._order(side, f"{side.name}-{bar_ts}-open", "open", side=entry_side, orderType="Market",
+                            qty=fmt(qty, step), stopLoss=fmt(state[core.S_ORDER_STOP], tick))
+                self.sync_executions(data)
+                if state[core.S_DIR]:
+                    self.events.emit("entry", side.name, qty=float(state[core.S_QTY]),
+                                     price=float(state[core.S_ENTRY]), stop=float(state[core.S_STOP]),
+                                     risk=float(abs(state[core.S_ENTRY] - state[core.S_STOP]) * state[core.S_QTY]),
+                                     order_link_id=f"{side.name}-{bar_ts}-open")
+                    side.sent_stop = state[core.S_STOP]
+                    self._sync_targets(side)
+        elif action == core.A_ADD:
+            self._order(side, f"{side.name}-{bar_ts}-add", "add", side=entry_side, orderType="Market",
+                        qty=fmt(state[core.S_ORDER_QTY], step))
+            self.sync_executions(data)
+            self.events.emit("add", side.name, qty=float(state[core.S_ORDER_QTY]), price=float(data.close[i]),
+                             total_qty=float(state[core.S_QTY]), avg_price=float(state[core.S_ENTRY]))
+            self._sync_targets(side)
+        elif action == core.A_CLOSE:
+            reason = int(state[core.S_ORDER_REASON])
+            self._order(side, f"{side.name}-{bar_ts}-close{reason}", "close", side=exit_side, orderType="Market",
+                        qty=fmt(state[core.S_QTY], step), reduceOnly=True)
+            self.sync_executions(data)
+        if state[core.S_DIR] and state[core.S_STOP] != side.sent_stop:
+            old = side.sent_stop
+            if (state[core.S_STOP] - old) * state[core.S_DIR] < 0:
+                logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
+            elif self._call(side, "stop_moved", self.http.set_trading_stop, category="linear", symbol=self.symbol,
+                            positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick),
+                            tpslMode="Full", slTriggerBy="LastPrice"):
+                side.sent_stop = state[core.S_STOP]
+                kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing"}.get(
+                    int(state[core.S_STOP_KIND]), "profit_lock")
+                self.events.emit("stop_moved", side.name, old_stop=float(old), new_stop=float(state[core.S_STOP]),
+                                 kind=kind)
+            elif self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
+                # The market already opened beyond the new stop: the stop is crossed, as a gapped-through stop
+                # in the backtest, so the position is closed at market now (reduce-only).
+                self._order(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", "close",
+                            side=exit_side, orderType="Market", qty=fmt(state[core.S_QTY], step), reduceOnly=True)
+                self.sync_executions(data)
+        state[core.S_ORDER_ACTION] = core.A_NONE
+
+    def _beyond_market(self, stop: float, direction: float) -> bool:
+        """True when the last price has already crossed ``stop`` for a position of ``direction``."""
+        last = float(self.http.get_tickers(category="linear", symbol=self.symbol)["result"]["list"][0]["lastPrice"])
+        return (last - stop) * direction <= 0
+
+    def _order(self, owner: Side, link_id: str, action: str, **request: Any) -> bool:
+        """Send one order (once: a known orderLinkId is never sent again)."""
+        known = self.store.order(link_id)
+        if known is not None:
+            logger.info("%s: order %s was sent before (%s); not sending it again", owner.name, link_id,
+                        known["status"])
+            return False
+        payload = {"category": "linear", "symbol": self.symbol, "positionIdx": owner.config.position_idx,
+                   "orderLinkId": link_id, **request}
+        self.store.record_order(link_id, owner.name, action, payload, "sending", None, int(time.time() * 1000))
+        if self.dry_run:
+            logger.info("dry run: would send %s", payload)
+            return False
+        ok = self._call(owner, action, self.http.place_order, **payload)
+        self.store.record_order(link_id, owner.name, action, payload, "sent" if ok else "rejected", None,
+                                int(time.time() * 1000))
+        return ok
+
+    def _call(self, owner: Side, action: str, method: Any, **kwargs: Any) -> bool:
+        """One exchange call; a business error is logged once with Bybit's message and reported."""
+        if self.dry_run:
+            logger.info("dry run: would call %s %s", method.__name__, kwargs)
+            return False
+        try:
+            method(**kwargs)
+            return True
+        except InvalidRequestError as exc:
+            logger.error("%s %s rejected: %s (retCode %s)", owner.name, action, exc.message, exc.status_code)
+            self.events.emit("order_rejected", owner.name, action=action, order_link_id=kwargs.get("orderLinkId"),
+                             ret_code=exc.status_code, ret_msg=exc.message)
+            return False
+
+    def _sync_targets(self, side: Side) -> None:
+        """Rest exactly the take-profit orders core.resting_targets lists (after an entry, add or partial)."""
+        for link_id in side.targets:
+            self._call(side, "cancel_target", self.http.cancel_order, category="linear", symbol=self.symbol,
+                       orderLinkId=link_id)
+        side.targets = []
+        out = np.zeros((core.MAX_LEVELS + 1, 3))
+        count = core.resting_targets(side.state, side.p, out)
+        trade = int(side.state[core.S_ENTRY_TS])
+        version = self.store.get(f"targets_version_{side.name}", 0) + 1
+        self.store.set(f"targets_version_{side.name}", version)
+        _, exit_side = SIDE_ORDER[side.name]
+        for level, price, qty in out[:count]:
+            tag = "tpf" if level < 0 else f"tp{int(level)}"
+            link_id = f"{side.name}-{trade}-{tag}-v{version}"
+            if self._order(side, link_id, tag, side=exit_side, orderType="Limit",
+                           qty=fmt(qty, self.instrument["qty_step"]), price=fmt(price, self.instrument["tick_size"]),
+                           reduceOnly=True):
+                side.targets.append(link_id)
+        self.store.set(f"targets_{side.name}", side.targets)
+
+    # --- fills ------------------------------------------------------------------------------
+    def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
+        """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
+
+        At a bar close only what happened up to that close is booked: funding due at the next open
+        belongs to the next bar, as in the backtester.
+        """
+        since = self.store.get("exec_since_ms", 0)
+        rows = self.http.get_executions(category="linear", symbol=self.symbol, startTime=since,
+                                        limit=100)["result"]["list"]
+        fresh = [e for e in reversed(rows) if not self.store.seen_execution(e["execId"])
+                 and (until_ms is None or int(e["execTime"]) < until_ms)]
+        fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
+        for execution in fresh:
+            side = self._side_of(execution)
+            with self.store.transaction():
+                self._book(side, execution, data)
+                self.store.record_execution(execution["execId"], side.name if side else "", execution,
+                                            int(execution["execTime"]))
+                if side:
+                    self.store.save_state(side.name, side.state, int(execution["execTime"]))
+                self.store.set("exec_since_ms", int(execution["execTime"]))
+        for side in self.sides:
+            if side.resync:
+                side.resync = False
+                if side.state[core.S_DIR]:
+                    self._sync_targets(side)  # after all of this pass's fills: the next levels rest at once
+
+    def _side_of(self, execution: dict[str, Any]) -> Side | None:
+        idx = int(execution.get("positionIdx", 0))
+        for side in self.sides:
+            if side.config.position_idx == idx:
+                return side
+        return None
+
+    def _bar_index(self, data: backtester.MarketData, ms: int) -> int:
+        """The history index of the bar an execution happened in (a fill at the next open: the next bar)."""
+        if ms >= data.ts[-1] + self.bar_ms:
+            return len(data.ts)
+        return int(np.searchsorted(data.ts, ms, side="right") - 1)
+
+    def _book(self, side: Side | None, execution: dict[str, Any], data: backtester.MarketData) -> None:
+        if side is None:
+            self.events.emit("desync", None, detail=f"execution {execution['execId']} on an unmanaged position")
+            return
+        state, p = side.state, side.p
+        fee = float(execution["execFee"])
+        if execution["execType"] == "Funding":
+            if state[core.S_DIR]:
+                core.book_funding(state, fee)
+            return
+        price, qty = float(execution["execPrice"]), float(execution["execQty"])
+        ms = int(execution["execTime"])
+        bar = self._bar_index(data, ms)
+        d = 1.0 if execution["side"] == "Buy" else -1.0
+        if state[core.S_DIR] == 0 or state[core.S_DIR] == d:
+            core.open_fill(state, p, d, qty, price, fee, float(ms), float(bar))
+            return
+        reason = self._exit_reason(state, execution)
+        if reason == core.R_PARTIAL:
+            level = int(execution["orderLinkId"].split("-tp")[1].split("-")[0])
+            state[core.S_LEVELS_DONE] = level + 1
+        row = np.zeros(core.N_TRADE_COLS)
+        row[1] = ms
+        remaining_before = state[core.S_QTY]
+        flat = core.close_fill(state, p, qty, price, fee, reason, float(bar), row)
+        self.store.record_trade(self.symbol, row)
+        if flat:
+            side.targets = []
+            self.store.set(f"targets_{side.name}", [])
+            side.sent_stop = 0.0
+            hold = (row[1] - row[0]) / 3_600_000
+            self.events.emit("exit", side.name, reason=core.EXIT_REASONS[reason], qty=float(row[3]),
+                             price=float(price), pnl=float(row[8]),
+                             pnl_pct=float(row[8] / max(state[core.S_WALLET] - row[8], 1e-9) * 100),
+                             hold_hours=float(hold), entry_price=float(row[4]))
+        else:
+            self.events.emit("partial_exit", side.name, qty=float(qty), price=float(price), pnl=float(row[8]),
+                             remaining_qty=float(remaining_before - qty))
+            if reason == core.R_PARTIAL:
+                side.resync = True
+
+    @staticmethod
+    def _exit_reason(state: np.ndarray, execution: dict[str, Any]) -> int:
+        stop_type = execution.get("stopOrderType", "")
+        link = execution.get("orderLinkId", "")
+        if stop_type == "StopLoss":
+            return int(state[core.S_STOP_KIND])
+        if stop_type == "Liquidation":
+            return core.R_LIQUIDATION
+        if "-tpf-" in link:
+            return core.R_TAKE_PROFIT
+        if "-tp" in link:
+            return core.R_PARTIAL
+        if "-close" in link:
+            return int(link.rsplit("-close", 1)[1])
+        return core.R_SIGNAL
+
+    # --- files ------------------------------------------------------------------------------
+    def write_heartbeat(self, mark: float, equity: float) -> None:
+        """heartbeat.json, atomically: what the watchdog reads."""
+        positions = []
+        for side in self.sides:
+            s = side.state
+            if s[core.S_DIR]:
+                entry_time = pd.Timestamp(int(s[core.S_ENTRY_TS]), unit="ms", tz="UTC").isoformat()
+                positions.append({"side": side.name, "qty": float(s[core.S_QTY]),
+                                  "entry_price": float(s[core.S_ENTRY]), "stop": float(s[core.S_STOP]),
+                                  "take_profit": float(s[core.S_TP]) or None, "mark_price": mark,
+                                  "unrealized_pnl": float(core.unrealized(s, mark)), "entry_time": entry_time})
+        now = time.time()
+        last_bar = pd.Timestamp(self.last_bar_ts, unit="ms", tz="UTC").isoformat() if self.last_bar_ts else None
+        beat = {"pid": os.getpid(), "time_ms": int(now * 1000),
+                "time": pd.Timestamp(now, unit="s", tz="UTC").isoformat(), "started_ms": self.started_ms,
+                "symbol": self.symbol, "env": self.env, "last_bar_ts": self.last_bar_ts, "last_bar": last_bar,
+                "paused": self._paused(), "equity": equity, "positions": positions,
+                "cmdline": [sys.executable, *sys.argv], "cwd": os.getcwd()}
+        tmp = self.workdir / "heartbeat.json.tmp"
+        tmp.write_text(json.dumps(beat))
+        tmp.replace(self.workdir / "heartbeat.json")
+
+    def stop(self, reason: str, exit_code: int = 0) -> None:
+        """Record the stop; open positions stay protected by their exchange-side stops."""
+        self.events.emit("stop", None, reason=reason, exit_code=exit_code)
+        self.store.close()

@@ -1,0 +1,146 @@
+"""The live trader's state in SQLite (WAL, one transaction per change).
+
+Tables: ``sides`` (each side's core state by slot name, so the layout can evolve), ``orders``
+(by orderLinkId), ``executions`` (by execId: each booked exactly once), ``trades`` (the source of
+trades.csv), ``equity`` (one row per bar close) and ``kv`` (the last bar processed and such).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import core
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sides (side TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (order_link_id TEXT PRIMARY KEY, side TEXT, action TEXT, payload TEXT,
+    status TEXT, order_id TEXT, created_ms INTEGER);
+CREATE TABLE IF NOT EXISTS executions (exec_id TEXT PRIMARY KEY, side TEXT, payload TEXT, exec_ms INTEGER);
+CREATE TABLE IF NOT EXISTS trades (id INTEGER PRIMARY KEY, symbol TEXT, side TEXT, qty REAL, entry_time TEXT,
+    exit_time TEXT, entry_price REAL, exit_price REAL, fees REAL, funding REAL, pnl REAL, exit_reason TEXT,
+    entry_ms INTEGER, exit_ms INTEGER, entry_bar INTEGER, exit_bar INTEGER);
+CREATE TABLE IF NOT EXISTS equity (ts_ms INTEGER PRIMARY KEY, equity REAL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def _iso(ms: float) -> str:
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Store:
+    """One trader's SQLite database."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    def transaction(self) -> Any:
+        """A context manager for one atomic change."""
+        return _Transaction(self.db)
+
+    # state
+    def save_state(self, side: str, state: np.ndarray, now_ms: int) -> None:
+        """A side's core state, by slot name."""
+        named = {name: float(state[k]) for k, name in enumerate(core.STATE_NAMES)}
+        self.db.execute("INSERT OR REPLACE INTO sides VALUES (?, ?, ?)", (side, json.dumps(named), now_ms))
+
+    def load_state(self, side: str) -> np.ndarray | None:
+        """The saved state of ``side`` (slots missing from an older layout stay 0), or None."""
+        row = self.db.execute("SELECT state FROM sides WHERE side = ?", (side,)).fetchone()
+        if row is None:
+            return None
+        named = json.loads(row[0])
+        state = np.zeros(core.N_STATE)
+        for k, name in enumerate(core.STATE_NAMES):
+            state[k] = named.get(name, 0.0)
+        return state
+
+    # orders and executions
+    def record_order(self, link_id: str, side: str, action: str, payload: dict[str, Any], status: str,
+                     order_id: str | None, now_ms: int) -> None:
+        """An order the trader sent (or is about to send)."""
+        self.db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (link_id, side, action, json.dumps(payload), status, order_id, now_ms))
+
+    def order(self, link_id: str) -> dict[str, Any] | None:
+        """An order by its orderLinkId."""
+        row = self.db.execute("SELECT side, action, payload, status, order_id FROM orders WHERE order_link_id = ?",
+                              (link_id,)).fetchone()
+        return None if row is None else {"side": row[0], "action": row[1], "payload": json.loads(row[2]),
+                                         "status": row[3], "order_id": row[4]}
+
+    def seen_execution(self, exec_id: str) -> bool:
+        """True when the execution was booked already."""
+        return self.db.execute("SELECT 1 FROM executions WHERE exec_id = ?", (exec_id,)).fetchone() is not None
+
+    def record_execution(self, exec_id: str, side: str, payload: dict[str, Any], exec_ms: int) -> None:
+        """An execution booked into a side's state."""
+        self.db.execute("INSERT INTO executions VALUES (?, ?, ?, ?)", (exec_id, side, json.dumps(payload), exec_ms))
+
+    def execution_count(self) -> int:
+        """How many executions were booked."""
+        return self.db.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
+
+    # trades and equity
+    def record_trade(self, symbol: str, row: np.ndarray) -> None:
+        """A closed-quantity fill, from core.close_fill's trade row."""
+        self.db.execute(
+            "INSERT INTO trades (symbol, side, qty, entry_time, exit_time, entry_price, exit_price, fees, funding, "
+            "pnl, exit_reason, entry_ms, exit_ms, entry_bar, exit_bar) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (symbol, "long" if row[2] > 0 else "short", float(row[3]), _iso(row[0]), _iso(row[1]), float(row[4]),
+             float(row[5]), float(row[6]), float(row[7]), float(row[8]), core.EXIT_REASONS[int(row[9])],
+             int(row[0]), int(row[1]), int(row[10]), int(row[11])))
+
+    def trade_rows(self) -> np.ndarray:
+        """Every trade as core.TRADE_COLUMNS rows."""
+        rows = self.db.execute("SELECT entry_ms, exit_ms, side, qty, entry_price, exit_price, fees, funding, pnl, "
+                               "exit_reason, entry_bar, exit_bar FROM trades ORDER BY id").fetchall()
+        out = np.zeros((len(rows), core.N_TRADE_COLS))
+        for k, r in enumerate(rows):
+            out[k] = [r[0], r[1], 1.0 if r[2] == "long" else -1.0, r[3], r[4], r[5], r[6], r[7], r[8],
+                      core.EXIT_REASONS.index(r[9]), r[10], r[11]]
+        return out
+
+    def record_equity(self, ts_ms: int, equity: float) -> None:
+        """Mark-to-market equity at a bar close."""
+        self.db.execute("INSERT OR REPLACE INTO equity VALUES (?, ?)", (ts_ms, equity))
+
+    def equity_rows(self) -> list[tuple[int, float]]:
+        """(bar close time ms, equity) rows in time order."""
+        return self.db.execute("SELECT ts_ms, equity FROM equity ORDER BY ts_ms").fetchall()
+
+    def set(self, key: str, value: Any) -> None:
+        """A small value (JSON)."""
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A small value, or ``default``."""
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
