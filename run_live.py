@@ -139,23 +139,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
         days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
         trader.start(history_days=days)
         ws, closed = bar_queue(symbol, timeframe)
-        deadline = time.monotonic() + 30
-        while not any(sim.public.values()) and time.monotonic() < deadline:
-            time.sleep(0.005)  # the kline subscription must be live before the first bar is played
-        ack = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=60)
-        finished = False
-        while not finished:
-            ack.request("POST", "/sim/ack")
-            finished = json.loads(ack.getresponse().read())["finished"]
-            if finished and closed.empty():
-                break
-            try:
-                bar = closed.get(timeout=10)
-            except queue.Empty:
-                bar = last_closed_bar_rest(trader)
-                if bar is None:
-                    break
-            trader.on_closed_bar(bar)
+        drive_lockstep(trader, sim, closed)
         ws.exit()
         stats = sim.stats()
     trader.stop("replay finished")
@@ -165,6 +149,31 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     if args.compare:
         return 0 if compare_with_backtest(out, configs, candles, history) else 1
     return 0
+
+
+def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int | None = None) -> bool:
+    """Acknowledge each bar close to the sim and hand the next confirmed kline to the trader.
+
+    Returns True when the replay has finished (False when ``max_bars`` stopped it first).
+    """
+    deadline = time.monotonic() + 30
+    while not any(sim.public.values()) and time.monotonic() < deadline:
+        time.sleep(0.005)  # the kline subscription must be live before the first bar is played
+    ack = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=60)
+    played = 0
+    while max_bars is None or played < max_bars:
+        ack.request("POST", "/sim/ack")
+        if json.loads(ack.getresponse().read())["finished"] and closed.empty():
+            return True
+        try:
+            bar = closed.get(timeout=10)
+        except queue.Empty:
+            bar = last_closed_bar_rest(trader)  # the WebSocket missed it: REST fallback
+            if bar is None:
+                return True
+        trader.on_closed_bar(bar)
+        played += 1
+    return False
 
 
 def write_paper_outputs(out: Path, configs: list[SideConfig], candles: Any, history: int, timeframe: str) -> list[Path]:

@@ -324,9 +324,13 @@ class Trader:
 
     def _sync_targets(self, side: Side) -> None:
         """Rest exactly the take-profit orders core.resting_targets lists (after an entry, add or partial)."""
-        for link_id in side.targets:
-            self._call(side, "cancel_target", self.http.cancel_order, category="linear", symbol=self.symbol,
-                       orderLinkId=link_id)
+        if side.targets and not self.dry_run:
+            live = {o["orderLinkId"] for o in self.http.get_open_orders(category="linear", symbol=self.symbol,
+                                                                         limit=50)["result"]["list"]}
+            for link_id in side.targets:
+                if link_id in live:  # the others filled or were cancelled with the position
+                    self._call(side, "cancel_target", self.http.cancel_order, category="linear",
+                               symbol=self.symbol, orderLinkId=link_id)
         side.targets = []
         out = np.zeros((core.MAX_LEVELS + 1, 3))
         count = core.resting_targets(side.state, side.p, out)
