@@ -420,3 +420,74 @@ def _validate_optimization() -> None:
 
 
 _validate_optimization()
+
+
+# ---------------------------------------------------------------------------------------------
+# Watchdog: heartbeat and process checks, Telegram alerts and delivery, restarts (watchdog.py)
+# ---------------------------------------------------------------------------------------------
+WATCHDOG_LEVEL_CHOICES = ("on", "silent", "off")  # silent: delivered without sound
+WATCHDOG_ALERT_LEVELS = {
+    "start": "on", "stop": "on",                   # trader started / stopped (or died)
+    "entry": "on", "add": "on", "partial_exit": "on", "exit": "on",
+    "stop_moved": "off",
+    "desync": "on", "rescue": "on", "order_rejected": "on", "error": "on",
+    "heartbeat_stale": "on", "heartbeat_recovered": "on",
+    "restart": "on",                               # each restart, the restart limit, a failed restart
+    "daily": "on",                                 # the daily summary
+    "other": "on",                                 # event types the watchdog does not know
+}
+WATCHDOG_SETTINGS = {
+    "heartbeat_stale_s": 180.0,       # heartbeat older than this while the process lives: "not responding"
+    "startup_grace_s": 900.0,         # a (re)started trader may take this long to write its first heartbeat
+    "poll_interval_s": 2.0,           # heartbeat, process and event log checks
+    "updates_timeout_s": 30,          # getUpdates long-polling timeout (whole seconds)
+    "request_timeout_s": 15.0,        # HTTP timeout of one Bot API call (added to the long-polling timeout)
+    "daily_summary_hour_utc": 8,      # hour (UTC) of the daily summary; None = no summary
+    "merge_window_s": 300.0,          # identical alerts within this window become one message ("x5"); 0 = off
+    "min_send_interval_s": 1.0,       # at most one message per this many seconds per chat
+    "retry_base_s": 2.0,              # delivery retry backoff: base, doubling ...
+    "retry_max_s": 300.0,             # ... up to this
+    "restart_max_per_hour": 3,        # --restart: restarts allowed in any hour, then it alerts and stops trying
+    "restart_backoff_s": 30.0,        # wait before the 2nd restart of an hour, doubling after ...
+    "restart_backoff_max_s": 900.0,   # ... up to this
+    "kill_grace_s": 15.0,             # a hung trader gets this long to exit on SIGTERM before SIGKILL
+    "log_tail_lines": 15,             # lines of logs/trader.log in the "trader stopped" alert
+}
+_WATCHDOG_RANGES = {
+    "heartbeat_stale_s": (1.0, 86_400.0), "startup_grace_s": (1.0, 86_400.0), "poll_interval_s": (0.01, 600.0),
+    "updates_timeout_s": (0, 600), "request_timeout_s": (0.1, 600.0), "merge_window_s": (0.0, 86_400.0),
+    "min_send_interval_s": (0.0, 60.0), "retry_base_s": (0.01, 3600.0), "retry_max_s": (0.01, 86_400.0),
+    "restart_max_per_hour": (0, 100), "restart_backoff_s": (0.0, 86_400.0),
+    "restart_backoff_max_s": (0.0, 86_400.0), "kill_grace_s": (0.1, 600.0), "log_tail_lines": (0, 50),
+}
+_WATCHDOG_INTS = ("updates_timeout_s", "restart_max_per_hour", "log_tail_lines")
+
+
+def validate_watchdog(settings: dict[str, Any], levels: dict[str, str], where: str = "config.py") -> None:
+    """Check watchdog settings and alert levels; the error names the bad key or value."""
+    expected = set(_WATCHDOG_RANGES) | {"daily_summary_hour_utc"}
+    for name in sorted(set(settings) ^ expected):
+        state = "unknown" if name in settings else "missing"
+        raise ConfigError(f"{where}: watchdog setting '{name}' is {state}; expected: {', '.join(sorted(expected))}")
+    for name, (low, high) in _WATCHDOG_RANGES.items():
+        value = settings[name]
+        whole = name in _WATCHDOG_INTS
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                or not low <= value <= high:
+            raise ConfigError(f"{where}: watchdog setting '{name}' = {value!r} must be a "
+                              f"{'whole ' if whole else ''}number in [{low}, {high}]")
+    hour = settings["daily_summary_hour_utc"]
+    if hour is not None and (isinstance(hour, bool) or not isinstance(hour, int) or not 0 <= hour <= 23):
+        raise ConfigError(f"{where}: watchdog setting 'daily_summary_hour_utc' = {hour!r} must be None or 0..23")
+    if settings["retry_max_s"] < settings["retry_base_s"]:
+        raise ConfigError(f"{where}: watchdog setting 'retry_max_s' must be >= retry_base_s")
+    for kind in sorted(set(levels) ^ set(WATCHDOG_ALERT_LEVELS)):
+        state = "unknown" if kind in levels else "missing"
+        raise ConfigError(f"{where}: alert type '{kind}' is {state}; expected: {', '.join(WATCHDOG_ALERT_LEVELS)}")
+    for kind, level in levels.items():
+        if level not in WATCHDOG_LEVEL_CHOICES:
+            raise ConfigError(f"{where}: alert level of '{kind}' = {level!r} is not one of "
+                              f"{', '.join(WATCHDOG_LEVEL_CHOICES)}")
+
+
+validate_watchdog(WATCHDOG_SETTINGS, WATCHDOG_ALERT_LEVELS)

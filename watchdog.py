@@ -1,0 +1,1231 @@
+"""GrTr watchdog: watches the live trader's heartbeat, process and event log; Telegram alerts and commands.
+
+    python watchdog.py                         # watch the trader started by run_live.py in this folder
+    python watchdog.py --dir results/paper1    # watch the trader whose heartbeat and logs are in that folder
+    python watchdog.py --restart               # also restart the trader when it dies or hangs
+    python watchdog.py --test-message          # send one message and exit: checks the token and chat
+
+It reads the trader's files (``heartbeat.json``, ``logs/events.jsonl``, ``logs/trader.log`` and
+``state.sqlite`` read-only), writes ``control.json`` for /pause and /resume, and keeps its own
+``watchdog.sqlite``: the outbox of alerts not yet delivered and the event log position, committed in
+one transaction, so a restarted watchdog neither replays nor skips an event and an alert waits there
+while Telegram is unreachable. Settings are in config.py (``WATCHDOG_SETTINGS``,
+``WATCHDOG_ALERT_LEVELS``); ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID`` and ``TELEGRAM_API_URL``
+come from the environment or ``.env``. The token is part of every Bot API URL, so every error text
+is redacted before it is logged or raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import json
+import logging
+import logging.handlers
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+from dotenv import load_dotenv
+
+import config
+
+logger = logging.getLogger("grtr.watchdog")
+DEFAULT_API_URL = "https://api.telegram.org"
+EXIT_TELEGRAM = 1
+EXIT_USAGE = 2
+HOUR_MS = 3_600_000
+FIELD_CHARS = 1000          # longest free-text field (error message, detail) put into an alert
+TAIL_CHARS = 2500           # longest log excerpt in an alert: keeps every message under Telegram's 4096
+MAX_TRADES_LISTED = 30
+COMMANDS_HELP = (
+    "/status: positions, stops, unrealized PnL, last bar, heartbeat age\n"
+    "/trades [n]: the last n trades (default 10)\n"
+    "/pnl [days]: PnL, trades and drawdown of the last days (default 1)\n"
+    "/pause: no new entries (open positions are still managed)\n"
+    "/resume: entries again\n"
+    "/help: this list"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """The watchdog's tunables: config.WATCHDOG_SETTINGS plus the alert level of each alert type."""
+
+    heartbeat_stale_s: float
+    startup_grace_s: float
+    poll_interval_s: float
+    updates_timeout_s: int
+    request_timeout_s: float
+    daily_summary_hour_utc: int | None
+    merge_window_s: float
+    min_send_interval_s: float
+    retry_base_s: float
+    retry_max_s: float
+    restart_max_per_hour: int
+    restart_backoff_s: float
+    restart_backoff_max_s: float
+    kill_grace_s: float
+    log_tail_lines: int
+    levels: dict[str, str]
+
+    @classmethod
+    def from_config(cls, levels: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """config.py's values with ``overrides`` and ``levels`` applied, validated (errors name the key)."""
+        values = {**config.WATCHDOG_SETTINGS, **overrides}
+        all_levels = {**config.WATCHDOG_ALERT_LEVELS, **(levels or {})}
+        config.validate_watchdog(values, all_levels, where="watchdog settings")
+        return cls(levels=all_levels, **values)
+
+
+def telegram_settings(environ: Mapping[str, str]) -> tuple[str, str, str]:
+    """(token, chat id, API base URL) from the environment; a clear error when one is missing or bad."""
+    token = environ.get("TELEGRAM_BOT_TOKEN", "").strip()
+    chat_id = environ.get("TELEGRAM_CHAT_ID", "").strip()
+    api_url = (environ.get("TELEGRAM_API_URL", "").strip() or DEFAULT_API_URL).rstrip("/")
+    if not token:
+        raise config.ConfigError("TELEGRAM_BOT_TOKEN is not set (environment or .env)")
+    if not chat_id:
+        raise config.ConfigError("TELEGRAM_CHAT_ID is not set (environment or .env)")
+    if not api_url.startswith(("http://", "https://")):
+        raise config.ConfigError(f"TELEGRAM_API_URL = {api_url!r} must start with http:// or https://")
+    return token, chat_id, api_url
+
+
+# ----------------------------------------------------------------------------------------------
+# Bot API
+# ----------------------------------------------------------------------------------------------
+class TelegramError(Exception):
+    """The Bot API answered with an error (HTTP status, Telegram's description, retry_after on 429)."""
+
+    def __init__(self, status: int, description: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {description}")
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+    @property
+    def config_problem(self) -> bool:
+        """The token or the chat is wrong: every message would fail the same way."""
+        return self.status in (401, 403, 404) or (self.status == 400 and "chat not found" in self.description.lower())
+
+
+class TelegramUnreachable(Exception):
+    """No answer from the Bot API (connection refused, timeout, broken connection)."""
+
+
+class BotApi:
+    """A thin Bot API client on ``requests``; its error texts never contain the token."""
+
+    def __init__(self, token: str, api_url: str = DEFAULT_API_URL, timeout: float = 15.0) -> None:
+        self._token = token
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def redact(self, text: str) -> str:
+        """``text`` without the token."""
+        return text.replace(self._token, "<token>") if self._token else text
+
+    def call(self, method: str, http_timeout: float | None = None, **params: Any) -> Any:
+        """Call ``method`` with JSON ``params``; returns its result or raises TelegramError/TelegramUnreachable."""
+        url = f"{self.api_url}/bot{self._token}/{method}"
+        try:
+            response = self.session.post(url, json=params, timeout=http_timeout or self.timeout)
+        except requests.RequestException as exc:
+            # `from None`: the original exception's text holds the URL, hence the token
+            raise TelegramUnreachable(self.redact(f"{type(exc).__name__}: {exc}")) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        if response.status_code == 200 and body.get("ok"):
+            return body.get("result")
+        retry_after = (body.get("parameters") or {}).get("retry_after")
+        description = str(body.get("description") or response.reason or "no description")
+        raise TelegramError(response.status_code, self.redact(description),
+                            float(retry_after) if isinstance(retry_after, (int, float)) else None)
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        self.session.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting (Telegram HTML parse mode: only &, < and > need escaping)
+# ----------------------------------------------------------------------------------------------
+def esc(value: Any, limit: int = FIELD_CHARS) -> str:
+    """``value`` as text for HTML parse mode: cut to ``limit`` characters, then escaped."""
+    text = "—" if value is None else str(value)
+    return html.escape(text if len(text) <= limit else text[:limit] + "…", quote=False)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def num(value: Any) -> str:
+    """A quantity or price without float noise (10 significant digits)."""
+    number = _finite(value)
+    if number is None:
+        return "—" if value is None or isinstance(value, float) else esc(value)
+    return f"{number:.10g}"
+
+
+def usdt(value: Any, signed: bool = True) -> str:
+    """An amount in USDT, signed by default."""
+    number = _finite(value)
+    return "—" if number is None else f"{number:{'+' if signed else ''},.2f} USDT"
+
+
+def pct(value: Any) -> str:
+    """A signed percentage."""
+    number = _finite(value)
+    return "—" if number is None else f"{number:+.2f}%"
+
+
+def duration(seconds: float) -> str:
+    """A duration in the two largest units: '45 s', '3 min 5 s', '2 h 10 min', '3 d 4 h'."""
+    rest = max(0, int(round(seconds)))
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        parts.append((count, unit))
+    first = next((k for k, (count, _) in enumerate(parts) if count), len(parts) - 1)
+    shown = [parts[first]] + [p for p in parts[first + 1:first + 2] if p[0]]
+    return " ".join(f"{count} {unit}" for count, unit in shown)
+
+
+def utc_text(ms: float, seconds: bool = False) -> str:
+    """Epoch milliseconds as 'YYYY-MM-DD HH:MM[:SS] UTC'."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "") + " UTC")
+
+
+def iso_ms(text: Any) -> int | None:
+    """An ISO-8601 time as epoch milliseconds (UTC when no offset is given), or None."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def log_tail(path: Path, lines: int, redact: Callable[[str], str]) -> list[str]:
+    """The last ``lines`` lines of a text file (missing file: none), each cut to 200 characters."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64_000))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [redact(line[:200]) for line in text.splitlines()[-lines:]]
+
+
+def pre_block(lines: list[str]) -> str:
+    """Log lines as an escaped <pre> block, oldest lines dropped to stay under TAIL_CHARS."""
+    lines = list(lines)
+    while lines and len(html.escape("\n".join(lines), quote=False)) > TAIL_CHARS:
+        lines.pop(0)
+    body = html.escape("\n".join(lines), quote=False)
+    return f"<pre>{body}</pre>" if lines else ""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One message to send: its alert type (which sets its level) and its HTML text."""
+
+    kind: str
+    text: str
+
+
+def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
+    """The alert of one trader event (``tail``: the last log lines, shown with a stop)."""
+    kind = str(event.get("event"))
+    side = esc(str(event.get("side") or "").upper())
+    symbol = esc(event.get("symbol"))
+    who = f"{side} {symbol}".strip()
+    g = event.get
+    if kind == "start":
+        sides = ", ".join(str(s) for s in g("sides") or [])
+        return Alert(kind, f"▶️ <b>Trader started</b> {symbol} ({esc(g('env'))}), pid {esc(g('pid'))}, "
+                           f"sides {esc(sides)}")
+    if kind == "stop":
+        text = f"⏹ <b>Trader stopped</b> {symbol}: {esc(g('reason'))}, exit code {esc(g('exit_code'))}"
+        block = pre_block(tail)
+        return Alert(kind, text + (f"\nlast lines of trader.log:\n{block}" if block else ""))
+    if kind == "entry":
+        return Alert(kind, f"🟢 <b>Entry {who}</b>\nqty {num(g('qty'))} @ {num(g('price'))}\n"
+                           f"stop {num(g('stop'))} · risk {usdt(g('risk'), signed=False)}")
+    if kind == "add":
+        return Alert(kind, f"➕ <b>Pyramid add {who}</b>\n+{num(g('qty'))} @ {num(g('price'))}\n"
+                           f"position {num(g('total_qty'))} @ avg {num(g('avg_price'))}")
+    if kind == "partial_exit":
+        return Alert(kind, f"💰 <b>Partial take-profit {who}</b>\n{num(g('qty'))} @ {num(g('price'))} · "
+                           f"PnL {usdt(g('pnl'))}\nremaining {num(g('remaining_qty'))}")
+    if kind == "exit":
+        icon = "✅" if (_finite(g("pnl")) or 0.0) >= 0 else "🔻"
+        hold = _finite(g("hold_hours"))
+        return Alert(kind, f"{icon} <b>Exit {who}</b>: {esc(g('reason'))}\n{num(g('qty'))} @ {num(g('price'))} "
+                           f"(entry {num(g('entry_price'))})\nPnL {usdt(g('pnl'))} ({pct(g('pnl_pct'))}) · held "
+                           f"{duration(hold * 3600) if hold is not None else '—'}")
+    if kind == "stop_moved":
+        return Alert(kind, f"↕️ <b>Stop moved {who}</b> ({esc(g('kind'))}): {num(g('old_stop'))} → "
+                           f"{num(g('new_stop'))}")
+    if kind == "order_rejected":
+        return Alert(kind, f"⛔ <b>Order rejected {who}</b>: {esc(g('action'))} {esc(g('order_link_id'))}\n"
+                           f"{esc(g('ret_code'))}: {esc(g('ret_msg'))}")
+    if kind == "desync":
+        return Alert(kind, f"⚠️ <b>Desync {who}</b>\n{esc(g('detail'))}")
+    if kind == "rescue":
+        return Alert(kind, f"🛟 <b>Rescue {who}</b>: {num(g('qty'))} @ {num(g('entry_price'))}\n{esc(g('detail'))}")
+    if kind == "error":
+        return Alert(kind, f"❗ <b>Error {who}</b>\n{esc(g('message'))}")
+    rest = {k: v for k, v in event.items() if k not in ("time", "ts_ms", "event", "symbol", "side")}
+    return Alert("other", f"ℹ️ <b>{esc(kind)} {who}</b>\n<code>{esc(json.dumps(rest, default=str))}</code>")
+
+
+# ----------------------------------------------------------------------------------------------
+# The watchdog's own database: outbox and persisted values
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutboxRow:
+    """A message in the outbox; ``count`` identical alerts merged into it, ``sent_count`` already shown."""
+
+    id: int
+    chat_id: str
+    text: str
+    silent: bool
+    count: int
+    sent_count: int
+    first_ms: int
+    last_ms: int
+    message_id: int | None
+
+
+class Store:
+    """watchdog.sqlite: the outbox and a few JSON values, shared by the watchdog's threads under one lock."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT NOT NULL,
+        text TEXT NOT NULL, silent INTEGER NOT NULL, mergeable INTEGER NOT NULL, count INTEGER NOT NULL,
+        sent_count INTEGER NOT NULL DEFAULT 0, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+        sent_ms INTEGER, message_id INTEGER, failed INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS outbox_text ON outbox (text);
+    CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(self.SCHEMA)
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        """Close the database."""
+        with self.lock:
+            self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change, exclusive among the threads."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A persisted value, or ``default``."""
+        with self.lock:
+            row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    @staticmethod
+    def put(db: sqlite3.Connection, key: str, value: Any) -> None:
+        """Persist a value inside a transaction."""
+        db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
+
+    @staticmethod
+    def enqueue(db: sqlite3.Connection, chat_id: str, text: str, silent: bool, now_ms: int,
+                merge_window_ms: int | None) -> None:
+        """Add a message inside a transaction; an identical alert not yet sent, or sent within the
+        merge window, absorbs it instead (``merge_window_ms`` None or 0: never merged)."""
+        if merge_window_ms:
+            row = db.execute("SELECT id FROM outbox WHERE mergeable = 1 AND failed = 0 AND chat_id = ? AND text = ? "
+                             "AND silent = ? AND (sent_ms IS NULL OR first_ms >= ?) ORDER BY id DESC LIMIT 1",
+                             (chat_id, text, int(silent), now_ms - merge_window_ms)).fetchone()
+            if row is not None:
+                db.execute("UPDATE outbox SET count = count + 1, last_ms = ? WHERE id = ?", (now_ms, row[0]))
+                return
+        db.execute("INSERT INTO outbox (chat_id, text, silent, mergeable, count, first_ms, last_ms) "
+                   "VALUES (?, ?, ?, ?, 1, ?, ?)", (chat_id, text, int(silent), int(bool(merge_window_ms)),
+                                                     now_ms, now_ms))
+
+    def next_due(self) -> OutboxRow | None:
+        """The oldest message to send, or a sent one whose merge count must be updated."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT id, chat_id, text, silent, count, sent_count, first_ms, last_ms, message_id FROM outbox "
+                "WHERE failed = 0 AND (sent_ms IS NULL OR (message_id IS NOT NULL AND count > sent_count)) "
+                "ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else OutboxRow(row[0], row[1], row[2], bool(row[3]), *row[4:])
+
+    def mark_sent(self, row_id: int, now_ms: int, message_id: int | None, count: int) -> None:
+        """A message (or its merge count) reached Telegram."""
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET sent_ms = COALESCE(sent_ms, ?), message_id = COALESCE(?, message_id), "
+                       "sent_count = ? WHERE id = ?", (now_ms, message_id, count, row_id))
+            db.execute("DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ? AND count = sent_count",
+                       (now_ms - 7 * 24 * HOUR_MS,))
+
+    def mark_failed(self, row_id: int) -> None:
+        """Telegram refused this message for good; it stays in the database, marked."""
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET failed = 1 WHERE id = ?", (row_id,))
+
+    def pending(self) -> int:
+        """Messages not yet delivered."""
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM outbox WHERE failed = 0 AND (sent_ms IS NULL OR "
+                                   "(message_id IS NOT NULL AND count > sent_count))").fetchone()[0]
+
+
+def render(row: OutboxRow, now_ms: int) -> str:
+    """The text Telegram shows: merged alerts carry their count, late ones the time they were raised."""
+    if row.count > 1:
+        return (f"{row.text}\n<i>×{row.count} between {utc_text(row.first_ms, True)[11:19]} and "
+                f"{utc_text(row.last_ms, True)[11:]}</i>")
+    if now_ms - row.first_ms > 60_000:
+        return f"{row.text}\n<i>raised {utc_text(row.first_ms, True)}</i>"
+    return row.text
+
+
+class Sender:
+    """Delivers the outbox in order: one message per ``min_send_interval_s`` per chat, backoff on network
+    errors and 5xx, Telegram's retry_after on 429; a wrong token or chat keeps the messages waiting."""
+
+    def __init__(self, store: Store, api: BotApi, settings: Settings, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.api = api
+        self.settings = settings
+        self.clock = clock
+        self.failures = 0
+        self.blocked_until = 0.0
+        self.last_sent: dict[str, float] = {}
+
+    def step(self) -> float:
+        """Send (or update) at most one message; returns the seconds to wait before the next step."""
+        now = self.clock()
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        row = self.store.next_due()
+        if row is None:
+            return self.settings.poll_interval_s
+        wait = self.last_sent.get(row.chat_id, -math.inf) + self.settings.min_send_interval_s - now
+        if wait > 0:
+            return wait
+        text = render(row, int(now * 1000))
+        try:
+            if row.message_id is None:
+                result = self.api.call("sendMessage", chat_id=row.chat_id, text=text, parse_mode="HTML",
+                                       disable_notification=row.silent, link_preview_options={"is_disabled": True})
+            else:
+                result = self.api.call("editMessageText", chat_id=row.chat_id, message_id=row.message_id, text=text,
+                                       parse_mode="HTML", link_preview_options={"is_disabled": True})
+        except TelegramUnreachable as exc:
+            return self._backoff(now, f"Telegram unreachable ({exc})")
+        except TelegramError as exc:
+            if exc.status == 429:
+                self.failures += 1
+                delay = exc.retry_after if exc.retry_after is not None else self._delay()
+                logger.warning("Telegram rate limit (429): waiting %.1f s as it asks", delay)
+                self.blocked_until = now + delay
+                return delay
+            if exc.status >= 500 or exc.config_problem:
+                hint = " (check TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID)" if exc.config_problem else ""
+                return self._backoff(now, f"Telegram refused the message: {exc}{hint}")
+            if row.message_id is None:
+                logger.error("Telegram refused message %d for good (%s); kept in watchdog.sqlite, marked failed: %s",
+                             row.id, exc, row.text[:300])
+                self.store.mark_failed(row.id)
+                return 0.0
+            result = None  # an edit of a deleted or unchanged message: nothing more to show
+        self.last_sent[row.chat_id] = self.clock()
+        message_id = result.get("message_id") if isinstance(result, dict) else None
+        self.store.mark_sent(row.id, int(now * 1000), message_id, row.count)
+        if self.failures:
+            logger.info("Telegram reachable again; %d more messages waiting", self.store.pending())
+        self.failures = 0
+        return 0.0
+
+    def _delay(self) -> float:
+        return min(self.settings.retry_base_s * 2 ** max(0, self.failures - 1), self.settings.retry_max_s)
+
+    def _backoff(self, now: float, why: str) -> float:
+        self.failures += 1
+        delay = self._delay()
+        logger.warning("%s; %d messages wait in the outbox; retry in %.1f s", why, self.store.pending(), delay)
+        self.blocked_until = now + delay
+        return delay
+
+
+# ----------------------------------------------------------------------------------------------
+# The event log
+# ----------------------------------------------------------------------------------------------
+class EventReader:
+    """logs/events.jsonl read from a persisted position (inode, first bytes, offset).
+
+    The trader rotates by renaming the file to ``events.jsonl.1``; when the file at the path is no
+    longer the one being read, the rest of the renamed one is read first, then the new one from 0.
+    Only complete lines are consumed. With no saved position, an existing log is read from its end
+    (earlier events are not replayed); a log that appears later is read from its start.
+    """
+
+    HEAD_BYTES = 64
+
+    def __init__(self, path: Path, position: dict[str, Any] | None) -> None:
+        self.path = path
+        self.rotated = path.with_name(path.name + ".1")
+        if position is None:
+            found = self._identity(path)
+            self.ino, self.head, self.offset = (found[0], found[2], found[1]) if found else (None, b"", 0)
+            if found:
+                logger.info("%s exists: reading from its end (%d bytes are not replayed)", path, found[1])
+        else:
+            self.ino, self.head, self.offset = position["ino"], bytes.fromhex(position["head"]), position["offset"]
+
+    def position(self) -> dict[str, Any]:
+        """What to persist to resume exactly here."""
+        return {"ino": self.ino, "head": self.head.hex(), "offset": self.offset}
+
+    def _identity(self, path: Path) -> tuple[int, int, bytes] | None:
+        """(inode, size, first bytes) of ``path``, or None when it does not exist."""
+        try:
+            with path.open("rb") as handle:
+                stat = os.fstat(handle.fileno())
+                return stat.st_ino, stat.st_size, handle.read(self.HEAD_BYTES)
+        except FileNotFoundError:
+            return None
+
+    def _same(self, found: tuple[int, int, bytes] | None) -> bool:
+        return found is not None and found[0] == self.ino and found[2].startswith(self.head)
+
+    def read(self) -> list[dict[str, Any]]:
+        """The complete events appended since the last read, in order."""
+        events: list[dict[str, Any]] = []
+        current = self._identity(self.path)
+        if self.ino is not None and not self._same(current):
+            if self._same(self._identity(self.rotated)):
+                events += self._read_from(self.rotated)
+            else:
+                logger.error("%s was replaced and its previous file is gone (rotated twice between two reads?): "
+                             "events after offset %d of the old file are lost", self.path, self.offset)
+            self.ino, self.head, self.offset = None, b"", 0
+        if current is None:
+            return events
+        if self.ino is None:
+            self.ino, self.head, self.offset = current[0], current[2], 0
+        elif current[1] < self.offset:
+            logger.warning("%s shrank below the read position: reading it again from its start", self.path)
+            self.offset = 0
+        return events + self._read_from(self.path)
+
+    def _read_from(self, path: Path) -> list[dict[str, Any]]:
+        try:
+            with path.open("rb") as handle:
+                if os.fstat(handle.fileno()).st_ino != self.ino:
+                    return []  # replaced since it was looked at: the next read follows the rotation
+                if len(self.head) < self.HEAD_BYTES:
+                    self.head = handle.read(self.HEAD_BYTES)
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        events = []
+        for line in complete.splitlines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                logger.error("%s: unreadable line skipped: %r", path.name, line[:200])
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+# ----------------------------------------------------------------------------------------------
+# The trader's files
+# ----------------------------------------------------------------------------------------------
+def read_heartbeat(path: Path) -> dict[str, Any] | None:
+    """heartbeat.json, or None when it is missing or unreadable."""
+    try:
+        beat = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("%s unreadable: %s", path, exc)
+        return None
+    if not isinstance(beat, dict) or not isinstance(beat.get("pid"), int) or not isinstance(beat.get("time_ms"), int):
+        logger.warning("%s lacks pid or time_ms", path)
+        return None
+    return beat
+
+
+def process_alive(pid: int, started_ms: int | None) -> bool:
+    """True when ``pid`` runs and is not a zombie nor a newer process that reused the pid."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        created_ms = process.create_time() * 1000
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    return started_ms is None or created_ms <= started_ms + 2000
+
+
+def running_copy(cmdline: list[str], cwd: str | None) -> int | None:
+    """The pid of a live process running exactly ``cmdline`` (in ``cwd`` when known), or None."""
+    for process in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
+        info = process.info
+        if info["cmdline"] == cmdline and info["status"] != psutil.STATUS_ZOMBIE \
+                and (cwd is None or info["cwd"] in (None, cwd)):
+            return info["pid"]
+    return None
+
+
+def write_control(workdir: Path, paused: bool, now_ms: int) -> None:
+    """control.json, atomically: the trader reads it at each bar."""
+    tmp = workdir / "control.json.tmp"
+    tmp.write_text(json.dumps({"paused": paused, "updated_ms": now_ms, "by": "watchdog"}))
+    os.replace(tmp, workdir / "control.json")
+
+
+def read_trades(db_path: Path) -> list[dict[str, Any]]:
+    """The trader's trades table (read-only), oldest first; none when the database does not exist yet."""
+    if not db_path.exists():
+        return []
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT symbol, side, qty, entry_time, exit_time, entry_price, exit_price, fees, "
+                          "funding, pnl, exit_reason FROM trades ORDER BY id").fetchall()
+    finally:
+        db.close()
+    keys = ("symbol", "side", "qty", "entry_time", "exit_time", "entry_price", "exit_price", "fees", "funding", "pnl",
+            "exit_reason")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def read_equity(db_path: Path) -> list[tuple[int, float]]:
+    """The trader's equity table (read-only): (ts_ms, equity) in time order."""
+    if not db_path.exists():
+        return []
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT ts_ms, equity FROM equity ORDER BY ts_ms").fetchall()
+    finally:
+        db.close()
+
+
+def period_report(trades: list[dict[str, Any]], equity: list[tuple[int, float]], start_ms: int, end_ms: int
+                  ) -> list[str]:
+    """Lines on the trades closed and the equity in [start_ms, end_ms): PnL, wins, equity, drawdown."""
+    closed = [t for t in trades if start_ms <= (iso_ms(t["exit_time"]) or -1) < end_ms]
+    by_trade: dict[tuple[Any, Any], float] = {}
+    for t in closed:  # partial take-profits are rows of the same trade
+        key = (t["side"], t["entry_time"])
+        by_trade[key] = by_trade.get(key, 0.0) + (t["pnl"] or 0.0)
+    won = sum(1 for pnl in by_trade.values() if pnl > 0)
+    lines = [f"trades: {len(by_trade)} ({won} won, {len(by_trade) - won} lost)",
+             f"PnL: {usdt(sum(t['pnl'] or 0.0 for t in closed))}, fees {usdt(sum(t['fees'] or 0.0 for t in closed))}"]
+    peak, deepest, last = -math.inf, 0.0, None
+    for ts, value in equity:
+        if ts >= end_ms:
+            break
+        peak = max(peak, value)
+        last = (value, value / peak - 1 if peak > 0 else 0.0)
+        if ts >= start_ms:
+            deepest = min(deepest, last[1])
+    if last is not None:
+        lines.append(f"equity: {usdt(last[0], signed=False)}")
+        lines.append(f"drawdown: {last[1] * 100:.2f}% now, deepest {deepest * 100:.2f}% in the period")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# The watchdog
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MonitorState:
+    """What the watchdog knows of the trader across its own restarts."""
+
+    start_pid: int | None = None          # pid of the latest start event
+    start_ms: int | None = None
+    stopped_pid: int | None = None        # the pid of the latest stop event, and its exit code
+    stopped_code: int | None = None
+    dead_pid: int | None = None           # pid whose end was handled (alerted, restart decided)
+    stale_pid: int | None = None          # pid whose stale heartbeat was alerted
+    cmdline: list[str] = field(default_factory=list)   # from the heartbeat: what a restart runs
+    cwd: str | None = None
+    restarts: list[int] = field(default_factory=list)  # restart times (ms) within the last hour
+    gave_up: bool = False                 # the restart limit was hit
+    daily: str | None = None              # date of the last daily summary
+
+
+class Watchdog:
+    """Heartbeat, process and event-log checks, alerts into the outbox, restarts, and commands."""
+
+    def __init__(self, workdir: Path, token: str, chat_id: str, api_url: str = DEFAULT_API_URL,
+                 restart: bool = False, settings: Settings | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.workdir = Path(workdir)
+        self.chat_id = str(chat_id)
+        self.restart = restart
+        self.settings = settings or Settings.from_config()
+        self.clock = clock
+        self._token = token
+        self.store = Store(self.workdir / "watchdog.sqlite")
+        self.reader = EventReader(self.workdir / "logs" / "events.jsonl", self.store.get("events_position"))
+        saved = self.store.get("monitor")
+        known = {f.name for f in dataclasses.fields(MonitorState)}
+        self.state = MonitorState(**{k: v for k, v in (saved or {}).items() if k in known})
+        hour = self.settings.daily_summary_hour_utc
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        if saved is None and hour is not None and now.hour >= hour:
+            self.state.daily = now.date().isoformat()  # first run: today's summary time has passed already
+        self._save([])
+        self.sender = Sender(self.store, BotApi(token, api_url, self.settings.request_timeout_s), self.settings, clock)
+        self.commands_api = BotApi(token, api_url, self.settings.request_timeout_s)
+        self.updates_offset: int | None = self.store.get("updates_offset")
+        self.wake = threading.Event()
+        self.child: subprocess.Popen | None = None
+        self.child_started_ms = 0
+        self._command_failures = 0
+        self._copy_logged: int | None = None
+
+    def redact(self, text: str) -> str:
+        """``text`` without the bot token."""
+        return text.replace(self._token, "<token>") if self._token else text
+
+    def close(self) -> None:
+        """Close the database and HTTP sessions (a restarted trader keeps running)."""
+        self.sender.api.close()
+        self.commands_api.close()
+        self.store.close()
+
+    # --- one monitoring pass ------------------------------------------------------------------
+    def poll(self) -> None:
+        """Read new events, check heartbeat and process, send the daily summary; alerts, the event
+        position and the state are committed together."""
+        now_ms = int(self.clock() * 1000)
+        alerts = self._read_events()
+        alerts += self._check_trader(now_ms)
+        alerts += self._daily(now_ms)
+        self._save(alerts, now_ms)
+
+    def _read_events(self) -> list[Alert]:
+        return [self._on_event(event) for event in self.reader.read()]
+
+    def _save(self, alerts: list[Alert], now_ms: int = 0) -> None:
+        with self.store.transaction() as db:
+            for alert in alerts:
+                self._enqueue(db, alert, now_ms)
+            Store.put(db, "events_position", self.reader.position())
+            Store.put(db, "monitor", dataclasses.asdict(self.state))
+        if alerts:
+            self.wake.set()
+
+    def _enqueue(self, db: sqlite3.Connection, alert: Alert, now_ms: int) -> None:
+        level = self.settings.levels.get(alert.kind, "on")
+        logger.info("alert %s (%s): %s", alert.kind, level, self.redact(alert.text.replace("\n", " | ")[:300]))
+        if level != "off":
+            Store.enqueue(db, self.chat_id, self.redact(alert.text), level == "silent", now_ms,
+                          int(self.settings.merge_window_s * 1000))
+
+    def _on_event(self, event: dict[str, Any]) -> Alert:
+        kind = event.get("event")
+        tail: list[str] = []
+        if kind == "start" and isinstance(event.get("pid"), int):
+            self.state.start_pid, self.state.start_ms = event["pid"], event.get("ts_ms")
+            for name in ("stopped_pid", "dead_pid", "stale_pid"):  # a reused pid starts with a clean slate
+                if getattr(self.state, name) == event["pid"]:
+                    setattr(self.state, name, None)
+        elif kind == "stop":
+            beat = read_heartbeat(self.workdir / "heartbeat.json")
+            self.state.stopped_pid = self.state.start_pid or (beat or {}).get("pid")
+            self.state.stopped_code = event.get("exit_code")
+            tail = log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact)
+        return event_alert(event, tail)
+
+    def _current(self, beat: dict[str, Any] | None) -> tuple[int, int] | None:
+        """(pid, start ms) of the newest trader known: heartbeat, start event or a restarted child."""
+        known = []
+        if beat:
+            known.append((beat.get("started_ms") or 0, beat["pid"]))
+        if self.state.start_pid is not None:
+            known.append((self.state.start_ms or 0, self.state.start_pid))
+        if self.child is not None:
+            known.append((self.child_started_ms, self.child.pid))
+        if not known:
+            return None
+        started, pid = max(known)
+        return pid, started
+
+    def _alive(self, pid: int, started_ms: int) -> bool:
+        if self.child is not None and self.child.pid == pid:
+            return self.child.poll() is None
+        return process_alive(pid, started_ms)
+
+    def _check_trader(self, now_ms: int) -> list[Alert]:
+        beat = read_heartbeat(self.workdir / "heartbeat.json")
+        if beat and isinstance(beat.get("cmdline"), list) and beat["cmdline"]:
+            self.state.cmdline, self.state.cwd = [str(a) for a in beat["cmdline"]], beat.get("cwd")
+        current = self._current(beat)
+        if current is None:
+            return []
+        pid, started_ms = current
+        if not self._alive(pid, started_ms):
+            # what it wrote before it ended (its stop event) may have landed after this pass's read
+            return self._read_events() + self._on_dead(pid, now_ms)
+        if self.state.stopped_pid == pid:
+            return []  # it announced its stop and is shutting down: neither hung nor to restart
+        if beat and beat["pid"] == pid:
+            age_s, limit_s = (now_ms - beat["time_ms"]) / 1000, self.settings.heartbeat_stale_s
+        else:
+            age_s, limit_s = (now_ms - started_ms) / 1000, self.settings.startup_grace_s
+        if age_s > limit_s:
+            return self._on_hung(pid, age_s, limit_s, now_ms)
+        alerts = []
+        if self.state.stale_pid == pid:
+            self.state.stale_pid = None
+            alerts.append(Alert("heartbeat_recovered", f"💚 <b>Trader responding again</b>, pid {pid}"))
+        if self.state.gave_up:
+            self.state.gave_up, self.state.restarts = False, []  # someone restarted it: restarts allowed again
+        return alerts
+
+    def _on_dead(self, pid: int, now_ms: int) -> list[Alert]:
+        alerts = []
+        clean = self.state.stopped_pid == pid
+        if self.state.dead_pid != pid:
+            self.state.dead_pid, self.state.stale_pid = pid, None
+            if not clean:  # a clean stop was announced by its stop event
+                alerts.append(self._died_alert(pid))
+        if self.restart and not (clean and self.state.stopped_code == 0):
+            alerts += self._maybe_restart(now_ms)
+        return alerts
+
+    def _died_alert(self, pid: int) -> Alert:
+        status = "unknown: no stop event (killed or crashed)"
+        extra = []
+        if self.child is not None and self.child.pid == pid and self.child.returncode is not None:
+            code = self.child.returncode
+            status = f"{code}" + (f" (killed by {signal.Signals(-code).name})" if code < 0 else "")
+            extra = log_tail(self.workdir / "logs" / "trader.restart.log", self.settings.log_tail_lines, self.redact)
+        text = f"🛑 <b>Trader stopped</b>, pid {pid}: exit status {esc(status)}"
+        block = pre_block(log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact))
+        if block:
+            text += f"\nlast lines of trader.log:\n{block}"
+        if extra:
+            text += f"\nits output:\n{pre_block(extra)}"
+        return Alert("stop", text)
+
+    def _on_hung(self, pid: int, age_s: float, limit_s: float, now_ms: int) -> list[Alert]:
+        alerts = []
+        if self.state.stale_pid != pid:
+            self.state.stale_pid = pid
+            alerts.append(Alert("heartbeat_stale", f"⚠️ <b>Trader not responding</b>, pid {pid}: no heartbeat for "
+                                                   f"{duration(age_s)} (limit {duration(limit_s)})"))
+        if self.restart and self._restart_allowed(now_ms):
+            self._kill(pid)
+            self.state.dead_pid, self.state.stale_pid = pid, None
+            alerts += self._maybe_restart(now_ms)
+        elif self.restart and len(self._recent(now_ms)) >= self.settings.restart_max_per_hour:
+            alerts += self._maybe_restart(now_ms)  # gives up, with its alert (once)
+        return alerts
+
+    def _kill(self, pid: int) -> None:
+        """SIGTERM, then SIGKILL after kill_grace_s; waits for the end (and reaps an own child)."""
+        grace = self.settings.kill_grace_s
+        logger.warning("stopping hung trader pid %d", pid)
+        if self.child is not None and self.child.pid == pid:
+            self.child.terminate()
+            try:
+                self.child.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+                self.child.wait(grace)
+            return
+        try:
+            process = psutil.Process(pid)
+            process.terminate()
+            try:
+                process.wait(grace)
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(grace)
+        except psutil.NoSuchProcess:
+            return
+        except (psutil.AccessDenied, psutil.TimeoutExpired) as exc:
+            logger.error("could not stop pid %d: %s", pid, exc)
+
+    def _recent(self, now_ms: int) -> list[int]:
+        """Restart times within the last hour."""
+        return [t for t in self.state.restarts if now_ms - t < HOUR_MS]
+
+    def _restart_allowed(self, now_ms: int) -> bool:
+        """Under the hourly limit, past the backoff, and not given up."""
+        recent = self._recent(now_ms)
+        if self.state.gave_up or len(recent) >= self.settings.restart_max_per_hour:
+            return False
+        if not recent:
+            return True
+        backoff = self.settings.restart_backoff_s * 2 ** (len(recent) - 1)
+        return now_ms >= recent[-1] + 1000 * min(backoff, self.settings.restart_backoff_max_s)
+
+    def _maybe_restart(self, now_ms: int) -> list[Alert]:
+        if self.state.gave_up:
+            return []
+        self.state.restarts = self._recent(now_ms)
+        limit = self.settings.restart_max_per_hour
+        if len(self.state.restarts) >= limit:
+            self.state.gave_up = True
+            return [Alert("restart", f"⛔ <b>Restart limit reached</b>: {len(self.state.restarts)} restarts in the "
+                                     f"last hour (limit {limit}). Not restarting any more: start the trader by hand.")]
+        if not self._restart_allowed(now_ms):
+            return []  # backoff: a later pass restarts it
+        if not self.state.cmdline:
+            self.state.gave_up = True
+            return [Alert("restart", "⛔ <b>Cannot restart the trader</b>: no heartbeat ever told its command line")]
+        running = running_copy(self.state.cmdline, self.state.cwd)
+        if running is not None:
+            if running != self._copy_logged:
+                self._copy_logged = running
+                logger.warning("not restarting: pid %d already runs the trader's command line", running)
+            return []  # started by hand: its start event and heartbeat will make it the watched trader
+        self.state.restarts.append(now_ms)
+        command = " ".join(self.state.cmdline)
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            with (logs / "trader.restart.log").open("ab") as output:
+                self.child = subprocess.Popen(self.state.cmdline, cwd=self.state.cwd or None, stdin=subprocess.DEVNULL,
+                                              stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            return [Alert("restart", f"⛔ <b>Restart failed</b>: {esc(self.redact(str(exc)))}\n"
+                                     f"<code>{esc(command)}</code>")]
+        self.child_started_ms = now_ms
+        logger.warning("restarted the trader as pid %d: %s", self.child.pid, self.redact(command))
+        return [Alert("restart", f"🔄 <b>Trader restarted</b> (restart {len(self.state.restarts)} of at most {limit} "
+                                 f"per hour), new pid {self.child.pid}\n<code>{esc(command)}</code>")]
+
+    def _daily(self, now_ms: int) -> list[Alert]:
+        hour = self.settings.daily_summary_hour_utc
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        today = now.date().isoformat()
+        if hour is None or now.hour < hour or self.state.daily == today:
+            return []
+        self.state.daily = today
+        end = datetime(now.year, now.month, now.day, hour, tzinfo=UTC)
+        end_ms = int(end.timestamp() * 1000)
+        lines = self._report(end_ms - 24 * HOUR_MS, end_ms)
+        return [Alert("daily", f"📊 <b>Daily summary</b>, 24 h to {utc_text(end_ms)}\n" + "\n".join(lines))]
+
+    def _report(self, start_ms: int, end_ms: int) -> list[str]:
+        db_path = self.workdir / "state.sqlite"
+        try:
+            return [esc(line) for line in period_report(read_trades(db_path), read_equity(db_path), start_ms, end_ms)]
+        except sqlite3.Error as exc:
+            return [f"trader database unreadable: {esc(exc)}"]
+
+    # --- commands -----------------------------------------------------------------------------
+    def command(self, text: str) -> str:
+        """The HTML reply to a command from the configured chat."""
+        words = text.split()
+        name = words[0].split("@")[0].lower() if words else ""
+        args = words[1:]
+        now_ms = int(self.clock() * 1000)
+        if name == "/status":
+            return self._status(now_ms)
+        if name == "/trades":
+            count = _count_arg(args, 10, MAX_TRADES_LISTED)
+            return self._trades(count) if count else f"Usage: /trades [n], n from 1 to {MAX_TRADES_LISTED}"
+        if name == "/pnl":
+            days = _count_arg(args, 1, 3650)
+            if not days:
+                return "Usage: /pnl [days], days from 1 to 3650"
+            return f"<b>PnL, last {days} d</b>\n" + "\n".join(self._report(now_ms - days * 24 * HOUR_MS, now_ms + 1))
+        if name in ("/pause", "/resume"):
+            paused = name == "/pause"
+            write_control(self.workdir, paused, now_ms)
+            logger.info("control.json: paused=%s", paused)
+            if paused:
+                return ("⏸ <b>Paused</b>: no new entries from the trader's next bar on; open positions are still "
+                        "managed. /resume to undo.")
+            return "▶️ <b>Resumed</b>: entries allowed again from the trader's next bar on."
+        if name in ("/help", "/start"):
+            return esc(COMMANDS_HELP)
+        return f"Unknown command {esc(name)}.\n{esc(COMMANDS_HELP)}"
+
+    def _status(self, now_ms: int) -> str:
+        beat = read_heartbeat(self.workdir / "heartbeat.json")
+        if beat is None:
+            return "No heartbeat.json yet: the trader has not run in this folder."
+        pid = beat["pid"]
+        alive = self._alive(pid, beat.get("started_ms") or 0)
+        lines = [f"<b>{esc(beat.get('symbol'))}</b> ({esc(beat.get('env'))}), pid {pid} "
+                 f"{'running' if alive else 'NOT RUNNING'}{', PAUSED' if beat.get('paused') else ''}",
+                 f"heartbeat {duration((now_ms - beat['time_ms']) / 1000)} ago · last bar "
+                 f"{utc_text(beat['last_bar_ts']) if isinstance(beat.get('last_bar_ts'), int) else '—'}"]
+        equity = _finite(beat.get("equity"))
+        if equity is None:
+            curve = read_equity(self.workdir / "state.sqlite")
+            equity = curve[-1][1] if curve else None
+        lines.append(f"equity {usdt(equity, signed=False)}")
+        for p in beat.get("positions") or []:
+            lines.append(f"{esc(str(p.get('side')).upper())} {num(p.get('qty'))} @ {num(p.get('entry_price'))}, "
+                         f"stop {num(p.get('stop'))}, TP {num(p.get('take_profit'))}, mark {num(p.get('mark_price'))}"
+                         f", uPnL {usdt(p.get('unrealized_pnl'))}")
+        if not beat.get("positions"):
+            lines.append("no open position")
+        return "\n".join(lines)
+
+    def _trades(self, count: int) -> str:
+        try:
+            trades = read_trades(self.workdir / "state.sqlite")[-count:]
+        except sqlite3.Error as exc:
+            return f"trader database unreadable: {esc(exc)}"
+        if not trades:
+            return "No trades yet."
+        lines = [f"<b>Last {len(trades)} trades</b>"]
+        for t in trades:
+            lines.append(f"{esc(str(t['exit_time'])[:16].replace('T', ' '))} {esc(str(t['side']).upper())} "
+                         f"{num(t['qty'])} {num(t['entry_price'])}→{num(t['exit_price'])} {usdt(t['pnl'])} "
+                         f"{esc(t['exit_reason'])}")
+        return "\n".join(lines)
+
+    def poll_commands(self, timeout: int) -> float:
+        """One getUpdates long poll; commands from the configured chat are answered through the outbox,
+        every other chat is ignored and logged. Returns the seconds to wait before the next poll."""
+        params: dict[str, Any] = {"timeout": timeout, "allowed_updates": ["message"]}
+        if self.updates_offset is not None:
+            params["offset"] = self.updates_offset
+        try:
+            updates = self.commands_api.call("getUpdates", http_timeout=timeout + self.settings.request_timeout_s,
+                                             **params)
+        except (TelegramUnreachable, TelegramError) as exc:
+            self._command_failures += 1
+            retry = exc.retry_after if isinstance(exc, TelegramError) else None
+            delay = retry if retry is not None else min(self.settings.retry_base_s * 2 ** (self._command_failures - 1),
+                                                        self.settings.retry_max_s)
+            logger.warning("getUpdates failed (%s); next try in %.1f s", exc, delay)
+            return delay
+        self._command_failures = 0
+        for update in updates or []:
+            self.updates_offset = int(update["update_id"]) + 1
+            message = update.get("message") or {}
+            chat = str((message.get("chat") or {}).get("id"))
+            text = message.get("text") or ""
+            reply = None
+            if chat != self.chat_id:
+                logger.warning("ignored a message from chat %s: only TELEGRAM_CHAT_ID may give commands", chat)
+            elif text.startswith("/"):
+                logger.info("command %r", text[:100])
+                try:
+                    reply = self.command(text)
+                except (OSError, sqlite3.Error) as exc:
+                    logger.exception("command %r failed", text[:100])
+                    reply = f"Command failed: {esc(self.redact(str(exc)))}"
+            with self.store.transaction() as db:
+                if reply is not None:
+                    Store.enqueue(db, self.chat_id, self.redact(reply), False, int(self.clock() * 1000), None)
+                Store.put(db, "updates_offset", self.updates_offset)
+            if reply is not None:
+                self.wake.set()
+        return 0.0
+
+    # --- threads ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Monitor in this thread, deliver and take commands in two others, until ``stop`` is set."""
+        threads = [threading.Thread(target=self._send_loop, args=(stop,), name="watchdog-send", daemon=True),
+                   threading.Thread(target=self._command_loop, args=(stop,), name="watchdog-commands", daemon=True)]
+        for thread in threads:
+            thread.start()
+        logger.info("watching %s (restart %s)", self.workdir.resolve(), "on" if self.restart else "off")
+        while True:
+            try:
+                self.poll()
+            except Exception:
+                logger.exception("monitoring pass failed")
+            if stop.wait(self.settings.poll_interval_s):
+                break
+        self.wake.set()
+        threads[0].join(timeout=self.settings.request_timeout_s + 1)  # a long poll in flight is left behind
+
+    def _send_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.wake.clear()
+            if stop.is_set():  # run() sets wake after stop: one of the two checks sees it
+                break
+            try:
+                delay = self.sender.step()
+            except Exception:
+                if not stop.is_set():
+                    logger.exception("delivery failed")
+                delay = self.settings.retry_base_s
+            if delay > 0:
+                self.wake.wait(delay)
+
+    def _command_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                delay = self.poll_commands(self.settings.updates_timeout_s)
+            except Exception:
+                if not stop.is_set():  # at shutdown the database may be closed under a long poll in flight
+                    logger.exception("command handling failed")
+                delay = self.settings.retry_base_s
+            if delay > 0:
+                stop.wait(delay)
+
+
+def _count_arg(args: list[str], default: int, high: int) -> int | None:
+    """The optional whole-number argument of a command, or None when it is not one in [1, high]."""
+    if not args:
+        return default
+    try:
+        value = int(args[0])
+    except ValueError:
+        return None
+    return value if 1 <= value <= high else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def send_test_message(api: BotApi, chat_id: str) -> tuple[bool, str]:
+    """Check the token (getMe) and the chat (one sendMessage); (ok, what to print)."""
+    try:
+        bot = api.call("getMe") or {}
+    except TelegramUnreachable as exc:
+        return False, f"cannot reach Telegram at {api.api_url}: {exc}"
+    except TelegramError as exc:
+        return False, f"Telegram refused the bot token ({exc}): check TELEGRAM_BOT_TOKEN"
+    name = bot.get("username") or "the bot"
+    try:
+        api.call("sendMessage", chat_id=chat_id, parse_mode="HTML",
+                 text=f"✅ GrTr watchdog test message from @{esc(name)}: token and chat are right.")
+    except TelegramUnreachable as exc:
+        return False, f"cannot reach Telegram at {api.api_url}: {exc}"
+    except TelegramError as exc:
+        return False, (f"Telegram refused chat {chat_id} ({exc}): check TELEGRAM_CHAT_ID, and that the chat has "
+                       "written to the bot first")
+    return True, f"test message sent to chat {chat_id} by @{name}"
+
+
+class _RedactFilter(logging.Filter):
+    """Removes the token from every record, traceback included."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = text.replace(self.token, "<token>"), ()
+        return True
+
+
+def setup_logging(workdir: Path, token: str) -> None:
+    """Log to stderr and logs/watchdog.log (rotating), the token redacted from both."""
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(),
+        logging.handlers.RotatingFileHandler(workdir / "logs" / "watchdog.log", maxBytes=5_000_000, backupCount=3)]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.addFilter(_RedactFilter(token))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # its debug lines show request paths: the token
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag, explained in --help."""
+    parser = argparse.ArgumentParser(prog="watchdog.py", description="Watches GrTr's live trader; Telegram alerts "
+                                     "and commands (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID in the environment or .env).")
+    parser.add_argument("--dir", default=".", help="the trader's folder (heartbeat.json, logs/, state.sqlite); "
+                                                   "default: the current folder")
+    parser.add_argument("--restart", action="store_true",
+                        help="restart the trader when it dies or hangs (same command line, limited per hour)")
+    parser.add_argument("--test-message", action="store_true", help="send one message and exit: checks token and chat")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; configuration errors exit 2, a refused test message exits 1."""
+    args = build_parser().parse_args(argv)
+    load_dotenv(override=False)
+    try:
+        token, chat_id, api_url = telegram_settings(os.environ)
+        settings = Settings.from_config()
+    except config.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.test_message:
+        api = BotApi(token, api_url, settings.request_timeout_s)
+        ok, text = send_test_message(api, chat_id)
+        api.close()
+        print(text if ok else f"error: {text}", file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else EXIT_TELEGRAM
+    workdir = Path(args.dir)
+    if not workdir.is_dir():
+        print(f"error: --dir {workdir} is not a folder", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(workdir, token)
+    dog = Watchdog(workdir, token, chat_id, api_url, restart=args.restart, settings=settings)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    dog.run(stop)
+    dog.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
