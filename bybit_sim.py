@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,8 @@ class FaultConfig:
     ws_drop_every: int = 0            # drop WebSocket connections every N bars (0 = never)
     acted_timeout_share: float = 0.3  # share of failed order/create calls that act, then time out
     reject_stops: bool = False        # refuse trading-stop requests (a stop the exchange rejects)
+    kinds: tuple[str, ...] = ("http_500", "http_502", "rate_limit", "busy", "timeout")  # the failures drawn
+    max_faults: int | None = None     # stop injecting after this many (None: never stop)
 
 
 def _s(value: float) -> str:
@@ -74,7 +77,9 @@ class SimExchange:
                  history_bars: int = 200, balance: float = 10_000.0, lockstep: bool = True,
                  speed: float | None = None, faults: FaultConfig | None = None, seed: int = 0,
                  api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, port: int = 0,
-                 costs: dict[str, float] | None = None, instrument: dict[str, float] | None = None) -> None:
+                 costs: dict[str, float] | None = None, instrument: dict[str, float] | None = None,
+                 api_permissions: dict[str, list[str]] | None = None, api_ips: list[str] | None = None,
+                 api_read_only: bool = False) -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         if not 0 < history_bars < len(candles):
@@ -91,6 +96,9 @@ class SimExchange:
         self.random = random.Random(seed)
         self.api_key = api_key
         self.api_secret = api_secret
+        self.api_permissions = api_permissions  # what GET /v5/user/query-api reports (None: trade-only key)
+        self.api_ips = api_ips if api_ips is not None else ["*"]
+        self.api_read_only = api_read_only
         self.port = port
         self.fault_counts: dict[str, int] = {}
         self.requests: dict[str, int] = {}
@@ -106,6 +114,7 @@ class SimExchange:
         self._ack_event: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._ticker_sent: set[web.WebSocketResponse] = set()
+        self.on_request: Callable[[str], None] | None = None  # called after each REST request is handled
 
     # --- lifecycle --------------------------------------------------------------------------
     @property
@@ -269,17 +278,23 @@ class SimExchange:
             body = self._envelope(result)
         except ExchangeError as exc:
             body = self._envelope(None, exc.code, exc.message)
+        if self.on_request is not None:
+            self.on_request(path)  # tests: e.g. kill the client after the exchange acted, before it hears back
         if fault == "timeout":
             await asyncio.sleep(self.faults.timeout_seconds)
         return web.json_response(body)
 
     def _pick_fault(self, path: str) -> str | None:
-        if not self.faults.rate or self.random.random() >= self.faults.rate:
+        faults = self.faults
+        if not faults.rate or (faults.max_faults is not None
+                                and sum(self.fault_counts.get(k, 0) for k in faults.kinds) >= faults.max_faults):
             return None
-        if path == "order/create" and self.random.random() < self.faults.acted_timeout_share:
+        if self.random.random() >= faults.rate:
+            return None
+        if path == "order/create" and "timeout" in faults.kinds and self.random.random() < faults.acted_timeout_share:
             kind = "timeout"  # the order is created, the answer arrives too late
         else:
-            kind = self.random.choice(["http_500", "http_502", "rate_limit", "busy", "timeout"])
+            kind = self.random.choice(list(faults.kinds))
         self._count(kind)
         return kind
 
@@ -477,9 +492,13 @@ class SimExchange:
         return {"category": "linear", "list": out, "nextPageCursor": ""}
 
     def _query_api(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"apiKey": self.api_key, "readOnly": 0, "ips": ["*"],
-                "permissions": {"ContractTrade": ["Order", "Position"], "Wallet": [], "Spot": [], "Options": [],
-                                "Derivatives": [], "Exchange": [], "NFT": []}}
+        """The key's permissions, IP binding and read-only flag, as configured in the constructor."""
+        permissions = self.api_permissions
+        if permissions is None:
+            permissions = {"ContractTrade": ["Order", "Position"], "Wallet": [], "Spot": [], "Options": [],
+                           "Derivatives": [], "Exchange": [], "NFT": []}
+        return {"apiKey": self.api_key, "readOnly": int(self.api_read_only), "ips": list(self.api_ips),
+                "permissions": permissions}
 
     ROUTES = {
         "market/time": _market_time, "market/kline": _market_kline, "market/tickers": _market_tickers,

@@ -423,6 +423,18 @@ _validate_optimization()
 
 
 # ---------------------------------------------------------------------------------------------
+# Live trader resilience (run_live.py; each has a command-line flag of the same name)
+# ---------------------------------------------------------------------------------------------
+TRADER_SETTINGS = {
+    "http_timeout": 10.0,        # seconds before a REST call counts as timed out (then retried, orders looked up)
+    "stale_seconds": 30.0,       # WebSocket silent this long: reconnect, and poll REST for missed closes
+    "reconcile_seconds": 60.0,   # state against position/list, open orders and executions, this often
+    "tick_grace_seconds": 5.0,   # a crossed stop still open this long after the first tick: closed at market
+    "price_max_age": 10.0,       # a price older than this is never used for a decision
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Watchdog: heartbeat and process checks, Telegram alerts and delivery, restarts (watchdog.py)
 # ---------------------------------------------------------------------------------------------
 WATCHDOG_LEVEL_CHOICES = ("on", "silent", "off")  # silent: delivered without sound

@@ -413,40 +413,22 @@ def to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
 # Bybit history through pybit: paged, retried, cached as Parquet, incremental
 # ----------------------------------------------------------------------------------------------
 PAGE = 1000
-RETRY_BASE_SECONDS = 0.5
-RETRY_MAX_SECONDS = 10.0
-RETRY_ATTEMPTS = 6
-RETRYABLE_CODES = {10002, 10006, 10016}
-
-
 def with_retries(call: Any, what: str) -> Any:
-    """Run a pybit call, retrying network errors, HTTP 5xx and rate limits with backoff and jitter.
+    """A pybit call through trader_utils.api_retry_wrapper, its failures as DataError with Bybit's message.
 
-    Business errors (bad symbol, bad interval) are raised at once as DataError with Bybit's message.
+    Transient failures (network, HTTP 5xx, rate limits) are retried with backoff; business errors
+    (bad symbol, bad interval) are raised at once.
     """
-    import random
-    import time
+    from pybit.exceptions import InvalidRequestError
 
-    import requests
-    from pybit.exceptions import FailedRequestError, InvalidRequestError
+    from trader_utils import ExchangeUnavailable, api_retry_wrapper, redact
 
-    from trader_utils import redact
-
-    for attempt in range(RETRY_ATTEMPTS):
-        try:
-            return call()
-        except InvalidRequestError as exc:
-            if exc.status_code not in RETRYABLE_CODES:
-                raise DataError(f"Bybit refused {what}: {redact(exc.message)} (retCode {exc.status_code})") from None
-            error = f"retCode {exc.status_code}"
-        except FailedRequestError as exc:
-            error = f"HTTP {exc.status_code}"
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            error = type(exc).__name__
-        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** attempt) * (0.5 + random.random() / 2)
-        logger.warning("%s failed (%s); retry %d/%d in %.2f s", what, error, attempt + 1, RETRY_ATTEMPTS, delay)
-        time.sleep(delay)
-    raise DataError(f"Bybit did not answer {what} after {RETRY_ATTEMPTS} attempts (last: {error})")
+    try:
+        return api_retry_wrapper(call, what)
+    except InvalidRequestError as exc:
+        raise DataError(f"Bybit refused {what}: {redact(exc.message)} (retCode {exc.status_code})") from None
+    except ExchangeUnavailable as exc:
+        raise DataError(str(exc)) from None
 
 
 def _cache_path(cache_dir: Path, symbol: str, timeframe: str) -> Path:

@@ -30,9 +30,10 @@ import core
 import metrics as metrics_mod
 import reporting
 from data_fetcher import TIMEFRAMES, DataError, load_csv, resample
+from market_feed import MarketFeed
 from trader import SideConfig, Trader
 from trader_store import Store
-from trader_utils import bybit_env, make_http, make_ws
+from trader_utils import ExchangeUnavailable, KeyPermissionError, bybit_env, install_redacting_excepthook, make_http
 
 EXIT_USAGE = 2
 
@@ -88,34 +89,6 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
     return configs
 
 
-def bar_queue(symbol: str, timeframe: str) -> tuple[Any, queue.Queue]:
-    """Subscribe to the confirmed klines of ``symbol``; returns the socket and the queue they land in."""
-    closed: queue.Queue = queue.Queue()
-    ws = make_ws("linear")
-
-    def on_kline(message: dict[str, Any]) -> None:
-        for bar in message.get("data", []):
-            if bar.get("confirm"):
-                closed.put(bar)
-
-    ws.kline_stream(interval=int(TIMEFRAMES[timeframe] // 60_000) if timeframe != "1d" else "D", symbol=symbol,
-                    callback=on_kline)
-    return ws, closed
-
-
-def last_closed_bar_rest(trader: Trader) -> dict[str, Any] | None:
-    """REST fallback when a close was missed on the WebSocket: the newest closed kline."""
-    from data_fetcher import BYBIT_INTERVALS
-
-    rows = trader.http.get_kline(category="linear", symbol=trader.symbol, interval=BYBIT_INTERVALS[trader.timeframe],
-                                 limit=2)["result"]["list"]
-    if len(rows) < 2:
-        return None
-    start, open_, high, low, close, volume = rows[1][:6]
-    return {"start": int(start), "open": open_, "high": high, "low": low, "close": close, "volume": volume,
-            "confirm": True}
-
-
 # ----------------------------------------------------------------------------------------------
 # Paper replay
 # ----------------------------------------------------------------------------------------------
@@ -138,9 +111,9 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
         trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL)
         days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
         trader.start(history_days=days)
-        ws, closed = bar_queue(symbol, timeframe)
-        drive_lockstep(trader, sim, closed)
-        ws.exit()
+        feed = MarketFeed(symbol, timeframe)
+        drive_lockstep(trader, sim, feed.bars)
+        feed.close()
         stats = sim.stats()
     trader.stop("replay finished")
     written = write_paper_outputs(out, configs, candles, history, timeframe)
@@ -157,7 +130,8 @@ def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int 
     Returns True when the replay has finished (False when ``max_bars`` stopped it first).
     """
     deadline = time.monotonic() + 30
-    while not any(sim.public.values()) and time.monotonic() < deadline:
+    while not any(t.startswith("kline.") for topics in sim.public.values() for t in topics) \
+            and time.monotonic() < deadline:
         time.sleep(0.005)  # the kline subscription must be live before the first bar is played
     ack = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=60)
     played = 0
@@ -166,12 +140,10 @@ def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int 
         if json.loads(ack.getresponse().read())["finished"] and closed.empty():
             return True
         try:
-            bar = closed.get(timeout=10)
+            trader.on_bar_message(closed.get(timeout=10))
         except queue.Empty:
-            bar = last_closed_bar_rest(trader)  # the WebSocket missed it: REST fallback
-            if bar is None:
+            if not trader.catch_up():  # the WebSocket missed it: REST has it
                 return True
-        trader.on_closed_bar(bar)
         played += 1
     return False
 
@@ -258,38 +230,51 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     if not os.environ.get("BYBIT_API_KEY") or not os.environ.get("BYBIT_API_SECRET"):
         raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
     workdir = Path(args.dir or ".")
-    trader = Trader(make_http(env=env), configs[0].params["symbol"], configs[0].params["timeframe"], configs, workdir,
-                    env=env, dry_run=args.dry_run)
-    trader.start(history_days=config.DATA_DAYS_DEPTH)
-    ws, closed = bar_queue(trader.symbol, trader.timeframe)
-    stopping = []
+    trader = Trader(make_http(env=env, timeout=args.http_timeout), configs[0].params["symbol"],
+                    configs[0].params["timeframe"], configs, workdir, env=env, dry_run=args.dry_run)
+    stopping: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
-    bar_s = TIMEFRAMES[trader.timeframe] / 1000
     try:
-        while not stopping:
-            try:
-                bar = closed.get(timeout=min(5.0, bar_s))
-            except queue.Empty:
-                trader.write_heartbeat(float("nan"), float("nan"))
-                overdue = trader.last_bar_ts and \
-                    time.time() * 1000 > trader.last_bar_ts + 2 * TIMEFRAMES[trader.timeframe] + 30_000
-                if overdue:
-                    bar = last_closed_bar_rest(trader)  # a close was missed on the WebSocket
-                else:
-                    continue
-            if bar:
-                trader.on_closed_bar(bar)
+        trader.start(history_days=config.DATA_DAYS_DEPTH)
+        feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
+        live_loop(trader, feed, args, stopping)
+        feed.close()
     except KeyboardInterrupt:
         stopping.append("Ctrl-C")
-    ws.exit()
     if args.close_on_exit:
-        for side in trader.sides:
-            if side.state[core.S_DIR]:
-                exit_side = "Sell" if side.name == "long" else "Buy"
-                trader._order(side, f"{side.name}-{int(time.time() * 1000)}-close-on-exit", "close", side=exit_side,
-                              orderType="Market", qty=str(side.state[core.S_QTY]), reduceOnly=True)
+        trader.close_all()
     trader.stop(stopping[0] if stopping else "stopped")
     return 0
+
+
+def live_loop(trader: Trader, feed: MarketFeed, settings: argparse.Namespace, stopping: list[str]) -> None:
+    """Bar closes from the feed; between them the tick guard, staleness checks and periodic reconciliation.
+
+    A call Bybit does not answer after every retry (ExchangeUnavailable) rolls its bar back; the
+    loop reports it and carries on, and the bar is handled again from REST.
+    """
+    clock = time.monotonic
+    next_reconcile = clock() + settings.reconcile_seconds
+    next_beat = 0.0
+    while not stopping:
+        try:
+            try:
+                trader.on_bar_message(feed.bars.get(timeout=0.05))
+            except queue.Empty:
+                pass
+            if feed.check():
+                trader.catch_up()  # polled while the socket is stale or reconnecting
+            price = feed.price(settings.price_max_age)
+            if price is not None:
+                trader.tick_guard(price, clock(), settings.tick_grace_seconds)
+            if clock() >= next_reconcile:
+                trader.reconcile()
+                next_reconcile = clock() + settings.reconcile_seconds
+            if clock() >= next_beat:
+                trader.write_heartbeat(price if price is not None else float("nan"), float("nan"))
+                next_beat = clock() + 5.0
+        except ExchangeUnavailable as exc:
+            trader.report_error(exc)
 
 
 def export_trades(args: argparse.Namespace) -> int:
@@ -328,12 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true",
                         help="with --paper: compare the trades with the backtest of the same file, trade by trade")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
+    for name, default in config.TRADER_SETTINGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS",
+                            help=f"live loop setting (config.TRADER_SETTINGS; default: {default:g})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; user errors become one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
+    install_redacting_excepthook()
     try:
         if args.export_trades:
             return export_trades(args)
@@ -341,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--paper needs --replay FILE")
         configs = side_configs(args)
         return run_paper(args, configs) if args.paper else run_live(args, configs)
-    except (UsageError, config.ConfigError, DataError, ValueError) as exc:
+    except (UsageError, config.ConfigError, DataError, ValueError, KeyPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -34,12 +34,13 @@ import backtester
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 from trader_store import Store
-from trader_utils import redact
+from trader_utils import RetryPolicy, api_retry_wrapper, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
 SIDE_DIRECTION = {"long": 1.0, "short": -1.0}
 SIDE_ORDER = {"long": ("Buy", "Sell"), "short": ("Sell", "Buy")}  # (entry side, exit side)
+ORDER_GONE = 110001  # cancel of an order that already filled or was cancelled
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Side:
     sent_stop: float = 0.0
     targets: list[str] = field(default_factory=list)
     resync: bool = False
+    crossed_at: float | None = None  # when the tick guard first saw the stop crossed
 
     @property
     def name(self) -> str:
@@ -118,7 +120,8 @@ class Trader:
     """A bar-close driven trader of one symbol, one or both sides."""
 
     def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
-                 env: str, dry_run: bool = False, capital: float | None = None) -> None:
+                 env: str, dry_run: bool = False, capital: float | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         self.http = http
         self.symbol = symbol
         self.timeframe = timeframe
@@ -139,15 +142,65 @@ class Trader:
         self.last_bar_ts: int | None = self.store.get("last_bar_ts")
         self.started_ms = int(time.time() * 1000)
         self.latencies_ms: list[float] = []
+        self.retry = retry or RetryPolicy()
+        self.recovering = False  # while catching up after a start: orders are looked up before they are sent
 
     # --- start-up ---------------------------------------------------------------------------
     def start(self, history_days: int) -> None:
-        """Instrument, position mode, leverage, history and the side states (resumed from SQLite)."""
+        """Instrument, position mode, leverage, history, side states (resumed from SQLite), catch-up, reconcile.
+
+        The history always starts where the first start's did (kept in the database), so a
+        restarted trader computes the very indicator values it would have computed without the
+        restart. Bars that closed while it was down are handled in order before anything else,
+        then the state is reconciled with the exchange.
+        """
         setup_logging(self.workdir)
+        for warning in check_api_key(self.http):  # KeyPermissionError: a key that can withdraw never trades
+            logger.warning("API key: %s", warning)
+            self.events.emit("security_warning", None, detail=warning)
         self.instrument = self._instrument()
         self._ensure_mode_and_leverage()
-        self.candles = download_klines(self.symbol, self.timeframe, days=history_days, session=self.http,
-                                       cache_dir=self.workdir / "cache", progress=False)
+        first_ms = self.store.get("history_start_ms")
+        candles = self._download(days=history_days) if first_ms is None else self._download(start_ms=first_ms)
+        self.candles = candles
+        if first_ms is None:
+            with self.store.transaction():
+                self.store.set("history_start_ms", int(candles.index[0].value // 10**6))
+                self.store.set("last_bar_ts", int(candles.index[-1].value // 10**6))
+                # executions from before the first start are not this trader's to book: marked as seen;
+                # a position they left is found by reconcile() and rescued
+                prior = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
+                                  limit=100)
+                for execution in prior:
+                    self.store.record_execution(execution["execId"], "", execution, int(execution["execTime"]))
+                self.store.set("exec_since_ms", max((int(e["execTime"]) for e in prior), default=0))
+        self._load()
+        self.events.emit("start", None, env=self.env, pid=os.getpid(), sides=[c.side for c in self.configs],
+                         params_file=None)
+        logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
+                    len(self.candles))
+        self.recovering = True
+        try:
+            self.catch_up()
+            self.reconcile()
+        finally:
+            self.recovering = False
+
+    def _download(self, days: int | None = None, start_ms: int | None = None) -> pd.DataFrame:
+        start = pd.Timestamp(start_ms, unit="ms", tz="UTC") if start_ms is not None else None
+        return download_klines(self.symbol, self.timeframe, days=days, start=start, session=self.http,
+                               cache_dir=self.workdir / "cache", progress=False)
+
+    def _load(self) -> None:
+        """Side states, targets and the last bar from the database; the history up to that bar.
+
+        Also what follows a failed bar: its transaction was rolled back, so memory follows.
+        """
+        self.last_bar_ts = self.store.get("last_bar_ts")
+        if self.candles is None:
+            self.candles = self._download(start_ms=self.store.get("history_start_ms"))
+        self.candles = self.candles[self.candles.index.as_unit("ms").asi8 <= self.last_bar_ts]
+        self.sides = []
         for cfg in self.configs:
             p = backtester.build_core_params(cfg.params, self.bar_ms, self.symbol, instrument=self.instrument)
             if self.capital is not None:
@@ -157,13 +210,27 @@ class Trader:
             side.sent_stop = side.state[core.S_STOP]
             side.targets = self.store.get(f"targets_{cfg.side}", [])
             self.sides.append(side)
-        self.events.emit("start", None, env=self.env, pid=os.getpid(), sides=[c.side for c in self.configs],
-                         params_file=None)
-        logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
-                    len(self.candles))
+
+    def catch_up(self) -> int:
+        """Handle, in order, every bar that closed after the last one handled; returns how many.
+
+        Bars missed during an outage come from REST. Entries are only taken on the newest closed
+        bar: an entry decided on an older close would be sent late, at another price.
+        """
+        fresh = self._download(start_ms=self.store.get("history_start_ms"))  # the cache answers all but the new bars
+        fresh = fresh[fresh.index.as_unit("ms").asi8 > self.last_bar_ts]
+        for k, (when, row) in enumerate(fresh.iterrows()):
+            self.on_closed_bar({"start": int(when.value // 10**6), **row.to_dict()}, latest=k == len(fresh) - 1)
+        if len(fresh):
+            logger.info("caught up %d bar(s) that closed while the trader was not listening", len(fresh))
+        return len(fresh)
+
+    def _get(self, what: str, method: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """A read call with retries; its result list."""
+        return api_retry_wrapper(lambda: method(**kwargs), what, self.retry)["result"]["list"]
 
     def _instrument(self) -> dict[str, float]:
-        info = self.http.get_instruments_info(category="linear", symbol=self.symbol)["result"]["list"][0]
+        info = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)[0]
         return {"qty_step": float(info["lotSizeFilter"]["qtyStep"]),
                 "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
                 "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),
@@ -174,29 +241,58 @@ class Trader:
         if self.dry_run:
             return
         try:
-            self.http.switch_position_mode(category="linear", symbol=self.symbol, mode=3 if self.hedge else 0)
+            api_retry_wrapper(lambda: self.http.switch_position_mode(category="linear", symbol=self.symbol,
+                                                                     mode=3 if self.hedge else 0),
+                              "position mode", self.retry)
         except InvalidRequestError as exc:
             if exc.status_code != 110025:  # already in that mode
                 raise
         leverage = str(self.configs[0].params["leverage"])
         try:
-            self.http.set_leverage(category="linear", symbol=self.symbol, buyLeverage=leverage, sellLeverage=leverage)
+            api_retry_wrapper(lambda: self.http.set_leverage(category="linear", symbol=self.symbol,
+                                                             buyLeverage=leverage, sellLeverage=leverage),
+                              "leverage", self.retry)
         except InvalidRequestError as exc:
             if exc.status_code != 110043:  # already set
                 raise
 
     # --- bars -------------------------------------------------------------------------------
-    def on_closed_bar(self, bar: dict[str, Any]) -> None:
-        """A confirmed kline: append it, book fills, decide, send orders, write state and files."""
+    def on_closed_bar(self, bar: dict[str, Any], latest: bool = True) -> None:
+        """A confirmed kline: book fills, decide, send orders, write state, all in one transaction.
+
+        A failure or a kill at any point rolls the database back to the previous bar; the bar is
+        then handled again (by the caller, or by the restarted trader's catch-up) and, the core
+        being deterministic, sends the same orders with the same orderLinkIds, which the exchange
+        refuses as duplicates (110072: it went through) instead of executing twice.
+        """
         started = time.perf_counter()
         ts = int(bar["start"])
-        if self.last_bar_ts is not None and ts <= self.last_bar_ts:
+        if ts <= self.last_bar_ts:
             return
+        try:
+            with self.store.transaction():
+                close, equity = self._handle_bar(ts, bar, latest)
+        except BaseException:
+            self._load()
+            raise
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.write_heartbeat(close, equity)
+
+    def on_bar_message(self, bar: dict[str, Any]) -> None:
+        """A confirmed kline from the WebSocket: handled at once, or after the bars it skipped (from REST)."""
+        if int(bar["start"]) > self.last_bar_ts + self.bar_ms:
+            self.catch_up()  # closes were missed (or the market had no bar): REST has them, in order
+        else:
+            self.on_closed_bar(bar)
+
+    def _data(self) -> backtester.MarketData:
+        return backtester.MarketData(self.candles, self.symbol, self.timeframe)
+
+    def _handle_bar(self, ts: int, bar: dict[str, Any], latest: bool) -> tuple[float, float]:
         row = pd.DataFrame({k: [float(bar[k])] for k in ("open", "high", "low", "close", "volume")},
                            index=pd.DatetimeIndex([pd.Timestamp(ts, unit="ms", tz="UTC")], name="time").as_unit("ms"))
-        if self.candles.index[-1].value // 10**6 < ts:
-            self.candles = pd.concat([self.candles, row])
-        data = backtester.MarketData(self.candles, self.symbol, self.timeframe)
+        self.candles = pd.concat([self.candles, row])
+        data = self._data()
         i = len(data) - 1
         self.sync_executions(data, until_ms=ts + self.bar_ms)
         paused = self._paused()
@@ -206,17 +302,15 @@ class Trader:
             atr = data.indicator("atr", params["atr_period"])
             core.decide(side.state, side.p, i, float(data.ts[i]), data.high[i], data.low[i], data.close[i], atr[i],
                         int(signal[i]), data.high[i - 1] if i else np.nan, data.low[i - 1] if i else np.nan)
-            self._act(side, data, i, paused)
-        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            self._act(side, data, i, paused, latest)
         self.last_bar_ts = ts
         equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
                      for s in self.sides)
-        with self.store.transaction():
-            for side in self.sides:
-                self.store.save_state(side.name, side.state, ts)
-            self.store.record_equity(ts + self.bar_ms, float(equity))
-            self.store.set("last_bar_ts", ts)
-        self.write_heartbeat(float(data.close[i]), float(equity))
+        for side in self.sides:
+            self.store.save_state(side.name, side.state, ts)
+        self.store.record_equity(ts + self.bar_ms, float(equity))
+        self.store.set("last_bar_ts", ts)
+        return float(data.close[i]), float(equity)
 
     def _paused(self) -> bool:
         control = self.workdir / "control.json"
@@ -229,7 +323,7 @@ class Trader:
             return False
 
     # --- orders -----------------------------------------------------------------------------
-    def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool) -> None:
+    def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool, latest: bool) -> None:
         state = side.state
         action = int(state[core.S_ORDER_ACTION])
         bar_ts = int(data.ts[i])
@@ -237,10 +331,15 @@ class Trader:
         step, tick = self.instrument["qty_step"], self.instrument["tick_size"]
         if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
             action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
+        if action in (core.A_OPEN, core.A_ADD) and not latest:
+            logger.warning("%s: %s decided on the missed close of %s not sent: too late", side.name,
+                           "entry" if action == core.A_OPEN else "add", pd.Timestamp(bar_ts, unit="ms", tz="UTC"))
+            self.events.emit("entry_skipped", side.name, reason="decided on a bar missed during an outage",
+                             bar_ts=bar_ts)
+            action = core.A_NONE
         if action == core.A_OPEN:
             if paused:
                 logger.info("%s: entry skipped: paused by control.json", side.name)
-                state[core.S_ORDER_ACTION] = core.A_NONE
             else:
                 qty = state[core.S_ORDER_QTY]
                 self._order(side, f"{side.name}-{bar_ts}-open", "open", side=entry_side, orderType="Market",
@@ -285,38 +384,56 @@ class Trader:
                 self.sync_executions(data)
         state[core.S_ORDER_ACTION] = core.A_NONE
 
+    def _last_price(self) -> float:
+        return float(self._get("tickers", self.http.get_tickers, category="linear", symbol=self.symbol)[0]["lastPrice"])
+
     def _beyond_market(self, stop: float, direction: float) -> bool:
         """True when the last price has already crossed ``stop`` for a position of ``direction``."""
-        last = float(self.http.get_tickers(category="linear", symbol=self.symbol)["result"]["list"][0]["lastPrice"])
-        return (last - stop) * direction <= 0
+        return (self._last_price() - stop) * direction <= 0
 
     def _order(self, owner: Side, link_id: str, action: str, **request: Any) -> bool:
-        """Send one order (once: a known orderLinkId is never sent again)."""
-        known = self.store.order(link_id)
-        if known is not None:
-            logger.info("%s: order %s was sent before (%s); not sending it again", owner.name, link_id,
-                        known["status"])
+        """Send one order, never twice: a known orderLinkId is not sent again, and after a timeout
+        (or, when recovering from a restart, before sending) the exchange is asked for it first."""
+        if self.store.order(link_id) is not None:
+            logger.info("%s: order %s was sent before; not sending it again", owner.name, link_id)
             return False
         payload = {"category": "linear", "symbol": self.symbol, "positionIdx": owner.config.position_idx,
                    "orderLinkId": link_id, **request}
-        self.store.record_order(link_id, owner.name, action, payload, "sending", None, int(time.time() * 1000))
         if self.dry_run:
             logger.info("dry run: would send %s", payload)
+            self.store.record_order(link_id, owner.name, action, payload, "dry_run", None, int(time.time() * 1000))
             return False
-        ok = self._call(owner, action, self.http.place_order, **payload)
+        found = self._find_order(link_id) if self.recovering else None
+        if found:
+            logger.info("%s: order %s is on the exchange already (sent before a restart)", owner.name, link_id)
+        ok = bool(found) or self._call(owner, action, self.http.place_order, lookup=lambda: self._find_order(link_id),
+                                       **payload)
         self.store.record_order(link_id, owner.name, action, payload, "sent" if ok else "rejected", None,
                                 int(time.time() * 1000))
         return ok
 
-    def _call(self, owner: Side, action: str, method: Any, **kwargs: Any) -> bool:
-        """One exchange call; a business error is logged once with Bybit's message and reported."""
+    def _find_order(self, link_id: str) -> dict[str, Any] | None:
+        """The order with this orderLinkId, open or done, or None."""
+        for method in (self.http.get_open_orders, self.http.get_order_history):
+            rows = self._get(f"lookup {link_id}", method, category="linear", symbol=self.symbol, orderLinkId=link_id)
+            if rows:
+                return rows[0]
+        return None
+
+    def _call(self, owner: Side, action: str, method: Any, lookup: Any = None, **kwargs: Any) -> bool:
+        """One exchange call with retries; a business error is logged once with Bybit's message and reported.
+
+        ExchangeUnavailable (no answer after every retry) propagates: the bar is rolled back.
+        """
         if self.dry_run:
             logger.info("dry run: would call %s %s", method.__name__, kwargs)
             return False
         try:
-            method(**kwargs)
+            api_retry_wrapper(lambda: method(**kwargs), f"{owner.name} {action}", self.retry, lookup)
             return True
         except InvalidRequestError as exc:
+            if exc.status_code == ORDER_GONE and action == "cancel_target":
+                return True  # it filled or was cancelled with the position in the meantime
             logger.error("%s %s rejected: %s (retCode %s)", owner.name, action, exc.message, exc.status_code)
             self.events.emit("order_rejected", owner.name, action=action, order_link_id=kwargs.get("orderLinkId"),
                              ret_code=exc.status_code, ret_msg=exc.message)
@@ -325,8 +442,8 @@ class Trader:
     def _sync_targets(self, side: Side) -> None:
         """Rest exactly the take-profit orders core.resting_targets lists (after an entry, add or partial)."""
         if side.targets and not self.dry_run:
-            live = {o["orderLinkId"] for o in self.http.get_open_orders(category="linear", symbol=self.symbol,
-                                                                         limit=50)["result"]["list"]}
+            live = {o["orderLinkId"] for o in self._get("open orders", self.http.get_open_orders, category="linear",
+                                                         symbol=self.symbol, limit=50)}
             for link_id in side.targets:
                 if link_id in live:  # the others filled or were cancelled with the position
                     self._call(side, "cancel_target", self.http.cancel_order, category="linear",
@@ -355,8 +472,8 @@ class Trader:
         belongs to the next bar, as in the backtester.
         """
         since = self.store.get("exec_since_ms", 0)
-        rows = self.http.get_executions(category="linear", symbol=self.symbol, startTime=since,
-                                        limit=100)["result"]["list"]
+        rows = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
+                         startTime=since, limit=100)
         fresh = [e for e in reversed(rows) if not self.store.seen_execution(e["execId"])
                  and (until_ms is None or int(e["execTime"]) < until_ms)]
         fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
@@ -402,10 +519,21 @@ class Trader:
         ms = int(execution["execTime"])
         bar = self._bar_index(data, ms)
         d = 1.0 if execution["side"] == "Buy" else -1.0
+        # the trader's own orders, and the exchange's stop and liquidation orders on its position
+        ours = str(execution.get("orderLinkId", "")).startswith(f"{side.name}-") \
+            or execution.get("stopOrderType") in ("StopLoss", "Liquidation")
+        if state[core.S_DIR] == 0 and not ours:
+            self.rescue(side, d, qty, price, ms, 0.0, data, fee=fee)  # a position opened by hand
+            return
         if state[core.S_DIR] == 0 or state[core.S_DIR] == d:
+            if not ours:
+                self.events.emit("desync", side.name, detail=f"{qty:g} added to the position by hand at {price:g}")
+                side.resync = True
             core.open_fill(state, p, d, qty, price, fee, float(ms), float(bar))
             return
-        reason = self._exit_reason(state, execution)
+        reason = self._exit_reason(state, execution) if ours else core.R_SIGNAL
+        if not ours:
+            self.events.emit("desync", side.name, detail=f"{qty:g} closed by hand at {price:g}")
         if reason == core.R_PARTIAL:
             level = int(execution["orderLinkId"].split("-tp")[1].split("-")[0])
             state[core.S_LEVELS_DONE] = level + 1
@@ -415,9 +543,7 @@ class Trader:
         flat = core.close_fill(state, p, qty, price, fee, reason, float(bar), row)
         self.store.record_trade(self.symbol, row)
         if flat:
-            side.targets = []
-            self.store.set(f"targets_{side.name}", [])
-            side.sent_stop = 0.0
+            self._forget_position(side)
             hold = (row[1] - row[0]) / 3_600_000
             self.events.emit("exit", side.name, reason=core.EXIT_REASONS[reason], qty=float(row[3]),
                              price=float(price), pnl=float(row[8]),
@@ -437,6 +563,8 @@ class Trader:
             return int(state[core.S_STOP_KIND])
         if stop_type == "Liquidation":
             return core.R_LIQUIDATION
+        if "-guard" in link:
+            return int(state[core.S_STOP_KIND])  # the tick guard closed in place of the exchange's stop
         if "-tpf-" in link:
             return core.R_TAKE_PROFIT
         if "-tp" in link:
@@ -444,6 +572,174 @@ class Trader:
         if "-close" in link:
             return int(link.rsplit("-close", 1)[1])
         return core.R_SIGNAL
+
+    # --- reconciliation ---------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Compare each side with the exchange (executions, position/list, open orders) and repair.
+
+        Run at start-up and every few seconds by the live loop. Executions not booked yet are
+        booked first (a stop or liquidation fill, a close by hand); then a position the exchange
+        no longer holds is closed in the state at the last price, a size mismatch adopts the
+        exchange's size, a position unknown to the state is rescued, a position without a stop
+        gets one at once, and orders left over by a flat side are cancelled. Every repair is an event.
+        """
+        if self.dry_run:
+            return
+        with self.store.transaction():
+            data = self._data()
+            self.sync_executions(data)
+            positions = {int(row["positionIdx"]): row for row in self._get(
+                "positions", self.http.get_positions, category="linear", symbol=self.symbol)
+                if float(row.get("size") or 0) > 0}
+            orders = self._get("open orders", self.http.get_open_orders, category="linear", symbol=self.symbol,
+                               limit=50)
+            for side in self.sides:
+                self._reconcile_side(side, positions.pop(side.config.position_idx, None), orders, data)
+                self.store.save_state(side.name, side.state, int(time.time() * 1000))
+            for idx, row in positions.items():
+                logger.error("position %s of %s on positionIdx %d is not managed by any side", row["side"],
+                             row["size"], idx)
+                self.events.emit("desync", None, detail=f"unmanaged {row['side']} position of {row['size']} "
+                                                         f"on positionIdx {idx}")
+
+    def _reconcile_side(self, side: Side, position: dict[str, Any] | None, orders: list[dict[str, Any]],
+                        data: backtester.MarketData) -> None:
+        state, tick, step = side.state, self.instrument["tick_size"], self.instrument["qty_step"]
+        direction = SIDE_DIRECTION[side.name]
+        if position is not None and (1.0 if position["side"] == "Buy" else -1.0) != direction:
+            self.events.emit("desync", side.name, detail=f"a {position['side']} position of {position['size']} "
+                                                         f"is not this side's; left alone")
+            position = None
+        size = float(position["size"]) if position else 0.0
+        if state[core.S_DIR] and size == 0.0:
+            price = self._last_price()
+            row = np.zeros(core.N_TRADE_COLS)
+            row[1] = data.ts[-1] + self.bar_ms
+            qty = state[core.S_QTY]
+            core.close_fill(state, side.p, qty, price, 0.0, int(state[core.S_STOP_KIND]), float(len(data.ts)), row)
+            self.store.record_trade(self.symbol, row)
+            self._forget_position(side)
+            self.events.emit("desync", side.name, detail=f"the exchange holds no position; {qty:g} closed in the "
+                                                         f"state at the last price {price:g} (no execution found)")
+        elif state[core.S_DIR] and abs(size - state[core.S_QTY]) > step / 2:
+            self.events.emit("desync", side.name, detail=f"size {state[core.S_QTY]:g} in the state, {size:g} on the "
+                                                         "exchange: the exchange's size is adopted")
+            state[core.S_QTY] = size
+            self._sync_targets(side)
+        elif not state[core.S_DIR] and size > 0.0:
+            self.rescue(side, direction, size, float(position["avgPrice"]), int(position["createdTime"]),
+                        float(position.get("stopLoss") or 0), data)
+        if state[core.S_DIR]:
+            self._ensure_stop(side, float(position.get("stopLoss") or 0) if position else 0.0, tick)
+        else:
+            for order in orders:
+                if int(order.get("positionIdx", 0)) == side.config.position_idx and order.get("reduceOnly"):
+                    key = {"orderLinkId": order["orderLinkId"]} if order.get("orderLinkId") else \
+                        {"orderId": order["orderId"]}
+                    self._call(side, "cancel_target", self.http.cancel_order, category="linear", symbol=self.symbol,
+                               **key)
+                    self.events.emit("desync", side.name, detail=f"leftover order {order.get('orderLinkId') or ''} "
+                                                                 "of a flat side cancelled")
+
+    def _ensure_stop(self, side: Side, exchange_stop: float, tick: float) -> None:
+        """The exchange must hold the state's stop: set it when missing or looser, adopt a tighter one set by hand."""
+        state = side.state
+        d = state[core.S_DIR]
+        if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > tick / 2:
+            self.events.emit("desync", side.name, detail=f"a tighter stop {exchange_stop:g} is on the exchange "
+                                                         f"(state {state[core.S_STOP]:g}); adopted")
+            state[core.S_STOP] = exchange_stop
+            side.sent_stop = exchange_stop
+            return
+        if exchange_stop and abs(exchange_stop - state[core.S_STOP]) <= tick / 2:
+            side.sent_stop = state[core.S_STOP]
+            return
+        if self._beyond_market(state[core.S_STOP], d):
+            self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-reconcile")
+            return
+        if self._call(side, "stop_restored", self.http.set_trading_stop, category="linear", symbol=self.symbol,
+                      positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick), tpslMode="Full",
+                      slTriggerBy="LastPrice"):
+            side.sent_stop = state[core.S_STOP]
+            self.events.emit("stop_restored", side.name, stop=float(state[core.S_STOP]),
+                             exchange_stop=exchange_stop or None)
+
+    def rescue(self, side: Side, d: float, qty: float, price: float, entry_ms: int, exchange_stop: float,
+               data: backtester.MarketData, fee: float = 0.0) -> None:
+        """Adopt a position the state does not know (opened by hand, or left by a lost database).
+
+        It gets the entry price and time the exchange reports, the ATR of its entry bar recomputed
+        from history and initial size = current size, so every rule (breakeven, trailing,
+        take-profits, time exit, stagnation) manages it from now on; a tighter stop already on the
+        exchange is kept.
+        """
+        state, p = side.state, side.p
+        bar = int(max(0, min(len(data.ts) - 1, np.searchsorted(data.ts, entry_ms, side="right") - 1)))
+        atr = data.indicator("atr", side.config.params["atr_period"])
+        finite = np.flatnonzero(np.isfinite(atr[:bar + 1]))
+        a = float(atr[finite[-1]]) if finite.size else float(data.high[bar] - data.low[bar])
+        state[core.S_ORDER_ATR] = a
+        state[core.S_ORDER_STOP] = core.round_price(price - d * a * p[core.P_STOP_ATR], p[core.P_TICK])
+        core.open_fill(state, p, d, qty, price, fee, float(entry_ms), float(bar))
+        if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > 0:
+            state[core.S_STOP] = exchange_stop
+        side.sent_stop = exchange_stop
+        self.events.emit("rescue", side.name, qty=qty, price=price, stop=float(state[core.S_STOP]), atr=a,
+                         entry_time=pd.Timestamp(entry_ms, unit="ms", tz="UTC").isoformat())
+        logger.warning("%s: rescued a position of %g at %g (entry %s); stop %g", side.name, qty, price,
+                       pd.Timestamp(entry_ms, unit="ms", tz="UTC"), state[core.S_STOP])
+        side.resync = True
+
+    def _close(self, side: Side, link_id: str) -> None:
+        """Close the whole position: one reduce-only market order; the stop stays until the fill is booked."""
+        _, exit_side = SIDE_ORDER[side.name]
+        self._order(side, link_id, "close", side=exit_side, orderType="Market",
+                    qty=fmt(side.state[core.S_QTY], self.instrument["qty_step"]), reduceOnly=True)
+        self.sync_executions(self._data())
+
+    def _forget_position(self, side: Side) -> None:
+        """After the last fill: no targets, no stop on record."""
+        side.targets = []
+        self.store.set(f"targets_{side.name}", [])
+        side.sent_stop = 0.0
+
+    def close_all(self) -> None:
+        """Close every open position at market (reduce-only), e.g. --close-on-exit."""
+        with self.store.transaction():
+            for side in self.sides:
+                if side.state[core.S_DIR]:
+                    self._close(side, f"{side.name}-{int(time.time() * 1000)}-close{core.R_SIGNAL}")
+                    self.store.save_state(side.name, side.state, int(time.time() * 1000))
+
+    # --- tick guard -------------------------------------------------------------------------
+    def tick_guard(self, price: float, now: float, grace_seconds: float) -> None:
+        """Close a position whose stop a fresh tick has crossed and which is still open after the grace period.
+
+        The exchange-side stop is the protection; this catches the case where it failed or was
+        removed. ``price`` must be fresh (the caller never passes a stale one); ``now`` is a
+        monotonic time in seconds.
+        """
+        for side in self.sides:
+            state = side.state
+            if not state[core.S_DIR] or (price - state[core.S_STOP]) * state[core.S_DIR] > 0:
+                side.crossed_at = None
+                continue
+            side.crossed_at = side.crossed_at if side.crossed_at is not None else now
+            if now - side.crossed_at < grace_seconds:
+                continue
+            side.crossed_at = None
+            with self.store.transaction():
+                self.sync_executions(self._data())
+                open_size = sum(float(r.get("size") or 0) for r in self._get(
+                    "positions", self.http.get_positions, category="linear", symbol=self.symbol)
+                    if int(r["positionIdx"]) == side.config.position_idx)
+                if state[core.S_DIR] and open_size > 0:
+                    logger.error("%s: price %g crossed the stop %g and the position is still open: closing it",
+                                 side.name, price, state[core.S_STOP])
+                    self.events.emit("tick_guard", side.name, price=price, stop=float(state[core.S_STOP]),
+                                     qty=float(state[core.S_QTY]))
+                    self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-{int(now * 1000)}")
+                self.store.save_state(side.name, state, int(time.time() * 1000))
 
     # --- files ------------------------------------------------------------------------------
     def write_heartbeat(self, mark: float, equity: float) -> None:
@@ -467,6 +763,11 @@ class Trader:
         tmp = self.workdir / "heartbeat.json.tmp"
         tmp.write_text(json.dumps(beat))
         tmp.replace(self.workdir / "heartbeat.json")
+
+    def report_error(self, error: BaseException) -> None:
+        """An error the trader survives (the bar was rolled back and will be handled again): logged and an event."""
+        logger.error("%s: %s", type(error).__name__, error)
+        self.events.emit("error", None, error=type(error).__name__, detail=str(error))
 
     def stop(self, reason: str, exit_code: int = 0) -> None:
         """Record the stop; open positions stay protected by their exchange-side stops."""

@@ -44,14 +44,19 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.depth = 0
 
     def close(self) -> None:
         """Close the database."""
         self.db.close()
 
     def transaction(self) -> Any:
-        """A context manager for one atomic change."""
-        return _Transaction(self.db)
+        """A context manager for one atomic change; nested uses join the outermost one.
+
+        The trader handles a whole bar close in one transaction, so a crash at any point rolls the
+        database back to the previous bar and the restarted trader handles that bar again.
+        """
+        return _Transaction(self)
 
     # state
     def save_state(self, side: str, state: np.ndarray, now_ms: int) -> None:
@@ -135,12 +140,16 @@ class Store:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
+        if self.store.depth == 0:
+            self.store.db.execute("BEGIN IMMEDIATE")
+        self.store.depth += 1
+        return self.store.db
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        self.store.depth -= 1
+        if self.store.depth == 0:
+            self.store.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -7,14 +7,30 @@ makes at another host, such as a local ``bybit_sim``; unset, Bybit's real hosts 
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import re
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import requests
 from dotenv import load_dotenv
-from pybit import unified_trading
+from pybit import _helpers, unified_trading
+from pybit.exceptions import FailedRequestError, InvalidRequestError
 
 ENVIRONMENTS = ("testnet", "demo", "mainnet")
 SECRET_VARIABLES = ("BYBIT_API_KEY", "BYBIT_API_SECRET", "TELEGRAM_BOT_TOKEN")
+RETRYABLE_CODES = {10002: "request timestamp outside recv_window", 10006: "rate limit", 10016: "server busy"}
+DUPLICATE_ORDER = 110072  # orderLinkId already used: the order went through before
+logger = logging.getLogger("grtr.api")
 
 load_dotenv(override=False)
 
@@ -38,8 +54,15 @@ def redact(text: str) -> str:
 
 def make_http(env: str | None = None, api_key: str | None = None, api_secret: str | None = None,
               timeout: float = 10.0, recv_window: int = 5000, **kwargs: Any) -> unified_trading.HTTP:
-    """A pybit HTTP session for ``env``, redirected to BYBIT_REST_URL when that is set."""
+    """A pybit HTTP session for ``env``, redirected to BYBIT_REST_URL when that is set.
+
+    pybit's own retries are switched off (one attempt; its retry-code set cannot be empty, so it
+    holds only 0, the success code that never reaches it): :func:`api_retry_wrapper` retries, so
+    that an order is looked up by its orderLinkId before it is ever sent again.
+    """
     env = env or bybit_env()
+    kwargs.setdefault("max_retries", 1)
+    kwargs.setdefault("retry_codes", {0})
     session = unified_trading.HTTP(testnet=env == "testnet", demo=env == "demo",
                                    api_key=api_key or os.environ.get("BYBIT_API_KEY") or None,
                                    api_secret=api_secret or os.environ.get("BYBIT_API_SECRET") or None,
@@ -63,6 +86,23 @@ class OverridableWebSocket(unified_trading.WebSocket):
             url = override.rstrip("/") + url[url.index("/v5/"):]
         super()._connect(url)
 
+    # pybit sends a subscription before it records the request and the topic's callback, so a server
+    # that answers within microseconds (a local one) beats the record and pybit drops the socket on
+    # a KeyError. The answer waits (at most a second) for the record instead.
+    def _process_subscription_message(self, message: dict[str, Any]) -> None:
+        _wait_for(lambda: not message.get("req_id") or message["req_id"] in self.subscriptions)
+        super()._process_subscription_message(message)
+
+    def _process_normal_message(self, message: dict[str, Any]) -> None:
+        _wait_for(lambda: message.get("topic") in self.callback_directory)
+        super()._process_normal_message(message)
+
+
+def _wait_for(ready: Callable[[], bool], seconds: float = 1.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
 
 def make_ws(channel_type: str, env: str | None = None, api_key: str | None = None, api_secret: str | None = None,
             **kwargs: Any) -> OverridableWebSocket:
@@ -72,3 +112,199 @@ def make_ws(channel_type: str, env: str | None = None, api_key: str | None = Non
         kwargs.setdefault("api_key", api_key or os.environ.get("BYBIT_API_KEY"))
         kwargs.setdefault("api_secret", api_secret or os.environ.get("BYBIT_API_SECRET"))
     return OverridableWebSocket(channel_type=channel_type, testnet=env == "testnet", demo=env == "demo", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Retries
+# ----------------------------------------------------------------------------------------------
+class ExchangeUnavailable(RuntimeError):
+    """Bybit did not answer a call after every retry (network, HTTP 5xx, rate limit, busy)."""
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter and a cap; ``sleep`` and ``rng`` are replaceable for tests."""
+
+    attempts: int = 8
+    base_seconds: float = 0.1
+    max_seconds: float = 5.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based): base·2^attempt, capped, jittered 50-100%."""
+        return min(self.max_seconds, self.base_seconds * 2 ** attempt) * (0.5 + self.rng.random() / 2)
+
+
+DEFAULT_RETRY = RetryPolicy()
+_clock_offset_ms = 0
+
+
+def _synced_timestamp() -> int:
+    return int(time.time() * 1000) + _clock_offset_ms
+
+
+def resync_clock(message: str) -> int:
+    """Adopt the server clock from a 10002 answer (``req_timestamp[..],server_timestamp[..]``); returns the offset.
+
+    pybit stamps every signed request (and the private WebSocket's auth) with
+    ``_helpers.generate_timestamp``; it is replaced once by a version that adds the offset.
+    """
+    global _clock_offset_ms
+    found = re.search(r"req_timestamp\[(\d+)\].*?server_timestamp\[(\d+)\]", message)
+    if found:
+        _clock_offset_ms += int(found.group(2)) - int(found.group(1))
+        _helpers.generate_timestamp = _synced_timestamp
+        logger.warning("local clock off by %d ms from Bybit's; signing with the server's time", _clock_offset_ms)
+    return _clock_offset_ms
+
+
+def retry_class(error: BaseException) -> str | None:
+    """Why ``error`` is worth retrying ("network", "http 5xx", a retCode's meaning), or None for a business error."""
+    if isinstance(error, requests.Timeout):
+        return "timeout"
+    if isinstance(error, requests.ConnectionError):
+        return "network"
+    if isinstance(error, FailedRequestError):
+        # 5xx from Bybit or a gateway; 409 is pybit's "answer was not JSON" (a truncated response)
+        return f"HTTP {error.status_code}" if error.status_code >= 500 or error.status_code == 409 else None
+    if isinstance(error, InvalidRequestError) and error.status_code in RETRYABLE_CODES:
+        return f"retCode {error.status_code} ({RETRYABLE_CODES[error.status_code]})"
+    return None
+
+
+def _rate_limit_wait(error: InvalidRequestError, policy: RetryPolicy, attempt: int) -> float:
+    """Seconds until the X-Bapi-Limit-Reset-Timestamp Bybit sent with a 10006 (backoff without it)."""
+    headers = getattr(error, "resp_headers", None) or {}
+    reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
+    if reset is None:
+        return policy.delay(attempt)
+    return min(policy.max_seconds, max(0.0, (int(reset) - _synced_timestamp()) / 1000))
+
+
+def api_retry_wrapper(call: Callable[[], Any], what: str, policy: RetryPolicy | None = None,
+                      lookup: Callable[[], Any] | None = None) -> Any:
+    """``call()`` with retries of transient failures only; business errors are raised at once.
+
+    Retried: timeouts, connection errors, HTTP 5xx, retCode 10002 (the clock is resynced),
+    10006 (waits for the rate limit's reset time) and 10016. Never retried: every other
+    InvalidRequestError (insufficient balance, bad parameters...), which the caller handles.
+
+    ``lookup`` makes an order creation idempotent: after any failure whose outcome is unknown
+    (timeout, network, 5xx) it is asked whether the order exists (by its orderLinkId) before the
+    call is repeated, and a 110072 (duplicate orderLinkId) answer means the order went through.
+    When the order exists the answer is ``{"retCode": 0, "result": <the order>, "recovered": True}``.
+    Raises ExchangeUnavailable once the attempts are spent.
+    """
+    policy = policy or DEFAULT_RETRY
+    reason = ""
+    for attempt in range(policy.attempts):
+        try:
+            return call()
+        except (InvalidRequestError, FailedRequestError, requests.RequestException) as error:
+            if lookup is not None and isinstance(error, InvalidRequestError) and error.status_code == DUPLICATE_ORDER:
+                logger.info("%s: orderLinkId already used; the order went through before", what)
+                return {"retCode": 0, "result": lookup() or {}, "recovered": True}
+            reason = retry_class(error)
+            if reason is None:
+                raise
+            if lookup is not None and not isinstance(error, InvalidRequestError):
+                found = lookup()  # the request may have acted before its answer was lost
+                if found:
+                    logger.info("%s: %s, but the order exists; not sending it again", what, reason)
+                    return {"retCode": 0, "result": found, "recovered": True}
+            wait = policy.delay(attempt)
+            if isinstance(error, InvalidRequestError) and error.status_code == 10002:
+                resync_clock(str(error.message))
+            elif isinstance(error, InvalidRequestError) and error.status_code == 10006:
+                wait = _rate_limit_wait(error, policy, attempt)
+            logger.warning("%s failed (%s); retry %d/%d in %.2f s", what, reason, attempt + 1, policy.attempts - 1,
+                           wait)
+            if attempt + 1 < policy.attempts:
+                policy.sleep(wait)
+    raise ExchangeUnavailable(f"Bybit did not answer {what} after {policy.attempts} attempts (last: {reason})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Security checks
+# ----------------------------------------------------------------------------------------------
+KEY_EXPIRY_WARNING = timedelta(days=7)
+
+
+class KeyPermissionError(RuntimeError):
+    """The API key must not be used by the trader: it can withdraw funds, or it cannot trade."""
+
+
+def _expiry_warning(expired_at: str) -> str | None:
+    """A warning when ``expiredAt`` (ISO 8601, e.g. 2023-12-22T07:20:25Z) is less than 7 days away."""
+    try:
+        expiry = datetime.fromisoformat(expired_at)
+    except ValueError:
+        return None
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=UTC)
+    left = expiry - datetime.now(UTC)
+    if left <= timedelta(0):
+        return f"the API key expired at {expired_at}; create a new one"
+    if left < KEY_EXPIRY_WARNING:
+        return f"the API key expires at {expired_at} (in {left.total_seconds() / 86400:.1f} days); renew it"
+    return None
+
+
+def check_api_key(http: Any, env_file: Path | None = Path(".env")) -> list[str]:
+    """Vet the key behind ``http`` (GET /v5/user/query-api) and the ``.env`` holding it; returns warnings.
+
+    Raises KeyPermissionError when the key can withdraw (any permission named Withdraw..., V5 lists
+    it as ``permissions["Wallet"] = [..., "Withdraw"]``) or is read-only (the trader could not place
+    orders). Warns when the key is not bound to IPs (``ips`` empty or ``["*"]``), when its
+    ``expiredAt`` is less than 7 days away and when ``env_file`` is readable or writable by
+    group/others. No message ever contains the key or the secret.
+    """
+    info = api_retry_wrapper(http.get_api_key_information, "user/query-api").get("result") or {}
+    permissions = info.get("permissions") or {}
+    withdraw = sorted(f"{group}.{name}" for group, names in permissions.items() for name in names or ()
+                      if "withdraw" in str(name).lower())
+    if withdraw:
+        raise KeyPermissionError(f"the API key has withdrawal permission ({', '.join(withdraw)}); a trading bot "
+                                 "must never hold one: create a key without Withdraw")
+    if int(info.get("readOnly") or 0) == 1:
+        raise KeyPermissionError("the API key is read-only (readOnly = 1): the trader cannot place orders; "
+                                 "create a Read-Write key with Contract Orders and Positions permissions")
+    warnings = []
+    ips = [ip for ip in info.get("ips") or () if ip and ip.strip()]
+    if not ips or "*" in ips:
+        warnings.append("the API key is not restricted to IP addresses: bind it to this machine's IP "
+                        "(an unbound key also expires after 90 days)")
+    if info.get("expiredAt"):
+        expiry = _expiry_warning(str(info["expiredAt"]))
+        if expiry:
+            warnings.append(expiry)
+    if env_file is not None and env_file.exists():
+        mode = env_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            warnings.append(f"{env_file} is readable or writable by group/others (mode {mode:o}); "
+                            f"run `chmod 600 {env_file}`")
+    return [redact(w) for w in warnings]
+
+
+def _print_redacted(exc_type: type[BaseException], exc: BaseException | None, tb: Any, header: str = "") -> None:
+    text = "".join(traceback.format_exception(exc_type, exc, tb))
+    print(redact(header + text), end="", file=sys.stderr, flush=True)
+
+
+def _redacting_thread_hook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    _print_redacted(args.exc_type, args.exc_value, args.exc_traceback, f"Exception in thread {name}:\n")
+
+
+def install_redacting_excepthook() -> None:
+    """Print uncaught exceptions (main and other threads) through :func:`redact`.
+
+    pybit's errors can carry the key (retCode 10004: ``error sign! origin_string[...]``) and a
+    traceback's text ends up in logs and terminals; the secrets read from the environment at print
+    time are replaced by ***.
+    """
+    sys.excepthook = _print_redacted
+    threading.excepthook = _redacting_thread_hook

@@ -27,6 +27,7 @@ import config  # noqa: E402
 import run_live  # noqa: E402
 from bybit_sim import SimExchange  # noqa: E402
 from data_fetcher import TIMEFRAMES, load_sample  # noqa: E402
+from market_feed import MarketFeed  # noqa: E402
 from trader import SideConfig, Trader  # noqa: E402
 
 HISTORY = 1300
@@ -64,11 +65,11 @@ def main() -> None:
             received.pop("t", None)
 
         trader.on_closed_bar = timed_bar
-        ws, closed = run_live.bar_queue("BTCUSDT", "1h")
+        feed = MarketFeed("BTCUSDT", "1h")
         started = time.perf_counter()
-        run_live.drive_lockstep(trader, sim, closed)
+        run_live.drive_lockstep(trader, sim, feed.bars)
         elapsed = time.perf_counter() - started
-        ws.exit()
+        feed.close()
         trader.stop("benchmark")
     p50, p99 = np.percentile(spans, [50, 99])
     figures = {"bars": args.bars, "orders_timed": len(spans), "bar_close_to_order_p50_ms": round(float(p50), 2),

@@ -162,7 +162,9 @@ def test_websockets_public_and_private(btc, env):
         own = trader_utils.make_ws("private", api_key=KEY, api_secret=SECRET)
         own.execution_stream(callback=lambda m: (private.append(m), got_fill.set()))
         deadline = time.monotonic() + 10
-        while len(sim.public) < 1 or len(sim.private) < 1 or not tickers:
+        # every subscription must be live before the order and the bar (auth alone is not enough)
+        while not any("execution" in topics for topics in sim.private.values()) \
+                or not any("kline.60.BTCUSDT" in topics for topics in sim.public.values()) or not tickers:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         http.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01")

@@ -19,7 +19,7 @@ def candles():
 
 @pytest.fixture
 def session_for(monkeypatch):
-    monkeypatch.setattr(data_fetcher, "RETRY_BASE_SECONDS", 0.01)
+    monkeypatch.setattr(trader_utils, "DEFAULT_RETRY", trader_utils.RetryPolicy(base_seconds=0.01))
 
     def make(sim):
         monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)

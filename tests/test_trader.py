@@ -12,11 +12,11 @@ import config
 import core
 import run_live
 from bybit_sim import FaultConfig, SimExchange
-from data_fetcher import TIMEFRAMES, load_sample
-from trader import SideConfig, Trader
+from data_fetcher import load_sample
+from trader import SideConfig
 from trader_store import Store
 
-HISTORY = 1300
+from live_helpers import HISTORY, events, params_file, prod_params, start_trader
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +29,6 @@ def replay_file(candles, tmp_path_factory):
     path = tmp_path_factory.mktemp("replay") / "btc1h.csv"
     candles.reset_index().assign(time=lambda d: d["time"].dt.as_unit("ms").astype("int64")).to_csv(path, index=False)
     return path
-
-
-def prod_params(key):
-    params = config.fixed_params(key)
-    params.update(partial_take_profit=True, position_scaling=True, timeframe="1h", symbol="BTCUSDT")
-    return params
-
-
-def params_file(tmp_path, key):
-    path = tmp_path / f"{key}.json"
-    path.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in prod_params(key).items()}))
-    return path
-
-
-def events(folder):
-    return [json.loads(line) for line in (folder / "logs" / "events.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize(("key", "side"), [("LONG", "long"), ("SHORT", "short")])
@@ -67,21 +51,11 @@ def test_paper_run_equals_the_backtest_trade_for_trade(replay_file, tmp_path, ke
     assert metrics["num_trades"] == len(trades) - 1
 
 
-def start_trader(sim, monkeypatch, workdir, sides):
-    monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
-    monkeypatch.setenv("BYBIT_WS_URL", sim.ws_url)
-    session = run_live.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
-    trader = Trader(session, "BTCUSDT", "1h", sides, workdir, env="paper", capital=config.CAPITAL)
-    trader.start(history_days=int(HISTORY * TIMEFRAMES["1h"] / 86_400_000) + 2)
-    ws, closed = run_live.bar_queue("BTCUSDT", "1h")
-    return trader, ws, closed
-
-
 def test_entry_is_protected_from_its_first_fill_and_targets_rest(candles, tmp_path, monkeypatch):
     with SimExchange(candles.iloc[:HISTORY + 600], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
         trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, [SideConfig("long", prod_params("LONG"))])
         run_live.drive_lockstep(trader, sim, closed)
-        ws.exit()
+        ws.close()
         stats = sim.stats()
         entries = [o for o in sim.engine.orders.values() if o.link_id.endswith("-open")]
         targets = [o for o in sim.engine.orders.values() if "-tp" in o.link_id]
@@ -108,14 +82,14 @@ def test_restart_from_sqlite_mid_trade_continues_the_same_trade(candles, tmp_pat
         side = [SideConfig("long", prod_params("LONG"))]
         first, ws, closed = start_trader(sim, monkeypatch, tmp_path, side)
         assert not run_live.drive_lockstep(first, sim, closed, max_bars=cut)
-        ws.exit()
+        ws.close()
         assert first.sides[0].state[core.S_DIR] == 1.0
         held = first.sides[0].state.copy()
         first.store.close()
         second, ws, closed = start_trader(sim, monkeypatch, tmp_path, side)
         assert np.array_equal(second.sides[0].state, held)  # resumed, not restarted
         run_live.drive_lockstep(second, sim, closed)
-        ws.exit()
+        ws.close()
     paper = Store(tmp_path / "state.sqlite").trade_rows()
     assert run_live.trade_differences(paper, rows, 0.1) == []
 
@@ -125,7 +99,7 @@ def test_hedge_mode_runs_long_and_short_together(candles, tmp_path, monkeypatch)
         sides = [SideConfig("long", prod_params("LONG")), SideConfig("short", prod_params("SHORT"))]
         trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, sides)
         run_live.drive_lockstep(trader, sim, closed)
-        ws.exit()
+        ws.close()
         assert sim.engine.hedge
         used = {o.position_idx for o in sim.engine.orders.values()}
     assert used == {1, 2}
@@ -138,7 +112,7 @@ def test_rejected_stop_moves_are_logged_and_trading_goes_on(candles, tmp_path, m
     with SimExchange(candles.iloc[:HISTORY + 300], "BTCUSDT", "1h", history_bars=HISTORY, faults=faults) as sim:
         trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, [SideConfig("long", prod_params("LONG"))])
         assert run_live.drive_lockstep(trader, sim, closed)
-        ws.exit()
+        ws.close()
     rejected = [e for e in events(tmp_path) if e["event"] == "order_rejected"]
     assert rejected and all(e["action"] == "stop_moved" and e["ret_code"] == 10001 for e in rejected)
     assert "fault injection" in rejected[0]["ret_msg"]
@@ -150,7 +124,7 @@ def test_secrets_never_reach_the_logs(candles, tmp_path, monkeypatch):
     with SimExchange(candles.iloc[:HISTORY + 100], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
         trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, [SideConfig("long", prod_params("LONG"))])
         run_live.drive_lockstep(trader, sim, closed)
-        ws.exit()
+        ws.close()
         trader.stop("test")
     for path in (tmp_path / "logs").iterdir():
         text = path.read_text()

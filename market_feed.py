@@ -1,0 +1,106 @@
+"""The live trader's market data: Bybit's public WebSocket for one symbol, watched for staleness.
+
+Confirmed klines land in a queue; the last and mark prices are kept with the (monotonic) time
+they arrived, and a price older than the caller's limit is never handed out. pybit reconnects
+by itself only after socket errors; a socket the server closed, or one that silently stops
+delivering, is caught here: no message for ``stale_seconds`` (or pybit reporting the socket
+down) makes :meth:`MarketFeed.check` reconnect with backoff and resubscribe, and tells the caller
+to poll REST meanwhile (missed bar closes are caught up from there).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from data_fetcher import BYBIT_INTERVALS
+from trader_utils import make_ws
+
+logger = logging.getLogger("grtr.feed")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class MarketFeed:
+    """Klines and tickers of ``symbol`` from the public WebSocket, with staleness detection."""
+
+    def __init__(self, symbol: str, timeframe: str, stale_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
+        self.symbol = symbol
+        self.interval = BYBIT_INTERVALS[timeframe]
+        self.stale_seconds = stale_seconds
+        self.clock = clock
+        self.ws_factory = ws_factory
+        self.bars: queue.Queue = queue.Queue()
+        self.last_price = math.nan
+        self.mark_price = math.nan
+        self.last_price_at = -math.inf
+        self.mark_price_at = -math.inf
+        self.last_message_at = clock()
+        self.reconnects = 0
+        self.failures = 0
+        self.next_attempt_at = -math.inf
+        self._lock = threading.Lock()
+        self.ws: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        ws = self.ws_factory("linear")
+        ws.kline_stream(interval=self.interval, symbol=self.symbol, callback=self._on_kline)
+        ws.ticker_stream(symbol=self.symbol, callback=self._on_ticker)
+        self.ws = ws
+        self.last_message_at = self.clock()
+
+    def _on_kline(self, message: dict[str, Any]) -> None:
+        self.last_message_at = self.clock()
+        for bar in message.get("data", []):
+            if bar.get("confirm"):
+                self.bars.put(bar)
+
+    def _on_ticker(self, message: dict[str, Any]) -> None:
+        now = self.clock()
+        self.last_message_at = now
+        data = message.get("data") or {}
+        with self._lock:  # a delta carries only the fields that changed
+            if data.get("lastPrice"):
+                self.last_price, self.last_price_at = float(data["lastPrice"]), now
+            if data.get("markPrice"):
+                self.mark_price, self.mark_price_at = float(data["markPrice"]), now
+
+    def price(self, max_age_seconds: float, mark: bool = False) -> float | None:
+        """The last (or mark) price if it arrived within ``max_age_seconds``, else None: never a stale one."""
+        with self._lock:
+            value, at = (self.mark_price, self.mark_price_at) if mark else (self.last_price, self.last_price_at)
+        return value if self.clock() - at <= max_age_seconds else None
+
+    def stale(self) -> bool:
+        """True when the socket is down or silent for longer than ``stale_seconds``."""
+        return not self.ws.is_connected() or self.clock() - self.last_message_at > self.stale_seconds
+
+    def check(self) -> bool:
+        """Reconnect a stale feed (with backoff); True when it was stale, so the caller polls REST."""
+        if not self.stale():
+            self.failures = 0
+            return False
+        now = self.clock()
+        if now >= self.next_attempt_at:
+            logger.warning("market WebSocket stale (%.1f s without a message, connected: %s); reconnecting",
+                           now - self.last_message_at, self.ws.is_connected())
+            try:
+                self.ws.exit()
+                self._connect()
+                self.reconnects += 1
+                self.failures = 0
+            except Exception as exc:  # any failure to connect is retried after the backoff
+                self.failures += 1
+                logger.error("market WebSocket reconnect failed (%s: %s)", type(exc).__name__, exc)
+            self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, self.stale_seconds * 2 ** self.failures)
+        return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.ws.exit()

@@ -1,0 +1,307 @@
+"""Trader resilience on bybit_sim with the real pybit clients: each retry class, idempotent orders,
+crash between an entry and its record, reconciliation repairs, rescue, staleness and the tick guard."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pybit._helpers
+import pytest
+from pybit.exceptions import InvalidRequestError
+
+import backtester
+import core
+import run_live
+import trader_utils
+from bybit_sim import FaultConfig, SimExchange
+from data_fetcher import load_sample
+from live_helpers import HISTORY, events, prod_params, start_trader
+from market_feed import MarketFeed
+from trader import SideConfig
+from trader_store import Store
+from trader_utils import ExchangeUnavailable, RetryPolicy, api_retry_wrapper
+
+LONG = [SideConfig("long", prod_params("LONG"))]
+
+
+@pytest.fixture(scope="module")
+def candles():
+    return load_sample("BTCUSDT", "1h").iloc[:HISTORY + 700]
+
+
+def recording_policy(attempts=5):
+    """A policy whose backoff is long (10 s base) but only recorded, so a short wait stands out."""
+    sleeps: list[float] = []
+    return RetryPolicy(attempts=attempts, base_seconds=10.0, max_seconds=60.0, sleep=sleeps.append,
+                       rng=random.Random(3)), sleeps
+
+
+def session_for(sim, monkeypatch, timeout=5.0):
+    monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
+    return trader_utils.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, timeout=timeout)
+
+
+# --- retry classes ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["http_500", "http_502", "busy", "rate_limit", "timeout"])
+def test_each_transient_failure_is_retried_until_the_answer(candles, monkeypatch, kind):
+    faults = FaultConfig(rate=1.0, kinds=(kind,), max_faults=2, timeout_seconds=0.6)
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY, faults=faults) as sim:
+        session = session_for(sim, monkeypatch, timeout=0.25)
+        policy, sleeps = recording_policy()
+        answer = api_retry_wrapper(lambda: session.get_tickers(category="linear", symbol="BTCUSDT"), "tickers", policy)
+        assert float(answer["result"]["list"][0]["lastPrice"]) == sim.engine.last_price()
+        assert sim.stats()["faults"] == {kind: 2}
+        assert sim.stats()["requests"]["market/tickers"] == 3
+    assert len(sleeps) == 2
+    if kind == "rate_limit":
+        assert max(sleeps) < 0.2  # waited for the reset time the exchange sent (50 ms), not the 5-10 s backoff
+    else:
+        assert 5.0 <= sleeps[0] <= 10.0 and 10.0 <= sleeps[1] <= 20.0  # exponential, jittered 50-100 %
+
+
+def test_business_errors_are_raised_at_once(candles, monkeypatch):
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        session = session_for(sim, monkeypatch)
+        policy, sleeps = recording_policy()
+        with pytest.raises(InvalidRequestError) as info:
+            api_retry_wrapper(lambda: session.place_order(category="linear", symbol="BTCUSDT", side="Buy",
+                                                          orderType="Market", qty="100000"), "entry", policy)
+        assert info.value.status_code == 110007  # insufficient balance: the caller handles it
+        assert sim.stats()["requests"]["order/create"] == 1 and sleeps == []
+
+
+def test_spent_retries_raise_exchange_unavailable(candles, monkeypatch):
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY,
+                     faults=FaultConfig(rate=1.0, kinds=("http_502",))) as sim:
+        session = session_for(sim, monkeypatch)
+        policy, sleeps = recording_policy(attempts=3)
+        with pytest.raises(ExchangeUnavailable, match="after 3 attempts.*HTTP 502"):
+            api_retry_wrapper(lambda: session.get_positions(category="linear", symbol="BTCUSDT"), "positions", policy)
+        assert sim.stats()["requests"]["position/list"] == 3 and len(sleeps) == 2
+
+
+def test_a_clock_behind_the_exchange_is_resynced_on_10002(candles, monkeypatch):
+    monkeypatch.setattr(trader_utils, "_clock_offset_ms", -20_000)  # this machine's clock 20 s behind
+    monkeypatch.setattr(pybit._helpers, "generate_timestamp", trader_utils._synced_timestamp)
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        session = session_for(sim, monkeypatch)
+        policy, sleeps = recording_policy()
+        answer = api_retry_wrapper(lambda: session.get_positions(category="linear", symbol="BTCUSDT"), "positions",
+                                   policy)
+    assert answer["retCode"] == 0 and len(sleeps) == 1
+    assert abs(trader_utils._clock_offset_ms) < 1_000
+
+
+def test_an_order_whose_answer_timed_out_is_looked_up_not_sent_again(candles, monkeypatch):
+    faults = FaultConfig(rate=1.0, kinds=("timeout",), max_faults=1, timeout_seconds=0.8, acted_timeout_share=1.0)
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY, faults=faults) as sim:
+        session = session_for(sim, monkeypatch, timeout=0.25)
+        policy, _ = recording_policy()
+        order = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.01",
+                 "orderLinkId": "long-1-open"}
+
+        def lookup():
+            for method in (session.get_open_orders, session.get_order_history):
+                rows = method(category="linear", symbol="BTCUSDT", orderLinkId="long-1-open")["result"]["list"]
+                if rows:
+                    return rows[0]
+            return None
+
+        answer = api_retry_wrapper(lambda: session.place_order(**order), "entry", policy, lookup)
+        assert answer["recovered"] and answer["result"]["orderLinkId"] == "long-1-open"
+        assert sim.stats()["requests"]["order/create"] == 1  # the timeout was not followed by a second send
+        again = api_retry_wrapper(lambda: session.place_order(**order), "entry", policy, lookup)
+        assert again["recovered"]  # 110072, duplicate orderLinkId: it went through before
+        assert [o.link_id for o in sim.engine.orders.values()] == ["long-1-open"]
+        assert sim.engine.positions[0].size == 0.01
+
+
+# --- crash between an entry and its record ---------------------------------------------------------
+def backtest_rows(candles, bars):
+    """The backtest's trade rows over the replay (the last may be end_of_data: still open for the trader)."""
+    data = backtester.MarketData(candles.iloc[:HISTORY + bars], "BTCUSDT", "1h")
+    return backtester.simulate(data, prod_params("LONG"), start=HISTORY).rows
+
+
+def test_killed_between_the_entrys_acceptance_and_its_record(candles, tmp_path, monkeypatch):
+    with SimExchange(candles.iloc[:HISTORY + 300], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        first, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        record_order = first.store.record_order
+
+        def dies_after_sending_the_entry(link_id, *args):
+            if link_id.endswith("-open"):
+                raise SystemExit("killed")  # after place_order answered, before anything was committed
+            record_order(link_id, *args)
+
+        first.store.record_order = dies_after_sending_the_entry
+        with pytest.raises(SystemExit):
+            run_live.drive_lockstep(first, sim, bars)
+        feed.close()
+        assert sim.engine.positions[0].size > 0 and first.sides[0].state[core.S_DIR] == 0  # rolled back
+        first.store.close()
+        second, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        assert second.sides[0].state[core.S_DIR] == 1  # the bar was handled again and the fill booked
+        run_live.drive_lockstep(second, sim, bars)
+        feed.close()
+        entries = [o for o in sim.engine.orders.values() if o.link_id.endswith("-open")]
+    paper = Store(tmp_path / "state.sqlite").trade_rows()
+    rows = backtest_rows(candles, 300)
+    assert run_live.trade_differences(paper, rows[rows[:, 9] != core.R_END], 0.1) == []
+    assert len(entries) == len({row[0] for row in rows})  # one entry order per trade: none sent twice
+
+
+# --- reconciliation -------------------------------------------------------------------------------
+def drive_until_in_position(trader, sim, bars):
+    for _ in range(300):
+        if trader.sides[0].state[core.S_DIR]:
+            return
+        run_live.drive_lockstep(trader, sim, bars, max_bars=1)
+    raise AssertionError("no entry within 300 bars")
+
+
+@pytest.fixture
+def in_position(candles, tmp_path, monkeypatch):
+    """A long trader holding a position on the sim (its feed closed: bars are driven by hand)."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        drive_until_in_position(trader, sim, bars)
+        yield trader, sim, feed, bars
+        feed.close()
+
+
+def test_reconcile_sets_a_missing_stop_at_once(in_position, tmp_path):
+    trader, sim, _, _ = in_position
+    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0")
+    assert sim.engine.positions[0].stop_loss == 0
+    trader.reconcile()
+    assert sim.engine.positions[0].stop_loss == pytest.approx(trader.sides[0].state[core.S_STOP])
+    restored = [e for e in events(tmp_path) if e["event"] == "stop_restored"]
+    assert restored and restored[-1]["exchange_stop"] is None
+
+
+def test_reconcile_adopts_the_exchange_size(in_position, tmp_path):
+    trader, sim, _, _ = in_position
+    state = trader.sides[0].state
+    state[core.S_QTY] += 0.5
+    trader.reconcile()
+    assert state[core.S_QTY] == sim.engine.positions[0].size
+    assert any(e["event"] == "desync" and "adopted" in e["detail"] for e in events(tmp_path))
+
+
+def test_reconcile_books_a_close_by_hand_and_cancels_the_leftover_targets(in_position, tmp_path):
+    trader, sim, _, _ = in_position
+    size = sim.engine.positions[0].size
+    fill_price = sim.engine.last_price()
+    trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(size),
+                            reduceOnly=True)
+    trader.reconcile()
+    assert trader.sides[0].state[core.S_DIR] == 0
+    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
+    assert last[3] == size and core.EXIT_REASONS[int(last[9])] == "signal_exit"
+    assert abs(last[5] - fill_price) / fill_price < 0.001  # the hand fill's price (with the sim's slippage)
+    assert not [o for o in sim.engine.open_orders() if o.reduce_only]
+    assert any(e["event"] == "desync" and "closed by hand" in e["detail"] for e in events(tmp_path))
+
+
+def test_reconcile_closes_the_state_when_the_position_vanished_without_an_execution(in_position, tmp_path):
+    trader, sim, _, _ = in_position
+    qty = trader.sides[0].state[core.S_QTY]
+    sim.engine.positions[0].size = 0.0  # gone on the exchange, and no execution tells how
+    trader.reconcile()
+    assert trader.sides[0].state[core.S_DIR] == 0
+    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
+    assert last[3] == qty and last[5] == sim.engine.last_price()
+    assert any(e["event"] == "desync" and "no execution found" in e["detail"] for e in events(tmp_path))
+
+
+def test_rescue_of_a_position_opened_by_hand(candles, tmp_path, monkeypatch):
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        trader.http.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.05")
+        entry = sim.engine.positions[0].avg_price
+        trader.reconcile()
+        state, p = trader.sides[0].state, trader.sides[0].p
+        atr = backtester.MarketData(trader.candles, "BTCUSDT", "1h").indicator("atr", LONG[0].params["atr_period"])
+        assert state[core.S_DIR] == 1 and state[core.S_QTY] == 0.05 and state[core.S_INITIAL_QTY] == 0.05
+        assert state[core.S_ENTRY] == entry and state[core.S_ATR_ENTRY] == atr[-1]
+        assert state[core.S_STOP] == core.round_price(entry - atr[-1] * p[core.P_STOP_ATR], p[core.P_TICK])
+        assert sim.engine.positions[0].stop_loss == pytest.approx(state[core.S_STOP])  # protected at once
+        run_live.drive_lockstep(trader, sim, bars)
+        feed.close()
+    first = Store(tmp_path / "state.sqlite").trade_rows()[0]
+    assert first[4] == entry and core.EXIT_REASONS[int(first[9])] != "end_of_data"  # the rules managed it to an exit
+    assert any(e["event"] == "rescue" for e in events(tmp_path))
+
+
+def test_rescue_of_a_position_left_by_a_lost_database(in_position, tmp_path, monkeypatch):
+    trader, sim, _, _ = in_position
+    held = trader.sides[0].state.copy()
+    fresh = tmp_path / "new-folder"
+    other, feed, _ = start_trader(sim, monkeypatch, fresh, LONG)  # knows nothing: reconcile at start rescues
+    feed.close()
+    state = other.sides[0].state
+    assert state[core.S_DIR] == 1 and state[core.S_QTY] == held[core.S_QTY]
+    assert state[core.S_ENTRY] == pytest.approx(held[core.S_ENTRY])
+    assert state[core.S_STOP] >= held[core.S_STOP] - 1e-9  # the stop on the exchange is never loosened
+    assert [e["event"] for e in events(fresh)].count("rescue") == 1
+
+
+# --- market feed and tick guard --------------------------------------------------------------------
+def test_a_stale_price_is_never_handed_out_and_a_silent_feed_reconnects(candles, monkeypatch):
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        monkeypatch.setenv("BYBIT_WS_URL", sim.ws_url)
+        now = [0.0]
+        feed = MarketFeed("BTCUSDT", "1h", stale_seconds=5.0, clock=lambda: now[0])
+        deadline = time.monotonic() + 10
+        while np.isnan(feed.last_price):  # the ticker snapshot sent on subscription
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert feed.price(max_age_seconds=10) == sim.engine.last_price()
+        now[0] += 11
+        assert feed.price(max_age_seconds=10) is None and feed.stale()
+        assert feed.check() and feed.reconnects == 1
+        wait_for_kline_subscription(sim)
+        k = sim.advance()
+        assert int(feed.bars.get(timeout=10)["start"]) == sim.engine.ts[k]
+        feed.close()
+
+
+def wait_for_kline_subscription(sim):
+    deadline = time.monotonic() + 10
+    while not any(t.startswith("kline.") for topics in sim.public.values() for t in topics):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_closes_missed_while_the_socket_was_down_are_caught_up_in_order(candles, tmp_path, monkeypatch):
+    with SimExchange(candles.iloc[:HISTORY + 12], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        feed.ws.exit()  # the socket is down ...
+        for _ in range(3):
+            sim.advance()  # ... while three bars close
+        assert feed.stale() and feed.check() and feed.reconnects == 1 and feed.ws.is_connected()
+        assert trader.catch_up() == 3  # from REST, in order
+        assert trader.last_bar_ts == sim.engine.ts[HISTORY + 2]
+        wait_for_kline_subscription(sim)
+        sim.advance()
+        trader.on_bar_message(bars.get(timeout=10))  # the new socket delivers the next close
+        assert trader.last_bar_ts == sim.engine.ts[HISTORY + 3]
+        feed.close()
+
+
+def test_tick_guard_closes_a_position_whose_exchange_stop_is_missing(in_position, tmp_path):
+    trader, sim, _, _ = in_position
+    state = trader.sides[0].state
+    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0")
+    sim.faults.reject_stops = True  # and it cannot be set again
+    price = sim.engine.last_price()
+    state[core.S_STOP] = price + 50.0  # the trader's stop (moved up) is crossed; no stop rests on the exchange
+    trader.tick_guard(price, now=100.0, grace_seconds=5.0)
+    assert sim.engine.positions[0].size > 0  # within the grace period the exchange's stop may still act
+    trader.tick_guard(price, now=105.0, grace_seconds=5.0)
+    assert sim.engine.positions[0].size == 0 and state[core.S_DIR] == 0
+    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
+    assert core.EXIT_REASONS[int(last[9])] == "stop_loss"
+    assert any(e["event"] == "tick_guard" for e in events(tmp_path))
