@@ -443,11 +443,14 @@ def _read_cache(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _write_cache(path: Path, frame: pd.DataFrame) -> None:
-    """Atomic write: a crash mid-write never leaves a torn cache."""
+def _write_cache(path: Path, content: pd.DataFrame | str) -> None:
+    """Atomic write of a cache file (a frame as Parquet, or text): a crash mid-write never leaves a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    frame.to_parquet(tmp)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(content, str):
+        tmp.write_text(content)
+    else:
+        content.to_parquet(tmp)
     tmp.replace(path)
 
 
@@ -512,7 +515,7 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
             known_empty.append([hole_start, page_end])  # Bybit has nothing there (e.g. before the listing)
     bar.close()
     if known_empty:
-        sidecar.write_text(json.dumps(known_empty))
+        _write_cache(sidecar, json.dumps(known_empty))
     window = cached[(cached.index.as_unit("ms").asi8 >= first) & (cached.index.as_unit("ms").asi8 < stop)]
     if window.empty:
         raise DataError(f"Bybit has no {timeframe} candles of {symbol} between {pd.Timestamp(first, unit='ms')} and "
@@ -546,8 +549,7 @@ def load_funding(symbol: str, start_ms: int, end_ms: int, session: Any = None,
         fresh = pd.Series(dict(rows), name="rate", dtype=float)
         cached = pd.concat([cached, fresh])
         cached = cached[~cached.index.duplicated(keep="last")].sort_index()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cached.to_frame().to_parquet(path)
+        _write_cache(path, cached.to_frame())
     return cached[(cached.index >= start_ms) & (cached.index <= end_ms)]
 
 
@@ -569,8 +571,7 @@ def fetch_instrument(symbol: str, session: Any = None, cache_dir: Path | None = 
             "tick_size": float(info["priceFilter"]["tickSize"]),
             "max_leverage": float(info["leverageFilter"]["maxLeverage"])}
     cache_dir = Path(cache_dir or config.CACHE_DIR)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / f"instrument_{symbol}.json").write_text(json.dumps(spec, indent=2))
+    _write_cache(cache_dir / f"instrument_{symbol}.json", json.dumps(spec, indent=2))
     return spec
 
 

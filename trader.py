@@ -34,7 +34,7 @@ import backtester
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 from trader_store import Store
-from trader_utils import RetryPolicy, api_retry_wrapper, check_api_key, redact
+from trader_utils import ExchangeUnavailable, RetryPolicy, api_retry_wrapper, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
@@ -465,19 +465,36 @@ class Trader:
         self.store.set(f"targets_{side.name}", side.targets)
 
     # --- fills ------------------------------------------------------------------------------
+    def _unbooked_executions(self, until_ms: int | None = None) -> list[dict[str, Any]]:
+        """Executions not booked yet (before ``until_ms``), in exchange order."""
+        rows = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
+                         startTime=self.store.get("exec_since_ms", 0), limit=100)
+        fresh = [e for e in reversed(rows) if not self.store.seen_execution(e["execId"])
+                 and (until_ms is None or int(e["execTime"]) < until_ms)]
+        fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
+        return fresh
+
+    def _settled_positions(self, data: backtester.MarketData) -> list[dict[str, Any]]:
+        """position/list once every execution before it is booked.
+
+        Executions are booked, positions read, then executions asked again: a fill that landed in
+        between (a stop, a take-profit) would make the snapshot disagree with the state for no
+        reason, so the round is repeated until no new execution shows up.
+        """
+        for _ in range(5):
+            self.sync_executions(data)
+            positions = self._get("positions", self.http.get_positions, category="linear", symbol=self.symbol)
+            if not self._unbooked_executions():
+                return positions
+        raise ExchangeUnavailable("executions keep arriving: no settled position snapshot after 5 rounds")
+
     def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
         """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
 
         At a bar close only what happened up to that close is booked: funding due at the next open
         belongs to the next bar, as in the backtester.
         """
-        since = self.store.get("exec_since_ms", 0)
-        rows = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
-                         startTime=since, limit=100)
-        fresh = [e for e in reversed(rows) if not self.store.seen_execution(e["execId"])
-                 and (until_ms is None or int(e["execTime"]) < until_ms)]
-        fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
-        for execution in fresh:
+        for execution in self._unbooked_executions(until_ms):
             side = self._side_of(execution)
             with self.store.transaction():
                 self._book(side, execution, data)
@@ -587,10 +604,8 @@ class Trader:
             return
         with self.store.transaction():
             data = self._data()
-            self.sync_executions(data)
-            positions = {int(row["positionIdx"]): row for row in self._get(
-                "positions", self.http.get_positions, category="linear", symbol=self.symbol)
-                if float(row.get("size") or 0) > 0}
+            positions = {int(row["positionIdx"]): row for row in self._settled_positions(data)
+                         if float(row.get("size") or 0) > 0}
             orders = self._get("open orders", self.http.get_open_orders, category="linear", symbol=self.symbol,
                                limit=50)
             for side in self.sides:
@@ -729,10 +744,8 @@ class Trader:
                 continue
             side.crossed_at = None
             with self.store.transaction():
-                self.sync_executions(self._data())
-                open_size = sum(float(r.get("size") or 0) for r in self._get(
-                    "positions", self.http.get_positions, category="linear", symbol=self.symbol)
-                    if int(r["positionIdx"]) == side.config.position_idx)
+                open_size = sum(float(r.get("size") or 0) for r in self._settled_positions(self._data())
+                                if int(r["positionIdx"]) == side.config.position_idx)
                 if state[core.S_DIR] and open_size > 0:
                     logger.error("%s: price %g crossed the stop %g and the position is still open: closing it",
                                  side.name, price, state[core.S_STOP])
