@@ -432,6 +432,12 @@ TRADER_SETTINGS = {
     "tick_grace_seconds": 5.0,   # a crossed stop still open this long after the first tick: closed at market
     "price_max_age": 10.0,       # a price older than this is never used for a decision
 }
+# The price that triggers the exchange-side stop-loss: "LastPrice" (as the backtest's candles),
+# "MarkPrice" (immune to wicks on the last price) or "IndexPrice".
+STOP_TRIGGER_BY = "LastPrice"
+STOP_TRIGGER_CHOICES = ("LastPrice", "MarkPrice", "IndexPrice")
+if STOP_TRIGGER_BY not in STOP_TRIGGER_CHOICES:
+    raise ConfigError(f"STOP_TRIGGER_BY = {STOP_TRIGGER_BY!r}; accepted: {', '.join(STOP_TRIGGER_CHOICES)}")
 
 
 # ---------------------------------------------------------------------------------------------

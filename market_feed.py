@@ -1,4 +1,5 @@
-"""The live trader's market data: Bybit's public WebSocket for one symbol, watched for staleness.
+"""The live trader's streams: Bybit's public WebSocket for one symbol, watched for staleness, and
+the private one announcing fills.
 
 Confirmed klines land in a queue; the last and mark prices are kept with the (monotonic) time
 they arrived, and a price older than the caller's limit is never handed out. pybit reconnects
@@ -99,6 +100,62 @@ class MarketFeed:
                 self.failures += 1
                 logger.error("market WebSocket reconnect failed (%s: %s)", type(exc).__name__, exc)
             self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, self.stale_seconds * 2 ** self.failures)
+        return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.ws.exit()
+
+
+class FillFeed:
+    """The private WebSocket's ``execution`` topic: announces fills so the trader books them at once.
+
+    The message only wakes the trader; it books from ``execution/list`` (the record it also uses
+    at every bar close and reconcile), so a fill is booked once whichever path sees it first, and
+    a lost message only delays the booking to the next bar close. A socket found down is
+    reconnected with backoff (a private stream is quiet by nature: silence is not staleness).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
+        self.clock = clock
+        self.ws_factory = ws_factory
+        self.pending = threading.Event()
+        self.reconnects = 0
+        self.failures = 0
+        self.next_attempt_at = -math.inf
+        self.ws: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        ws = self.ws_factory("private")
+        ws.execution_stream(callback=lambda message: self.pending.set())
+        self.ws = ws
+
+    def take(self) -> bool:
+        """True once per burst of announced fills."""
+        if self.pending.is_set():
+            self.pending.clear()
+            return True
+        return False
+
+    def check(self) -> bool:
+        """Reconnect a socket that is down (with backoff); True when it was down."""
+        if self.ws.is_connected():
+            self.failures = 0
+            return False
+        now = self.clock()
+        if now >= self.next_attempt_at:
+            logger.warning("private WebSocket down; reconnecting")
+            try:
+                self.ws.exit()
+                self._connect()
+                self.reconnects += 1
+                self.failures = 0
+                self.pending.set()  # fills may have happened meanwhile
+            except Exception as exc:  # any failure to connect is retried after the backoff
+                self.failures += 1
+                logger.error("private WebSocket reconnect failed (%s: %s)", type(exc).__name__, exc)
+            self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, 2.0 ** self.failures)
         return True
 
     def close(self) -> None:

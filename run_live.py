@@ -30,7 +30,7 @@ import core
 import metrics as metrics_mod
 import reporting
 from data_fetcher import TIMEFRAMES, DataError, load_csv, resample
-from market_feed import MarketFeed
+from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader
 from trader_store import Store
 from trader_utils import ExchangeUnavailable, KeyPermissionError, bybit_env, install_redacting_excepthook, make_http
@@ -237,8 +237,10 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     try:
         trader.start(history_days=config.DATA_DAYS_DEPTH)
         feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
-        live_loop(trader, feed, args, stopping)
+        fills = FillFeed()
+        live_loop(trader, feed, fills, args, stopping)
         feed.close()
+        fills.close()
     except KeyboardInterrupt:
         stopping.append("Ctrl-C")
     if args.close_on_exit:
@@ -247,8 +249,10 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     return 0
 
 
-def live_loop(trader: Trader, feed: MarketFeed, settings: argparse.Namespace, stopping: list[str]) -> None:
-    """Bar closes from the feed; between them the tick guard, staleness checks and periodic reconciliation.
+def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argparse.Namespace,
+              stopping: list[str]) -> None:
+    """Bar closes from the feed; between them fills as announced, the tick guard, staleness checks and
+    periodic reconciliation.
 
     A call Bybit does not answer after every retry (ExchangeUnavailable) rolls its bar back; the
     loop reports it and carries on, and the bar is handled again from REST.
@@ -264,6 +268,9 @@ def live_loop(trader: Trader, feed: MarketFeed, settings: argparse.Namespace, st
                 pass
             if feed.check():
                 trader.catch_up()  # polled while the socket is stale or reconnecting
+            fills.check()
+            if fills.take():
+                trader.book_fills()
             price = feed.price(settings.price_max_age)
             if price is not None:
                 trader.tick_guard(price, clock(), settings.tick_grace_seconds)

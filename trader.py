@@ -31,10 +31,11 @@ import pandas as pd
 from pybit.exceptions import InvalidRequestError
 
 import backtester
+import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 from trader_store import Store
-from trader_utils import ExchangeUnavailable, RetryPolicy, api_retry_wrapper, check_api_key, redact
+from trader_utils import RetryPolicy, api_retry_wrapper, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
@@ -155,9 +156,7 @@ class Trader:
         then the state is reconciled with the exchange.
         """
         setup_logging(self.workdir)
-        for warning in check_api_key(self.http):  # KeyPermissionError: a key that can withdraw never trades
-            logger.warning("API key: %s", warning)
-            self.events.emit("security_warning", None, detail=warning)
+        warnings = check_api_key(self.http)  # KeyPermissionError: a key that can withdraw never trades
         self.instrument = self._instrument()
         self._ensure_mode_and_leverage()
         first_ms = self.store.get("history_start_ms")
@@ -179,6 +178,9 @@ class Trader:
                          params_file=None)
         logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
                     len(self.candles))
+        for warning in warnings:
+            logger.warning("API key: %s", warning)
+            self.events.emit("security_warning", None, detail=warning)
         self.recovering = True
         try:
             self.catch_up()
@@ -343,7 +345,8 @@ class Trader:
             else:
                 qty = state[core.S_ORDER_QTY]
                 self._order(side, f"{side.name}-{bar_ts}-open", "open", side=entry_side, orderType="Market",
-                            qty=fmt(qty, step), stopLoss=fmt(state[core.S_ORDER_STOP], tick))
+                            qty=fmt(qty, step), stopLoss=fmt(state[core.S_ORDER_STOP], tick),
+                            slTriggerBy=config.STOP_TRIGGER_BY)
                 self.sync_executions(data)
                 if state[core.S_DIR]:
                     self.events.emit("entry", side.name, qty=float(state[core.S_QTY]),
@@ -370,7 +373,7 @@ class Trader:
                 logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
             elif self._call(side, "stop_moved", self.http.set_trading_stop, category="linear", symbol=self.symbol,
                             positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick),
-                            tpslMode="Full", slTriggerBy="LastPrice"):
+                            tpslMode="Full", slTriggerBy=config.STOP_TRIGGER_BY):
                 side.sent_stop = state[core.S_STOP]
                 kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing"}.get(
                     int(state[core.S_STOP_KIND]), "profit_lock")
@@ -474,19 +477,35 @@ class Trader:
         fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
         return fresh
 
-    def _settled_positions(self, data: backtester.MarketData) -> list[dict[str, Any]]:
-        """position/list once every execution before it is booked.
+    def _forming_close(self) -> int:
+        """The close time of the bar forming now: executions from then on belong to the next bar close."""
+        return self.last_bar_ts + 2 * self.bar_ms
+
+    def _settled_positions(self, data: backtester.MarketData) -> list[dict[str, Any]] | None:
+        """position/list once every execution before it is booked, or None when that cannot be had now.
 
         Executions are booked, positions read, then executions asked again: a fill that landed in
         between (a stop, a take-profit) would make the snapshot disagree with the state for no
-        reason, so the round is repeated until no new execution shows up.
+        reason, so the round is repeated until no new execution shows up. A fill after the forming
+        bar's close (its kline not handled yet) waits for that bar: None, try again later.
         """
+        until = self._forming_close()
         for _ in range(5):
-            self.sync_executions(data)
+            self.sync_executions(data, until_ms=until)
             positions = self._get("positions", self.http.get_positions, category="linear", symbol=self.symbol)
-            if not self._unbooked_executions():
+            pending = self._unbooked_executions()
+            if not pending:
                 return positions
-        raise ExchangeUnavailable("executions keep arriving: no settled position snapshot after 5 rounds")
+            if all(int(e["execTime"]) >= until for e in pending):
+                return None
+        return None
+
+    def book_fills(self) -> None:
+        """Book the executions of the forming bar now (the private WebSocket announced one)."""
+        with self.store.transaction():
+            self.sync_executions(self._data(), until_ms=self._forming_close())
+            for side in self.sides:
+                self.store.save_state(side.name, side.state, int(time.time() * 1000))
 
     def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
         """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
@@ -604,8 +623,11 @@ class Trader:
             return
         with self.store.transaction():
             data = self._data()
-            positions = {int(row["positionIdx"]): row for row in self._settled_positions(data)
-                         if float(row.get("size") or 0) > 0}
+            settled = self._settled_positions(data)
+            if settled is None:
+                logger.info("reconcile postponed: fills of the next bar are pending")
+                return
+            positions = {int(row["positionIdx"]): row for row in settled if float(row.get("size") or 0) > 0}
             orders = self._get("open orders", self.http.get_open_orders, category="linear", symbol=self.symbol,
                                limit=50)
             for side in self.sides:
@@ -674,7 +696,7 @@ class Trader:
             return
         if self._call(side, "stop_restored", self.http.set_trading_stop, category="linear", symbol=self.symbol,
                       positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick), tpslMode="Full",
-                      slTriggerBy="LastPrice"):
+                      slTriggerBy=config.STOP_TRIGGER_BY):
             side.sent_stop = state[core.S_STOP]
             self.events.emit("stop_restored", side.name, stop=float(state[core.S_STOP]),
                              exchange_stop=exchange_stop or None)
@@ -710,7 +732,7 @@ class Trader:
         _, exit_side = SIDE_ORDER[side.name]
         self._order(side, link_id, "close", side=exit_side, orderType="Market",
                     qty=fmt(side.state[core.S_QTY], self.instrument["qty_step"]), reduceOnly=True)
-        self.sync_executions(self._data())
+        self.sync_executions(self._data(), until_ms=self._forming_close())
 
     def _forget_position(self, side: Side) -> None:
         """After the last fill: no targets, no stop on record."""
@@ -744,7 +766,10 @@ class Trader:
                 continue
             side.crossed_at = None
             with self.store.transaction():
-                open_size = sum(float(r.get("size") or 0) for r in self._settled_positions(self._data())
+                settled = self._settled_positions(self._data())
+                if settled is None:
+                    continue  # the next bar's fills are pending: looked at again with the next tick
+                open_size = sum(float(r.get("size") or 0) for r in settled
                                 if int(r["positionIdx"]) == side.config.position_idx)
                 if state[core.S_DIR] and open_size > 0:
                     logger.error("%s: price %g crossed the stop %g and the position is still open: closing it",

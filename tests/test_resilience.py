@@ -18,7 +18,7 @@ import trader_utils
 from bybit_sim import FaultConfig, SimExchange
 from data_fetcher import load_sample
 from live_helpers import HISTORY, events, prod_params, start_trader
-from market_feed import MarketFeed
+from market_feed import FillFeed, MarketFeed
 from trader import SideConfig
 from trader_store import Store
 from trader_utils import ExchangeUnavailable, RetryPolicy, api_retry_wrapper
@@ -305,3 +305,23 @@ def test_tick_guard_closes_a_position_whose_exchange_stop_is_missing(in_position
     last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
     assert core.EXIT_REASONS[int(last[9])] == "stop_loss"
     assert any(e["event"] == "tick_guard" for e in events(tmp_path))
+
+
+def test_a_fill_announced_on_the_private_socket_is_booked_at_once(in_position, tmp_path, monkeypatch):
+    trader, sim, _, _ = in_position
+    monkeypatch.setenv("BYBIT_API_KEY", sim.api_key)
+    monkeypatch.setenv("BYBIT_API_SECRET", sim.api_secret)
+    fills = FillFeed()
+    deadline = time.monotonic() + 10
+    while not any("execution" in topics for topics in sim.private.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not fills.take()
+    size = sim.engine.positions[0].size
+    trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(size),
+                            reduceOnly=True)
+    assert fills.pending.wait(10) and fills.take()
+    trader.book_fills()  # between two bar closes, without waiting for the next one
+    assert trader.sides[0].state[core.S_DIR] == 0
+    assert Store(tmp_path / "state.sqlite").trade_rows()[-1][3] == size
+    fills.close()
