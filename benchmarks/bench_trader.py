@@ -3,7 +3,8 @@
 Times, for every bar that sends an order, the span from the moment the trader receives the
 confirmed kline to the moment the order request leaves (p50/p99), and the replay rate of a
 3,000-bar paper run (the LONG prod-like params, partial take-profits and pyramiding on).
-The tick guard (ticker -> stop decision) belongs to the resilience work and is not measured yet.
+Also the tick guard's decision on each bar's ticker (the price from the feed to "no action" or a
+close; the live loop polls every 50 ms, which bounds the wait before it).
 Last line: JSON.
 
     python benchmarks/bench_trader.py [--bars 3000]
@@ -41,6 +42,7 @@ def main() -> None:
     params = config.fixed_params("LONG")
     params.update(partial_take_profit=True, position_scaling=True, timeframe="1h", symbol="BTCUSDT")
     spans: list[float] = []
+    guard_spans: list[float] = []
     with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY) as sim, tempfile.TemporaryDirectory() as folder:
         os.environ["BYBIT_REST_URL"] = sim.rest_url
         os.environ["BYBIT_WS_URL"] = sim.ws_url
@@ -59,13 +61,18 @@ def main() -> None:
         session.place_order = timed_place_order
         on_closed_bar = trader.on_closed_bar
 
-        def timed_bar(bar):
+        def timed_bar(bar, latest=True):
             received["t"] = time.perf_counter()
-            on_closed_bar(bar)
+            on_closed_bar(bar, latest)
             received.pop("t", None)
+            price = feed.price(max_age_seconds=10.0)  # the ticker of this bar: the tick guard's decision on it
+            if price is not None:
+                began = time.perf_counter()
+                trader.tick_guard(price, time.monotonic(), grace_seconds=5.0)
+                guard_spans.append((time.perf_counter() - began) * 1000)
 
-        trader.on_closed_bar = timed_bar
         feed = MarketFeed("BTCUSDT", "1h")
+        trader.on_closed_bar = timed_bar
         started = time.perf_counter()
         run_live.drive_lockstep(trader, sim, feed.bars)
         elapsed = time.perf_counter() - started
@@ -74,7 +81,8 @@ def main() -> None:
     p50, p99 = np.percentile(spans, [50, 99])
     figures = {"bars": args.bars, "orders_timed": len(spans), "bar_close_to_order_p50_ms": round(float(p50), 2),
                "bar_close_to_order_p99_ms": round(float(p99), 2), "paper_bars_per_s": round(args.bars / elapsed, 1),
-               "tick_to_stop_decision_ms": None}
+               "tick_to_stop_decision_p50_ms": round(float(np.percentile(guard_spans, 50)), 4),
+               "tick_to_stop_decision_p99_ms": round(float(np.percentile(guard_spans, 99)), 4)}
     for key, value in figures.items():
         print(f"{key:28s} {value}")
     print(json.dumps(figures))
