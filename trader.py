@@ -721,8 +721,10 @@ class Trader:
         if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > 0:
             state[core.S_STOP] = exchange_stop
         side.sent_stop = exchange_stop
-        self.events.emit("rescue", side.name, qty=qty, price=price, stop=float(state[core.S_STOP]), atr=a,
-                         entry_time=pd.Timestamp(entry_ms, unit="ms", tz="UTC").isoformat())
+        entry_time = pd.Timestamp(entry_ms, unit="ms", tz="UTC").isoformat()
+        self.events.emit("rescue", side.name, qty=qty, entry_price=price, stop=float(state[core.S_STOP]), atr=a,
+                         entry_time=entry_time,
+                         detail=f"adopted: entry {entry_time}, ATR at entry {a:g}, stop {state[core.S_STOP]:g}")
         logger.warning("%s: rescued a position of %g at %g (entry %s); stop %g", side.name, qty, price,
                        pd.Timestamp(entry_ms, unit="ms", tz="UTC"), state[core.S_STOP])
         side.resync = True
@@ -805,7 +807,7 @@ class Trader:
     def report_error(self, error: BaseException) -> None:
         """An error the trader survives (the bar was rolled back and will be handled again): logged and an event."""
         logger.error("%s: %s", type(error).__name__, error)
-        self.events.emit("error", None, error=type(error).__name__, detail=str(error))
+        self.events.emit("error", None, error=type(error).__name__, message=f"{type(error).__name__}: {error}")
 
     def stop(self, reason: str, exit_code: int = 0) -> None:
         """Record the stop; open positions stay protected by their exchange-side stops."""

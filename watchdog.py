@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import json
 import logging
 import logging.handlers
@@ -31,26 +30,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 from dotenv import load_dotenv
 
 import config
+from telegram_outbox import (DEFAULT_API_URL, HOUR_MS, Alert, BotApi, Sender, Store, TelegramError,
+                             TelegramUnreachable, duration, esc, event_alert, finite_or_none, iso_ms, log_tail,
+                             num, pre_block, send_test_message, telegram_settings, usdt, utc_text)
 
 logger = logging.getLogger("grtr.watchdog")
-DEFAULT_API_URL = "https://api.telegram.org"
 EXIT_TELEGRAM = 1
 EXIT_USAGE = 2
-HOUR_MS = 3_600_000
-FIELD_CHARS = 1000          # longest free-text field (error message, detail) put into an alert
-TAIL_CHARS = 2500           # longest log excerpt in an alert: keeps every message under Telegram's 4096
 MAX_TRADES_LISTED = 30
 COMMANDS_HELP = (
     "/status: positions, stops, unrealized PnL, last bar, heartbeat age\n"
@@ -93,410 +89,6 @@ class Settings:
         all_levels = {**config.WATCHDOG_ALERT_LEVELS, **(levels or {})}
         config.validate_watchdog(values, all_levels, where="watchdog settings")
         return cls(levels=all_levels, **values)
-
-
-def telegram_settings(environ: Mapping[str, str]) -> tuple[str, str, str]:
-    """(token, chat id, API base URL) from the environment; a clear error when one is missing or bad."""
-    token = environ.get("TELEGRAM_BOT_TOKEN", "").strip()
-    chat_id = environ.get("TELEGRAM_CHAT_ID", "").strip()
-    api_url = (environ.get("TELEGRAM_API_URL", "").strip() or DEFAULT_API_URL).rstrip("/")
-    if not token:
-        raise config.ConfigError("TELEGRAM_BOT_TOKEN is not set (environment or .env)")
-    if not chat_id:
-        raise config.ConfigError("TELEGRAM_CHAT_ID is not set (environment or .env)")
-    if not api_url.startswith(("http://", "https://")):
-        raise config.ConfigError(f"TELEGRAM_API_URL = {api_url!r} must start with http:// or https://")
-    return token, chat_id, api_url
-
-
-# ----------------------------------------------------------------------------------------------
-# Bot API
-# ----------------------------------------------------------------------------------------------
-class TelegramError(Exception):
-    """The Bot API answered with an error (HTTP status, Telegram's description, retry_after on 429)."""
-
-    def __init__(self, status: int, description: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{status} {description}")
-        self.status = status
-        self.description = description
-        self.retry_after = retry_after
-
-    @property
-    def config_problem(self) -> bool:
-        """The token or the chat is wrong: every message would fail the same way."""
-        return self.status in (401, 403, 404) or (self.status == 400 and "chat not found" in self.description.lower())
-
-
-class TelegramUnreachable(Exception):
-    """No answer from the Bot API (connection refused, timeout, broken connection)."""
-
-
-class BotApi:
-    """A thin Bot API client on ``requests``; its error texts never contain the token."""
-
-    def __init__(self, token: str, api_url: str = DEFAULT_API_URL, timeout: float = 15.0) -> None:
-        self._token = token
-        self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
-        self.session = requests.Session()
-
-    def redact(self, text: str) -> str:
-        """``text`` without the token."""
-        return text.replace(self._token, "<token>") if self._token else text
-
-    def call(self, method: str, http_timeout: float | None = None, **params: Any) -> Any:
-        """Call ``method`` with JSON ``params``; returns its result or raises TelegramError/TelegramUnreachable."""
-        url = f"{self.api_url}/bot{self._token}/{method}"
-        try:
-            response = self.session.post(url, json=params, timeout=http_timeout or self.timeout)
-        except requests.RequestException as exc:
-            # `from None`: the original exception's text holds the URL, hence the token
-            raise TelegramUnreachable(self.redact(f"{type(exc).__name__}: {exc}")) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
-        if response.status_code == 200 and body.get("ok"):
-            return body.get("result")
-        retry_after = (body.get("parameters") or {}).get("retry_after")
-        description = str(body.get("description") or response.reason or "no description")
-        raise TelegramError(response.status_code, self.redact(description),
-                            float(retry_after) if isinstance(retry_after, (int, float)) else None)
-
-    def close(self) -> None:
-        """Close the HTTP session."""
-        self.session.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# Formatting (Telegram HTML parse mode: only &, < and > need escaping)
-# ----------------------------------------------------------------------------------------------
-def esc(value: Any, limit: int = FIELD_CHARS) -> str:
-    """``value`` as text for HTML parse mode: cut to ``limit`` characters, then escaped."""
-    text = "—" if value is None else str(value)
-    return html.escape(text if len(text) <= limit else text[:limit] + "…", quote=False)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def num(value: Any) -> str:
-    """A quantity or price without float noise (10 significant digits)."""
-    number = _finite(value)
-    if number is None:
-        return "—" if value is None or isinstance(value, float) else esc(value)
-    return f"{number:.10g}"
-
-
-def usdt(value: Any, signed: bool = True) -> str:
-    """An amount in USDT, signed by default."""
-    number = _finite(value)
-    return "—" if number is None else f"{number:{'+' if signed else ''},.2f} USDT"
-
-
-def pct(value: Any) -> str:
-    """A signed percentage."""
-    number = _finite(value)
-    return "—" if number is None else f"{number:+.2f}%"
-
-
-def duration(seconds: float) -> str:
-    """A duration in the two largest units: '45 s', '3 min 5 s', '2 h 10 min', '3 d 4 h'."""
-    rest = max(0, int(round(seconds)))
-    parts = []
-    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60), ("s", 1)):
-        count, rest = divmod(rest, size)
-        parts.append((count, unit))
-    first = next((k for k, (count, _) in enumerate(parts) if count), len(parts) - 1)
-    shown = [parts[first]] + [p for p in parts[first + 1:first + 2] if p[0]]
-    return " ".join(f"{count} {unit}" for count, unit in shown)
-
-
-def utc_text(ms: float, seconds: bool = False) -> str:
-    """Epoch milliseconds as 'YYYY-MM-DD HH:MM[:SS] UTC'."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "") + " UTC")
-
-
-def iso_ms(text: Any) -> int | None:
-    """An ISO-8601 time as epoch milliseconds (UTC when no offset is given), or None."""
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def log_tail(path: Path, lines: int, redact: Callable[[str], str]) -> list[str]:
-    """The last ``lines`` lines of a text file (missing file: none), each cut to 200 characters."""
-    if lines <= 0:
-        return []
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64_000))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [redact(line[:200]) for line in text.splitlines()[-lines:]]
-
-
-def pre_block(lines: list[str]) -> str:
-    """Log lines as an escaped <pre> block, oldest lines dropped to stay under TAIL_CHARS."""
-    lines = list(lines)
-    while lines and len(html.escape("\n".join(lines), quote=False)) > TAIL_CHARS:
-        lines.pop(0)
-    body = html.escape("\n".join(lines), quote=False)
-    return f"<pre>{body}</pre>" if lines else ""
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One message to send: its alert type (which sets its level) and its HTML text."""
-
-    kind: str
-    text: str
-
-
-def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
-    """The alert of one trader event (``tail``: the last log lines, shown with a stop)."""
-    kind = str(event.get("event"))
-    side = esc(str(event.get("side") or "").upper())
-    symbol = esc(event.get("symbol"))
-    who = f"{side} {symbol}".strip()
-    g = event.get
-    if kind == "start":
-        sides = ", ".join(str(s) for s in g("sides") or [])
-        return Alert(kind, f"▶️ <b>Trader started</b> {symbol} ({esc(g('env'))}), pid {esc(g('pid'))}, "
-                           f"sides {esc(sides)}")
-    if kind == "stop":
-        text = f"⏹ <b>Trader stopped</b> {symbol}: {esc(g('reason'))}, exit code {esc(g('exit_code'))}"
-        block = pre_block(tail)
-        return Alert(kind, text + (f"\nlast lines of trader.log:\n{block}" if block else ""))
-    if kind == "entry":
-        return Alert(kind, f"🟢 <b>Entry {who}</b>\nqty {num(g('qty'))} @ {num(g('price'))}\n"
-                           f"stop {num(g('stop'))} · risk {usdt(g('risk'), signed=False)}")
-    if kind == "add":
-        return Alert(kind, f"➕ <b>Pyramid add {who}</b>\n+{num(g('qty'))} @ {num(g('price'))}\n"
-                           f"position {num(g('total_qty'))} @ avg {num(g('avg_price'))}")
-    if kind == "partial_exit":
-        return Alert(kind, f"💰 <b>Partial take-profit {who}</b>\n{num(g('qty'))} @ {num(g('price'))} · "
-                           f"PnL {usdt(g('pnl'))}\nremaining {num(g('remaining_qty'))}")
-    if kind == "exit":
-        icon = "✅" if (_finite(g("pnl")) or 0.0) >= 0 else "🔻"
-        hold = _finite(g("hold_hours"))
-        return Alert(kind, f"{icon} <b>Exit {who}</b>: {esc(g('reason'))}\n{num(g('qty'))} @ {num(g('price'))} "
-                           f"(entry {num(g('entry_price'))})\nPnL {usdt(g('pnl'))} ({pct(g('pnl_pct'))}) · held "
-                           f"{duration(hold * 3600) if hold is not None else '—'}")
-    if kind == "stop_moved":
-        return Alert(kind, f"↕️ <b>Stop moved {who}</b> ({esc(g('kind'))}): {num(g('old_stop'))} → "
-                           f"{num(g('new_stop'))}")
-    if kind == "order_rejected":
-        return Alert(kind, f"⛔ <b>Order rejected {who}</b>: {esc(g('action'))} {esc(g('order_link_id'))}\n"
-                           f"{esc(g('ret_code'))}: {esc(g('ret_msg'))}")
-    if kind == "desync":
-        return Alert(kind, f"⚠️ <b>Desync {who}</b>\n{esc(g('detail'))}")
-    if kind == "rescue":
-        return Alert(kind, f"🛟 <b>Rescue {who}</b>: {num(g('qty'))} @ {num(g('entry_price'))}\n{esc(g('detail'))}")
-    if kind == "error":
-        return Alert(kind, f"❗ <b>Error {who}</b>\n{esc(g('message'))}")
-    rest = {k: v for k, v in event.items() if k not in ("time", "ts_ms", "event", "symbol", "side")}
-    return Alert("other", f"ℹ️ <b>{esc(kind)} {who}</b>\n<code>{esc(json.dumps(rest, default=str))}</code>")
-
-
-# ----------------------------------------------------------------------------------------------
-# The watchdog's own database: outbox and persisted values
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OutboxRow:
-    """A message in the outbox; ``count`` identical alerts merged into it, ``sent_count`` already shown."""
-
-    id: int
-    chat_id: str
-    text: str
-    silent: bool
-    count: int
-    sent_count: int
-    first_ms: int
-    last_ms: int
-    message_id: int | None
-
-
-class Store:
-    """watchdog.sqlite: the outbox and a few JSON values, shared by the watchdog's threads under one lock."""
-
-    SCHEMA = """
-    CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT NOT NULL,
-        text TEXT NOT NULL, silent INTEGER NOT NULL, mergeable INTEGER NOT NULL, count INTEGER NOT NULL,
-        sent_count INTEGER NOT NULL DEFAULT 0, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
-        sent_ms INTEGER, message_id INTEGER, failed INTEGER NOT NULL DEFAULT 0);
-    CREATE INDEX IF NOT EXISTS outbox_text ON outbox (text);
-    CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(self.SCHEMA)
-        self.lock = threading.RLock()
-
-    def close(self) -> None:
-        """Close the database."""
-        with self.lock:
-            self.db.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic change, exclusive among the threads."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """A persisted value, or ``default``."""
-        with self.lock:
-            row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
-
-    @staticmethod
-    def put(db: sqlite3.Connection, key: str, value: Any) -> None:
-        """Persist a value inside a transaction."""
-        db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, json.dumps(value)))
-
-    @staticmethod
-    def enqueue(db: sqlite3.Connection, chat_id: str, text: str, silent: bool, now_ms: int,
-                merge_window_ms: int | None) -> None:
-        """Add a message inside a transaction; an identical alert not yet sent, or sent within the
-        merge window, absorbs it instead (``merge_window_ms`` None or 0: never merged)."""
-        if merge_window_ms:
-            row = db.execute("SELECT id FROM outbox WHERE mergeable = 1 AND failed = 0 AND chat_id = ? AND text = ? "
-                             "AND silent = ? AND (sent_ms IS NULL OR first_ms >= ?) ORDER BY id DESC LIMIT 1",
-                             (chat_id, text, int(silent), now_ms - merge_window_ms)).fetchone()
-            if row is not None:
-                db.execute("UPDATE outbox SET count = count + 1, last_ms = ? WHERE id = ?", (now_ms, row[0]))
-                return
-        db.execute("INSERT INTO outbox (chat_id, text, silent, mergeable, count, first_ms, last_ms) "
-                   "VALUES (?, ?, ?, ?, 1, ?, ?)", (chat_id, text, int(silent), int(bool(merge_window_ms)),
-                                                     now_ms, now_ms))
-
-    def next_due(self) -> OutboxRow | None:
-        """The oldest message to send, or a sent one whose merge count must be updated."""
-        with self.lock:
-            row = self.db.execute(
-                "SELECT id, chat_id, text, silent, count, sent_count, first_ms, last_ms, message_id FROM outbox "
-                "WHERE failed = 0 AND (sent_ms IS NULL OR (message_id IS NOT NULL AND count > sent_count)) "
-                "ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else OutboxRow(row[0], row[1], row[2], bool(row[3]), *row[4:])
-
-    def mark_sent(self, row_id: int, now_ms: int, message_id: int | None, count: int) -> None:
-        """A message (or its merge count) reached Telegram."""
-        with self.transaction() as db:
-            db.execute("UPDATE outbox SET sent_ms = COALESCE(sent_ms, ?), message_id = COALESCE(?, message_id), "
-                       "sent_count = ? WHERE id = ?", (now_ms, message_id, count, row_id))
-            db.execute("DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ? AND count = sent_count",
-                       (now_ms - 7 * 24 * HOUR_MS,))
-
-    def mark_failed(self, row_id: int) -> None:
-        """Telegram refused this message for good; it stays in the database, marked."""
-        with self.transaction() as db:
-            db.execute("UPDATE outbox SET failed = 1 WHERE id = ?", (row_id,))
-
-    def pending(self) -> int:
-        """Messages not yet delivered."""
-        with self.lock:
-            return self.db.execute("SELECT COUNT(*) FROM outbox WHERE failed = 0 AND (sent_ms IS NULL OR "
-                                   "(message_id IS NOT NULL AND count > sent_count))").fetchone()[0]
-
-
-def render(row: OutboxRow, now_ms: int) -> str:
-    """The text Telegram shows: merged alerts carry their count, late ones the time they were raised."""
-    if row.count > 1:
-        return (f"{row.text}\n<i>×{row.count} between {utc_text(row.first_ms, True)[11:19]} and "
-                f"{utc_text(row.last_ms, True)[11:]}</i>")
-    if now_ms - row.first_ms > 60_000:
-        return f"{row.text}\n<i>raised {utc_text(row.first_ms, True)}</i>"
-    return row.text
-
-
-class Sender:
-    """Delivers the outbox in order: one message per ``min_send_interval_s`` per chat, backoff on network
-    errors and 5xx, Telegram's retry_after on 429; a wrong token or chat keeps the messages waiting."""
-
-    def __init__(self, store: Store, api: BotApi, settings: Settings, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.api = api
-        self.settings = settings
-        self.clock = clock
-        self.failures = 0
-        self.blocked_until = 0.0
-        self.last_sent: dict[str, float] = {}
-
-    def step(self) -> float:
-        """Send (or update) at most one message; returns the seconds to wait before the next step."""
-        now = self.clock()
-        if now < self.blocked_until:
-            return self.blocked_until - now
-        row = self.store.next_due()
-        if row is None:
-            return self.settings.poll_interval_s
-        wait = self.last_sent.get(row.chat_id, -math.inf) + self.settings.min_send_interval_s - now
-        if wait > 0:
-            return wait
-        text = render(row, int(now * 1000))
-        try:
-            if row.message_id is None:
-                result = self.api.call("sendMessage", chat_id=row.chat_id, text=text, parse_mode="HTML",
-                                       disable_notification=row.silent, link_preview_options={"is_disabled": True})
-            else:
-                result = self.api.call("editMessageText", chat_id=row.chat_id, message_id=row.message_id, text=text,
-                                       parse_mode="HTML", link_preview_options={"is_disabled": True})
-        except TelegramUnreachable as exc:
-            return self._backoff(now, f"Telegram unreachable ({exc})")
-        except TelegramError as exc:
-            if exc.status == 429:
-                self.failures += 1
-                delay = exc.retry_after if exc.retry_after is not None else self._delay()
-                logger.warning("Telegram rate limit (429): waiting %.1f s as it asks", delay)
-                self.blocked_until = now + delay
-                return delay
-            if exc.status >= 500 or exc.config_problem:
-                hint = " (check TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID)" if exc.config_problem else ""
-                return self._backoff(now, f"Telegram refused the message: {exc}{hint}")
-            if row.message_id is None:
-                logger.error("Telegram refused message %d for good (%s); kept in watchdog.sqlite, marked failed: %s",
-                             row.id, exc, row.text[:300])
-                self.store.mark_failed(row.id)
-                return 0.0
-            result = None  # an edit of a deleted or unchanged message: nothing more to show
-        self.last_sent[row.chat_id] = self.clock()
-        message_id = result.get("message_id") if isinstance(result, dict) else None
-        self.store.mark_sent(row.id, int(now * 1000), message_id, row.count)
-        if self.failures:
-            logger.info("Telegram reachable again; %d more messages waiting", self.store.pending())
-        self.failures = 0
-        return 0.0
-
-    def _delay(self) -> float:
-        return min(self.settings.retry_base_s * 2 ** max(0, self.failures - 1), self.settings.retry_max_s)
-
-    def _backoff(self, now: float, why: str) -> float:
-        self.failures += 1
-        delay = self._delay()
-        logger.warning("%s; %d messages wait in the outbox; retry in %.1f s", why, self.store.pending(), delay)
-        self.blocked_until = now + delay
-        return delay
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1011,7 +603,7 @@ class Watchdog:
                  f"{'running' if alive else 'NOT RUNNING'}{', PAUSED' if beat.get('paused') else ''}",
                  f"heartbeat {duration((now_ms - beat['time_ms']) / 1000)} ago · last bar "
                  f"{utc_text(beat['last_bar_ts']) if isinstance(beat.get('last_bar_ts'), int) else '—'}"]
-        equity = _finite(beat.get("equity"))
+        equity = finite_or_none(beat.get("equity"))
         if equity is None:
             curve = read_equity(self.workdir / "state.sqlite")
             equity = curve[-1][1] if curve else None
@@ -1136,26 +728,6 @@ def _count_arg(args: list[str], default: int, high: int) -> int | None:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
-def send_test_message(api: BotApi, chat_id: str) -> tuple[bool, str]:
-    """Check the token (getMe) and the chat (one sendMessage); (ok, what to print)."""
-    try:
-        bot = api.call("getMe") or {}
-    except TelegramUnreachable as exc:
-        return False, f"cannot reach Telegram at {api.api_url}: {exc}"
-    except TelegramError as exc:
-        return False, f"Telegram refused the bot token ({exc}): check TELEGRAM_BOT_TOKEN"
-    name = bot.get("username") or "the bot"
-    try:
-        api.call("sendMessage", chat_id=chat_id, parse_mode="HTML",
-                 text=f"✅ GrTr watchdog test message from @{esc(name)}: token and chat are right.")
-    except TelegramUnreachable as exc:
-        return False, f"cannot reach Telegram at {api.api_url}: {exc}"
-    except TelegramError as exc:
-        return False, (f"Telegram refused chat {chat_id} ({exc}): check TELEGRAM_CHAT_ID, and that the chat has "
-                       "written to the bot first")
-    return True, f"test message sent to chat {chat_id} by @{name}"
-
-
 class _RedactFilter(logging.Filter):
     """Removes the token from every record, traceback included."""
 
