@@ -59,11 +59,9 @@ def rolling_std_nb(x: np.ndarray, period: int) -> np.ndarray:
     """Population standard deviation (ddof=0) over ``period`` values, two-pass per window."""
     n = x.shape[0]
     out = np.full(n, np.nan)
+    means = sma_nb(x, period)
     for i in range(period - 1, n):
-        total = 0.0
-        for k in range(i - period + 1, i + 1):
-            total += x[k]
-        mean = total / period
+        mean = means[i]
         squares = 0.0
         for k in range(i - period + 1, i + 1):
             squares += (x[k] - mean) ** 2
