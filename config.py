@@ -449,6 +449,8 @@ WATCHDOG_ALERT_LEVELS = {
     "entry": "on", "add": "on", "partial_exit": "on", "exit": "on",
     "stop_moved": "off",
     "desync": "on", "rescue": "on", "order_rejected": "on", "error": "on",
+    "stop_restored": "on", "tick_guard": "on",     # a missing stop set again; a crossed stop closed by the trader
+    "entry_skipped": "on", "security_warning": "on",
     "heartbeat_stale": "on", "heartbeat_recovered": "on",
     "restart": "on",                               # each restart, the restart limit, a failed restart
     "daily": "on",                                 # the daily summary

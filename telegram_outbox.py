@@ -251,6 +251,16 @@ def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
         return Alert(kind, f"🛟 <b>Rescue {who}</b>: {num(g('qty'))} @ {num(g('entry_price'))}\n{esc(g('detail'))}")
     if kind == "error":
         return Alert(kind, f"❗ <b>Error {who}</b>\n{esc(g('message'))}")
+    if kind == "stop_restored":
+        return Alert(kind, f"🛡 <b>Stop restored {who}</b>: {num(g('stop'))} (the exchange had "
+                           f"{num(g('exchange_stop')) if g('exchange_stop') else 'none'})")
+    if kind == "tick_guard":
+        return Alert(kind, f"🚨 <b>Tick guard {who}</b>: price {num(g('price'))} crossed the stop {num(g('stop'))} "
+                           f"with the position open; closing {num(g('qty'))} at market")
+    if kind == "entry_skipped":
+        return Alert(kind, f"⏭ <b>Entry skipped {who}</b>: {esc(g('reason'))}")
+    if kind == "security_warning":
+        return Alert(kind, f"🔐 <b>Security warning</b> {symbol}\n{esc(g('detail'))}")
     rest = {k: v for k, v in event.items() if k not in ("time", "ts_ms", "event", "symbol", "side")}
     return Alert("other", f"ℹ️ <b>{esc(kind)} {who}</b>\n<code>{esc(json.dumps(rest, default=str))}</code>")
 

@@ -646,3 +646,16 @@ def test_paper_replay_messages_match_trades_csv(tmp_path, tg):
     assert "Trader stopped BTCUSDT: replay finished, exit code 0" in texts[-1]
     assert sum("Trader stopped" in t for t in texts) == 1
     assert not any("Stop moved" in t for t in texts)  # off by default
+
+
+def test_resilience_events_have_alerts_of_their_own():
+    from telegram_outbox import event_alert
+
+    cases = [("tick_guard", {"price": 9000.5, "stop": 9010, "qty": 0.25}, "price 9000.5 crossed the stop 9010"),
+             ("stop_restored", {"stop": 8800, "exchange_stop": None}, "8800 (the exchange had none)"),
+             ("entry_skipped", {"reason": "decided on a bar <missed>"}, "decided on a bar &lt;missed&gt;"),
+             ("security_warning", {"detail": "run `chmod 600 .env`"}, "chmod 600 .env")]
+    for kind, figures, expected in cases:
+        alert = event_alert({"event": kind, "symbol": "BTCUSDT", "side": "long", **figures}, [])
+        assert alert.kind == kind and expected in alert.text, alert.text
+        assert kind in config.WATCHDOG_ALERT_LEVELS  # each has a level of its own in config
