@@ -386,6 +386,7 @@ OPTUNA_SETTINGS = {
     "n_startup_trials": 40,    # random trials before TPE models the results
     "window_best": 100,        # the sampler sees the best N trials ...
     "window_recent": 200,      # ... and the latest N, so its cost per trial stays flat
+    "refine_share": 0.2,       # the last share of a run's trials refines the leaders (neighbours of the top 10)
 }
 DEFAULT_PIPELINE_TRIALS = 300
 TRAIN_FRACTION = 0.50          # first half of the data for training

@@ -25,6 +25,7 @@ import logging
 import math
 import pprint
 import queue
+import random
 import shutil
 import threading
 import time
@@ -380,6 +381,8 @@ class Search:
         best_value = max((t.value for t in self.known), default=-math.inf)
         interrupted = False
         rebuild_every = max(50, self.window[1] // 2)
+        refine_count = int(n_trials * config.OPTUNA_SETTINGS["refine_share"])
+        rng = random.Random(self.seed + len(self.known))
         working = self._working_study()
         since_rebuild = 0
         pool = ThreadPoolExecutor(self.jobs) if self.jobs > 1 else None
@@ -387,6 +390,9 @@ class Search:
             while done < n_trials and (timeout is None or time.perf_counter() - started < timeout):
                 batch = min(self.jobs, n_trials - done)
                 t0 = time.perf_counter()
+                if done >= n_trials - refine_count:
+                    for _ in range(batch):
+                        working.enqueue_trial(self._neighbour(rng))
                 asked = [working.ask(self.space) for _ in range(batch)]
                 sampler_s += time.perf_counter() - t0
                 params = [self.params_of(t.params) for t in asked]
@@ -432,6 +438,29 @@ class Search:
         trials = self.persistent.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         best = max(trials, key=lambda t: t.value) if trials else None
         return SearchResult(list(trials), best, interrupted, elapsed, sampler_s, backtest_s, rate_tail)
+
+    def _neighbour(self, rng: random.Random) -> dict[str, Any]:
+        """Params of one of the 10 best trials with one or two of them moved a little (leader refinement).
+
+        TPE spreads its trials over the whole space; in the last share of a run, neighbours of
+        the leaders are tried instead, which raises the best score the budget reaches.
+        """
+        fitting = [t for t in self.known if set(t.params) == set(self.space)]
+        leaders = sorted(fitting, key=lambda t: t.value, reverse=True)[:10]
+        if not leaders:
+            return {}  # nothing to refine yet: the sampler proposes as usual
+        params = dict(rng.choice(leaders).params)
+        for name in rng.sample(sorted(self.space), k=min(len(self.space), rng.choice((1, 2)))):
+            dist, value = self.space[name], params[name]
+            if isinstance(dist, CategoricalDistribution):
+                params[name] = rng.choice(dist.choices)
+            elif isinstance(dist, IntDistribution):
+                span = max(1, round((dist.high - dist.low) * 0.1))
+                params[name] = min(dist.high, max(dist.low, value + rng.randint(-span, span)))
+            else:
+                span = (dist.high - dist.low) * 0.1
+                params[name] = min(dist.high, max(dist.low, value + rng.gauss(0.0, span / 2)))
+        return params
 
     def _pull_foreign_trials(self) -> None:
         """Trials other processes wrote to the persistent study join the window."""
