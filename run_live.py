@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which strategy sides to run (both = hedge mode; default: both)")
     parser.add_argument("--symbol", default=None, help="override the prod config's symbol")
     parser.add_argument("--timeframe", default=None, choices=list(TIMEFRAMES), help="override the bar length")
-    parser.add_argument("--params", default=None, help="JSON params file replacing the prod config of its side")
+    parser.add_argument("--params", default=None, help="JSON params file: runs only the side its mode names "
+                                                        "(long_only or short_only), in place of the prod configs")
     parser.add_argument("--dir", default=None, help="the trader's working folder (state, logs, heartbeat); "
                                                     "default: the current folder")
     parser.add_argument("--close-on-exit", action="store_true",

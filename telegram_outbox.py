@@ -12,9 +12,7 @@ from __future__ import annotations
 import html
 import json
 import logging
-import logging.handlers
 import math
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -22,14 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import requests
 
 import config
-
-if TYPE_CHECKING:
-    from watchdog import Settings
 
 logger = logging.getLogger("grtr.watchdog")
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -50,6 +45,16 @@ def telegram_settings(environ: Mapping[str, str]) -> tuple[str, str, str]:
     if not api_url.startswith(("http://", "https://")):
         raise config.ConfigError(f"TELEGRAM_API_URL = {api_url!r} must start with http:// or https://")
     return token, chat_id, api_url
+
+
+def redact(text: str, token: str) -> str:
+    """``text`` with the bot token replaced by ``<token>`` (the token is part of every Bot API URL)."""
+    return text.replace(token, "<token>") if token else text
+
+
+def backoff_delay(failures: int, base_s: float, max_s: float) -> float:
+    """Seconds to wait after ``failures`` failures in a row: ``base_s`` doubling per failure, capped at ``max_s``."""
+    return min(base_s * 2 ** max(0, failures - 1), max_s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,7 +90,7 @@ class BotApi:
 
     def redact(self, text: str) -> str:
         """``text`` without the token."""
-        return text.replace(self._token, "<token>") if self._token else text
+        return redact(text, self._token)
 
     def call(self, method: str, http_timeout: float | None = None, **params: Any) -> Any:
         """Call ``method`` with JSON ``params``; returns its result or raises TelegramError/TelegramUnreachable."""
@@ -168,37 +173,14 @@ def utc_text(ms: float, seconds: bool = False) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "") + " UTC")
 
 
-def iso_ms(text: Any) -> int | None:
-    """An ISO-8601 time as epoch milliseconds (UTC when no offset is given), or None."""
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def log_tail(path: Path, lines: int, redact: Callable[[str], str]) -> list[str]:
-    """The last ``lines`` lines of a text file (missing file: none), each cut to 200 characters."""
-    if lines <= 0:
-        return []
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64_000))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [redact(line[:200]) for line in text.splitlines()[-lines:]]
-
-
-def pre_block(lines: list[str]) -> str:
-    """Log lines as an escaped <pre> block, oldest lines dropped to stay under TAIL_CHARS."""
+def log_block(title: str, lines: list[str]) -> str:
+    """Log lines for the end of an alert: a line ``title:``, then an escaped <pre> block, oldest lines dropped
+    to stay under TAIL_CHARS; empty when there is no line."""
     lines = list(lines)
     while lines and len(html.escape("\n".join(lines), quote=False)) > TAIL_CHARS:
         lines.pop(0)
     body = html.escape("\n".join(lines), quote=False)
-    return f"<pre>{body}</pre>" if lines else ""
+    return f"\n{title}:\n<pre>{body}</pre>" if lines else ""
 
 
 @dataclass(frozen=True)
@@ -221,9 +203,8 @@ def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
         return Alert(kind, f"▶️ <b>Trader started</b> {symbol} ({esc(g('env'))}), pid {esc(g('pid'))}, "
                            f"sides {esc(sides)}")
     if kind == "stop":
-        text = f"⏹ <b>Trader stopped</b> {symbol}: {esc(g('reason'))}, exit code {esc(g('exit_code'))}"
-        block = pre_block(tail)
-        return Alert(kind, text + (f"\nlast lines of trader.log:\n{block}" if block else ""))
+        return Alert(kind, f"⏹ <b>Trader stopped</b> {symbol}: {esc(g('reason'))}, exit code {esc(g('exit_code'))}"
+                           + log_block("last lines of trader.log", tail))
     if kind == "entry":
         return Alert(kind, f"🟢 <b>Entry {who}</b>\nqty {num(g('qty'))} @ {num(g('price'))}\n"
                            f"stop {num(g('stop'))} · risk {usdt(g('risk'), signed=False)}")
@@ -384,11 +365,24 @@ def render(row: OutboxRow, now_ms: int) -> str:
     return row.text
 
 
+class DeliverySettings(Protocol):
+    """The tunables the Sender reads (watchdog.Settings has them, from config.WATCHDOG_SETTINGS)."""
+
+    @property
+    def poll_interval_s(self) -> float: ...
+    @property
+    def min_send_interval_s(self) -> float: ...
+    @property
+    def retry_base_s(self) -> float: ...
+    @property
+    def retry_max_s(self) -> float: ...
+
+
 class Sender:
     """Delivers the outbox in order: one message per ``min_send_interval_s`` per chat, backoff on network
     errors and 5xx, Telegram's retry_after on 429; a wrong token or chat keeps the messages waiting."""
 
-    def __init__(self, store: Store, api: BotApi, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, api: BotApi, settings: DeliverySettings, clock: Callable[[], float]) -> None:
         self.store = store
         self.api = api
         self.settings = settings
@@ -443,7 +437,7 @@ class Sender:
         return 0.0
 
     def _delay(self) -> float:
-        return min(self.settings.retry_base_s * 2 ** max(0, self.failures - 1), self.settings.retry_max_s)
+        return backoff_delay(self.failures, self.settings.retry_base_s, self.settings.retry_max_s)
 
     def _backoff(self, now: float, why: str) -> float:
         self.failures += 1

@@ -41,8 +41,8 @@ from dotenv import load_dotenv
 
 import config
 from telegram_outbox import (DEFAULT_API_URL, HOUR_MS, Alert, BotApi, Sender, Store, TelegramError,
-                             TelegramUnreachable, duration, esc, event_alert, finite_or_none, iso_ms, log_tail,
-                             num, pre_block, send_test_message, telegram_settings, usdt, utc_text)
+                             TelegramUnreachable, backoff_delay, duration, esc, event_alert, finite_or_none,
+                             log_block, num, redact, send_test_message, telegram_settings, usdt, utc_text)
 
 logger = logging.getLogger("grtr.watchdog")
 EXIT_TELEGRAM = 1
@@ -221,6 +221,31 @@ def running_copy(cmdline: list[str], cwd: str | None) -> int | None:
     return None
 
 
+def log_tail(path: Path, lines: int, clean: Callable[[str], str]) -> list[str]:
+    """The last ``lines`` lines of a text file (missing file: none), each cut to 200 characters and passed
+    through ``clean`` (the token's redaction)."""
+    if lines <= 0:
+        return []
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64_000))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [clean(line[:200]) for line in text.splitlines()[-lines:]]
+
+
+def iso_ms(text: Any) -> int | None:
+    """An ISO-8601 time as epoch milliseconds (UTC when no offset is given), or None."""
+    try:
+        moment = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def write_control(workdir: Path, paused: bool, now_ms: int) -> None:
     """control.json, atomically: the trader reads it at each bar."""
     tmp = workdir / "control.json.tmp"
@@ -228,30 +253,28 @@ def write_control(workdir: Path, paused: bool, now_ms: int) -> None:
     os.replace(tmp, workdir / "control.json")
 
 
-def read_trades(db_path: Path) -> list[dict[str, Any]]:
-    """The trader's trades table (read-only), oldest first; none when the database does not exist yet."""
+def _query_read_only(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` on the trader's database, opened read-only; none when it does not exist yet."""
     if not db_path.exists():
         return []
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT symbol, side, qty, entry_time, exit_time, entry_price, exit_price, fees, "
-                          "funding, pnl, exit_reason FROM trades ORDER BY id").fetchall()
+        return db.execute(sql).fetchall()
     finally:
         db.close()
+
+
+def read_trades(db_path: Path) -> list[dict[str, Any]]:
+    """The trader's trades table (read-only), oldest first."""
     keys = ("symbol", "side", "qty", "entry_time", "exit_time", "entry_price", "exit_price", "fees", "funding", "pnl",
             "exit_reason")
+    rows = _query_read_only(db_path, f"SELECT {', '.join(keys)} FROM trades ORDER BY id")
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def read_equity(db_path: Path) -> list[tuple[int, float]]:
     """The trader's equity table (read-only): (ts_ms, equity) in time order."""
-    if not db_path.exists():
-        return []
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT ts_ms, equity FROM equity ORDER BY ts_ms").fetchall()
-    finally:
-        db.close()
+    return _query_read_only(db_path, "SELECT ts_ms, equity FROM equity ORDER BY ts_ms")
 
 
 def period_report(trades: list[dict[str, Any]], equity: list[tuple[int, float]], start_ms: int, end_ms: int
@@ -332,7 +355,7 @@ class Watchdog:
 
     def redact(self, text: str) -> str:
         """``text`` without the bot token."""
-        return text.replace(self._token, "<token>") if self._token else text
+        return redact(text, self._token)
 
     def close(self) -> None:
         """Close the database and HTTP sessions (a restarted trader keeps running)."""
@@ -448,13 +471,9 @@ class Watchdog:
             code = self.child.returncode
             status = f"{code}" + (f" (killed by {signal.Signals(-code).name})" if code < 0 else "")
             extra = log_tail(self.workdir / "logs" / "trader.restart.log", self.settings.log_tail_lines, self.redact)
-        text = f"🛑 <b>Trader stopped</b>, pid {pid}: exit status {esc(status)}"
-        block = pre_block(log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact))
-        if block:
-            text += f"\nlast lines of trader.log:\n{block}"
-        if extra:
-            text += f"\nits output:\n{pre_block(extra)}"
-        return Alert("stop", text)
+        tail = log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact)
+        return Alert("stop", f"🛑 <b>Trader stopped</b>, pid {pid}: exit status {esc(status)}"
+                             + log_block("last lines of trader.log", tail) + log_block("its output", extra))
 
     def _on_hung(self, pid: int, age_s: float, limit_s: float, now_ms: int) -> list[Alert]:
         alerts = []
@@ -642,8 +661,8 @@ class Watchdog:
         except (TelegramUnreachable, TelegramError) as exc:
             self._command_failures += 1
             retry = exc.retry_after if isinstance(exc, TelegramError) else None
-            delay = retry if retry is not None else min(self.settings.retry_base_s * 2 ** (self._command_failures - 1),
-                                                        self.settings.retry_max_s)
+            delay = retry if retry is not None else backoff_delay(self._command_failures, self.settings.retry_base_s,
+                                                                  self.settings.retry_max_s)
             logger.warning("getUpdates failed (%s); next try in %.1f s", exc, delay)
             return delay
         self._command_failures = 0
@@ -740,7 +759,7 @@ class _RedactFilter(logging.Filter):
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info, record.exc_text = None, None
-        record.msg, record.args = text.replace(self.token, "<token>"), ()
+        record.msg, record.args = redact(text, self.token), ()
         return True
 
 

@@ -212,14 +212,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             method = parts[1]
             status, body = self.server_fake.answer(parts[0][3:], method, params)
+        with self.server_fake.cond:  # recorded before answering: a client that has its answer finds its call
+            self.server_fake.calls.append((time.monotonic(), method, status))
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        with self.server_fake.cond:
-            self.server_fake.calls.append((time.monotonic(), method, status))
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test output stays readable."""

@@ -26,7 +26,8 @@ from fake_telegram import FakeTelegram, html_to_plain
 
 import config
 import watchdog
-from watchdog import BotApi, Settings, TelegramUnreachable, Watchdog
+from telegram_outbox import BotApi, TelegramUnreachable, event_alert, telegram_settings
+from watchdog import Settings, Watchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "123456:TEST-secret-token"
@@ -398,9 +399,9 @@ def test_settings_errors_name_the_bad_value():
     with pytest.raises(config.ConfigError, match="'daily_summary_hour_utc' = 24"):
         Settings.from_config(daily_summary_hour_utc=24)
     with pytest.raises(config.ConfigError, match="TELEGRAM_BOT_TOKEN is not set"):
-        watchdog.telegram_settings({"TELEGRAM_CHAT_ID": CHAT})
+        telegram_settings({"TELEGRAM_CHAT_ID": CHAT})
     with pytest.raises(config.ConfigError, match="TELEGRAM_API_URL"):
-        watchdog.telegram_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT, "TELEGRAM_API_URL": "x"})
+        telegram_settings({"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": CHAT, "TELEGRAM_API_URL": "x"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -649,8 +650,6 @@ def test_paper_replay_messages_match_trades_csv(tmp_path, tg):
 
 
 def test_resilience_events_have_alerts_of_their_own():
-    from telegram_outbox import event_alert
-
     cases = [("tick_guard", {"price": 9000.5, "stop": 9010, "qty": 0.25}, "price 9000.5 crossed the stop 9010"),
              ("stop_restored", {"stop": 8800, "exchange_stop": None}, "8800 (the exchange had none)"),
              ("entry_skipped", {"reason": "decided on a bar <missed>"}, "decided on a bar &lt;missed&gt;"),
