@@ -26,27 +26,63 @@ logger = logging.getLogger("grtr.feed")
 MAX_BACKOFF_SECONDS = 60.0
 
 
-class MarketFeed:
+class _Stream:
+    """A pybit WebSocket that a subclass subscribes in ``_connect``, reconnected with capped backoff."""
+
+    def __init__(self, clock: Callable[[], float], ws_factory: Callable[..., Any]) -> None:
+        self.clock = clock
+        self.ws_factory = ws_factory
+        self.reconnects = 0
+        self.failures = 0
+        self.next_attempt_at = -math.inf
+        self.ws: Any = None
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _reconnect(self, name: str, why: str, backoff_unit: float) -> bool:
+        """A new socket, subscribed again, unless the backoff says wait; True when it was replaced.
+
+        After a failure the next attempt waits 2, 4, 8... ``backoff_unit`` seconds, at most MAX_BACKOFF_SECONDS.
+        """
+        now = self.clock()
+        if now < self.next_attempt_at:
+            return False
+        logger.warning("%s WebSocket %s; reconnecting", name, why)
+        replaced = False
+        try:
+            self.ws.exit()
+            self._connect()
+            self.reconnects += 1
+            self.failures = 0
+            replaced = True
+        except Exception as exc:  # any failure to connect is retried after the backoff
+            self.failures += 1
+            logger.error("%s WebSocket reconnect failed (%s: %s)", name, type(exc).__name__, exc)
+        self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, backoff_unit * 2 ** self.failures)
+        return replaced
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.ws.exit()
+
+
+class MarketFeed(_Stream):
     """Klines and tickers of ``symbol`` from the public WebSocket, with staleness detection."""
 
     def __init__(self, symbol: str, timeframe: str, stale_seconds: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
+        super().__init__(clock, ws_factory)
         self.symbol = symbol
         self.interval = BYBIT_INTERVALS[timeframe]
         self.stale_seconds = stale_seconds
-        self.clock = clock
-        self.ws_factory = ws_factory
         self.bars: queue.Queue = queue.Queue()
         self.last_price = math.nan
         self.mark_price = math.nan
         self.last_price_at = -math.inf
         self.mark_price_at = -math.inf
         self.last_message_at = clock()
-        self.reconnects = 0
-        self.failures = 0
-        self.next_attempt_at = -math.inf
         self._lock = threading.Lock()
-        self.ws: Any = None
         self._connect()
 
     def _connect(self) -> None:
@@ -87,27 +123,12 @@ class MarketFeed:
         if not self.stale():
             self.failures = 0
             return False
-        now = self.clock()
-        if now >= self.next_attempt_at:
-            logger.warning("market WebSocket stale (%.1f s without a message, connected: %s); reconnecting",
-                           now - self.last_message_at, self.ws.is_connected())
-            try:
-                self.ws.exit()
-                self._connect()
-                self.reconnects += 1
-                self.failures = 0
-            except Exception as exc:  # any failure to connect is retried after the backoff
-                self.failures += 1
-                logger.error("market WebSocket reconnect failed (%s: %s)", type(exc).__name__, exc)
-            self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, self.stale_seconds * 2 ** self.failures)
+        self._reconnect("market", f"stale ({self.clock() - self.last_message_at:.1f} s without a message, "
+                                  f"connected: {self.ws.is_connected()})", self.stale_seconds)
         return True
 
-    def close(self) -> None:
-        """Close the socket."""
-        self.ws.exit()
 
-
-class FillFeed:
+class FillFeed(_Stream):
     """The private WebSocket's ``execution`` topic: announces fills so the trader books them at once.
 
     The message only wakes the trader; it books from ``execution/list`` (the record it also uses
@@ -117,13 +138,8 @@ class FillFeed:
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
-        self.clock = clock
-        self.ws_factory = ws_factory
+        super().__init__(clock, ws_factory)
         self.pending = threading.Event()
-        self.reconnects = 0
-        self.failures = 0
-        self.next_attempt_at = -math.inf
-        self.ws: Any = None
         self._connect()
 
     def _connect(self) -> None:
@@ -143,21 +159,6 @@ class FillFeed:
         if self.ws.is_connected():
             self.failures = 0
             return False
-        now = self.clock()
-        if now >= self.next_attempt_at:
-            logger.warning("private WebSocket down; reconnecting")
-            try:
-                self.ws.exit()
-                self._connect()
-                self.reconnects += 1
-                self.failures = 0
-                self.pending.set()  # fills may have happened meanwhile
-            except Exception as exc:  # any failure to connect is retried after the backoff
-                self.failures += 1
-                logger.error("private WebSocket reconnect failed (%s: %s)", type(exc).__name__, exc)
-            self.next_attempt_at = now + min(MAX_BACKOFF_SECONDS, 2.0 ** self.failures)
+        if self._reconnect("private", "down", 1.0):
+            self.pending.set()  # fills may have happened meanwhile
         return True
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.ws.exit()

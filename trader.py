@@ -329,7 +329,7 @@ class Trader:
         state = side.state
         action = int(state[core.S_ORDER_ACTION])
         bar_ts = int(data.ts[i])
-        entry_side, exit_side = SIDE_ORDER[side.name]
+        entry_side, _ = SIDE_ORDER[side.name]
         step, tick = self.instrument["qty_step"], self.instrument["tick_size"]
         if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
             action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
@@ -363,17 +363,12 @@ class Trader:
                              total_qty=float(state[core.S_QTY]), avg_price=float(state[core.S_ENTRY]))
             self._sync_targets(side)
         elif action == core.A_CLOSE:
-            reason = int(state[core.S_ORDER_REASON])
-            self._order(side, f"{side.name}-{bar_ts}-close{reason}", "close", side=exit_side, orderType="Market",
-                        qty=fmt(state[core.S_QTY], step), reduceOnly=True)
-            self.sync_executions(data)
+            self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_ORDER_REASON])}", data)
         if state[core.S_DIR] and state[core.S_STOP] != side.sent_stop:
             old = side.sent_stop
             if (state[core.S_STOP] - old) * state[core.S_DIR] < 0:
                 logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
-            elif self._call(side, "stop_moved", self.http.set_trading_stop, category="linear", symbol=self.symbol,
-                            positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick),
-                            tpslMode="Full", slTriggerBy=config.STOP_TRIGGER_BY):
+            elif self._send_stop(side, "stop_moved"):
                 side.sent_stop = state[core.S_STOP]
                 kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing"}.get(
                     int(state[core.S_STOP_KIND]), "profit_lock")
@@ -382,9 +377,7 @@ class Trader:
             elif self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
                 # The market already opened beyond the new stop: the stop is crossed, as a gapped-through stop
                 # in the backtest, so the position is closed at market now (reduce-only).
-                self._order(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", "close",
-                            side=exit_side, orderType="Market", qty=fmt(state[core.S_QTY], step), reduceOnly=True)
-                self.sync_executions(data)
+                self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
         state[core.S_ORDER_ACTION] = core.A_NONE
 
     def _last_price(self) -> float:
@@ -692,11 +685,10 @@ class Trader:
             side.sent_stop = state[core.S_STOP]
             return
         if self._beyond_market(state[core.S_STOP], d):
-            self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-reconcile")
+            self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-reconcile", self._data(),
+                        self._forming_close())
             return
-        if self._call(side, "stop_restored", self.http.set_trading_stop, category="linear", symbol=self.symbol,
-                      positionIdx=side.config.position_idx, stopLoss=fmt(state[core.S_STOP], tick), tpslMode="Full",
-                      slTriggerBy=config.STOP_TRIGGER_BY):
+        if self._send_stop(side, "stop_restored"):
             side.sent_stop = state[core.S_STOP]
             self.events.emit("stop_restored", side.name, stop=float(state[core.S_STOP]),
                              exchange_stop=exchange_stop or None)
@@ -729,12 +721,22 @@ class Trader:
                        pd.Timestamp(entry_ms, unit="ms", tz="UTC"), state[core.S_STOP])
         side.resync = True
 
-    def _close(self, side: Side, link_id: str) -> None:
-        """Close the whole position: one reduce-only market order; the stop stays until the fill is booked."""
+    def _close(self, side: Side, link_id: str, data: backtester.MarketData, until_ms: int | None = None) -> None:
+        """Close the whole position: one reduce-only market order, then its fill booked (before ``until_ms``).
+
+        The stop stays on the exchange until the fill is booked; the state changes only from it.
+        """
         _, exit_side = SIDE_ORDER[side.name]
         self._order(side, link_id, "close", side=exit_side, orderType="Market",
                     qty=fmt(side.state[core.S_QTY], self.instrument["qty_step"]), reduceOnly=True)
-        self.sync_executions(self._data(), until_ms=self._forming_close())
+        self.sync_executions(data, until_ms=until_ms)
+
+    def _send_stop(self, side: Side, action: str) -> bool:
+        """Set the state's stop on the exchange (``action`` names the call in logs and events)."""
+        return self._call(side, action, self.http.set_trading_stop, category="linear", symbol=self.symbol,
+                          positionIdx=side.config.position_idx,
+                          stopLoss=fmt(side.state[core.S_STOP], self.instrument["tick_size"]), tpslMode="Full",
+                          slTriggerBy=config.STOP_TRIGGER_BY)
 
     def _forget_position(self, side: Side) -> None:
         """After the last fill: no targets, no stop on record."""
@@ -747,7 +749,8 @@ class Trader:
         with self.store.transaction():
             for side in self.sides:
                 if side.state[core.S_DIR]:
-                    self._close(side, f"{side.name}-{int(time.time() * 1000)}-close{core.R_SIGNAL}")
+                    self._close(side, f"{side.name}-{int(time.time() * 1000)}-close{core.R_SIGNAL}", self._data(),
+                                self._forming_close())
                     self.store.save_state(side.name, side.state, int(time.time() * 1000))
 
     # --- tick guard -------------------------------------------------------------------------
@@ -778,7 +781,8 @@ class Trader:
                                  side.name, price, state[core.S_STOP])
                     self.events.emit("tick_guard", side.name, price=price, stop=float(state[core.S_STOP]),
                                      qty=float(state[core.S_QTY]))
-                    self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-{int(now * 1000)}")
+                    self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-{int(now * 1000)}",
+                                self._data(), self._forming_close())
                 self.store.save_state(side.name, state, int(time.time() * 1000))
 
     # --- files ------------------------------------------------------------------------------
