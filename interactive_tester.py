@@ -58,6 +58,7 @@ class Session:
     out_dir: Path
     prod_dir: Path
     console: Console
+    name: str = "strategy"               # the strategy key, for titles
     start: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] | None = None
@@ -156,10 +157,10 @@ class Session:
     def do_plot(self, args: list[str]) -> None:
         result = backtester.backtest(self.data, self.params)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        title = f"{self.name} {self.params['symbol']} {self.params['timeframe']}: interactive tester"
         report = reporting.write_report_html(self.out_dir / "report.html", result.equity, result.trades,
-                                             result.metrics, result.candles, "interactive tester")
-        png = self.out_dir / "equity.png"
-        write_equity_png(png, result.equity)
+                                             result.metrics, result.candles, title)
+        png = reporting.write_equity_png(self.out_dir / "equity.png", result.equity, title)
         self.console.print(f"wrote {report} and {png}")
 
     def do_save(self, args: list[str]) -> None:
@@ -275,22 +276,6 @@ def robustness(values: list[float], sharpes: list[float]) -> list[str]:
     return lines
 
 
-def write_equity_png(path: Path, equity: Any) -> None:
-    """A PNG of the equity curve (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(equity["time"], equity["equity"], linewidth=1)
-    ax.set_title("Equity")
-    ax.set_ylabel("USDT")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def execute(session: Session, line: str) -> bool:
     """Run one command line; False when the session should end."""
     try:
@@ -376,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console)
+    session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console, args.strategy)
     if sys.stdin.isatty():
         console.print(f"{args.strategy} on {args.symbol} {params['timeframe']} ({len(data):,} bars). Type help.")
         run_prompt(session)
