@@ -21,6 +21,9 @@ BASE_DIR = Path(__file__).resolve().parent
 DATA_DIR = BASE_DIR / "data"
 CACHE_DIR = DATA_DIR / "cache"
 RESULTS_DIR = BASE_DIR / "results"
+# report.html's plotly.js: "directory" writes plotly.min.js (4.8 MB) once beside the report, which then
+# opens offline while the two stay together; "inline" puts it inside every report (one file to mail)
+REPORT_PLOTLYJS = "directory"
 
 # ---------------------------------------------------------------------------------------------
 # Switches of the default pipeline (`python main.py` with no arguments)
@@ -421,6 +424,8 @@ def _validate_optimization() -> None:
 
 
 _validate_optimization()
+if REPORT_PLOTLYJS not in ("directory", "inline"):
+    raise ConfigError(f"REPORT_PLOTLYJS = {REPORT_PLOTLYJS!r}; accepted: directory, inline")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,6 +100,21 @@ def gap_report(df: pd.DataFrame, timeframe: str) -> dict[str, Any]:
             "longest_gap_after": longest_after, "irregular": int(np.count_nonzero(spacing % step))}
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A data warning, printed once per process: the same dataset loaded again (another command of the
+    pipeline, another timeframe resampled from it) says nothing new."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning("%s", message)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _standard_frame(df: pd.DataFrame, source: str) -> pd.DataFrame:
     """The frame in the convention's shape (UTC ms index named time, float64 OHLCV), or a DataError."""
     if not isinstance(df.index, pd.DatetimeIndex) or df.index.tz is None:
@@ -148,8 +163,8 @@ def check_candles(df: pd.DataFrame, timeframe: str | None = None, source: str = 
     if duplicated.any():
         repeated = df[df.index.isin(df.index[duplicated])]
         differing = int((repeated.groupby(level=0).nunique(dropna=False) > 1).any(axis=1).sum())
-        logger.warning("%s: dropped %d duplicate bar(s), kept the first of each time (%d time(s) had differing "
-                       "values)", source, int(duplicated.sum()), differing)
+        warn_once(f"{source}: {_count(int(duplicated.sum()), 'duplicate bar')} dropped, the first of each time kept "
+                  f"({differing} differed)")
         df = df[~duplicated]
     kinds = _impossible_rows(df)
     bad = np.logical_or.reduce(list(kinds.values()))
@@ -169,12 +184,11 @@ def check_candles(df: pd.DataFrame, timeframe: str | None = None, source: str = 
                 raise DataError(f"{source}: {exc}") from None
         report = gap_report(df, timeframe)
         if report["gaps"]:
-            logger.warning("%s: %d gap(s), %d bar(s) missing, longest %d bar(s) after %s (not filled)", source,
-                           report["gaps"], report["missing_bars"], report["longest_gap_bars"],
-                           report["longest_gap_after"])
+            after = pd.Timestamp(report["longest_gap_after"]).strftime("%Y-%m-%d %H:%M UTC")
+            warn_once(f"{source}: {_count(report['missing_bars'], 'bar')} missing in {_count(report['gaps'], 'gap')}, "
+                      f"the longest {report['longest_gap_bars']} after {after} (not filled)")
         if report["irregular"]:
-            logger.warning("%s: %d bar spacing(s) are not a whole number of %s bars (times off the grid)",
-                           source, report["irregular"], timeframe)
+            warn_once(f"{source}: {_count(report['irregular'], 'bar spacing')} off the {timeframe} grid")
     return df
 
 
@@ -291,7 +305,7 @@ def load_csv(path: str | Path) -> pd.DataFrame:
     columns: dict[str, Any] = {}
     for k in OHLCV:
         if k not in by_name:
-            logger.warning("%s: no volume column; volume set to 0.0", path)
+            warn_once(f"{path}: no volume column; volume set to 0.0")
             columns[k] = np.zeros(len(raw))
             continue
         cells = raw[by_name[k]]

@@ -11,6 +11,7 @@ The dataset and its indicators are loaded once; a run is the walk-forward valida
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 import sys
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import backtester
@@ -43,9 +45,10 @@ COMMANDS = {
     "help": "this list",
     "exit": "leave",
 }
-COMPARED = (("mean_test_sharpe", "test Sharpe", "{:.2f}"), ("compounded_test_return", "test return", "{:+.1%}"),
-            ("worst_test_drawdown", "worst test DD", "{:.1%}"), ("test_trades", "test trades", "{:d}"),
-            ("profitable_folds", "profitable folds", "{:d}"))
+# (key, label, unit): a "percent" figure is a fraction shown in %, its changes in percentage points
+COMPARED = (("mean_test_sharpe", "test Sharpe", "ratio"), ("compounded_test_return", "test return", "percent"),
+            ("worst_test_drawdown", "worst test DD", "percent"), ("test_trades", "test trades", "count"),
+            ("profitable_folds", "profitable folds", "count"))
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Session:
     out_dir: Path
     prod_dir: Path
     console: Console
+    name: str = "strategy"               # the strategy key, for titles
     start: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] | None = None
@@ -71,7 +75,7 @@ class Session:
     def do_show(self, args: list[str]) -> None:
         table = Table(title="current params", show_header=False)
         for name in sorted(self.params):
-            table.add_row(name, str(self.params[name]))
+            table.add_row(name, escape(str(self.params[name])))
         self.console.print(table)
 
     def do_set(self, args: list[str]) -> None:
@@ -82,7 +86,7 @@ class Session:
         new = config.validate_params({name: value}, "set", base=self.params)
         self.history.append(dict(self.params))
         self.params = new
-        self.console.print(f"{name} = {self.params[name]}")
+        self.console.print(f"{name} = {self.params[name]}", markup=False)
 
     def do_undo(self, args: list[str]) -> None:
         if not self.history:
@@ -112,9 +116,9 @@ class Session:
     def do_best(self, args: list[str]) -> None:
         if self.best is None:
             raise UserError("no run yet")
-        figures = ", ".join(f"{label} {fmt.format(self.best[key])}" for key, label, fmt in COMPARED)
+        figures = ", ".join(f"{label} {figure(self.best[key], unit)}" for key, label, unit in COMPARED)
         self.console.print(f"best: {figures}")
-        self.console.print(", ".join(f"{k}={v}" for k, v in sorted(self.best_params.items())))
+        self.console.print(", ".join(f"{k}={v}" for k, v in sorted(self.best_params.items())), markup=False)
 
     def do_diff(self, args: list[str]) -> None:
         for label, other in (("best", self.best_params), ("start", self.start)):
@@ -122,13 +126,13 @@ class Session:
                 self.console.print(f"vs {label}: no run yet")
                 continue
             changed = [f"{k}: {other[k]} -> {v}" for k, v in sorted(self.params.items()) if other.get(k) != v]
-            self.console.print(f"vs {label}: " + ("; ".join(changed) if changed else "no difference"))
+            self.console.print(f"vs {label}: " + ("; ".join(changed) if changed else "no difference"), markup=False)
 
     def do_sweep(self, args: list[str]) -> None:
         if len(args) != 4:
             raise UserError("usage: sweep NAME FROM TO STEPS")
         name, low, high, steps = args
-        spec = config.check_param_name(name, "sweep")
+        spec = param_spec(name, "sweep")
         if spec.kind not in ("int", "float"):
             raise UserError(f"'{name}' is a {spec.kind} parameter; sweep takes a numeric one")
         try:
@@ -156,11 +160,11 @@ class Session:
     def do_plot(self, args: list[str]) -> None:
         result = backtester.backtest(self.data, self.params)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        title = f"{self.name} {self.params['symbol']} {self.params['timeframe']}: interactive tester"
         report = reporting.write_report_html(self.out_dir / "report.html", result.equity, result.trades,
-                                             result.metrics, result.candles, "interactive tester")
-        png = self.out_dir / "equity.png"
-        write_equity_png(png, result.equity)
-        self.console.print(f"wrote {report} and {png}")
+                                             result.metrics, result.candles, title)
+        png = reporting.write_equity_png(self.out_dir / "equity.png", result.equity, title)
+        self.console.print(f"wrote {report} and {png}", markup=False)
 
     def do_save(self, args: list[str]) -> None:
         if len(args) != 1 or args[0] not in ("long", "short"):
@@ -170,7 +174,7 @@ class Session:
                             f"use save {optimizer.side_of(self.params)}")
         path = optimizer.export_prod_config(self.params, {"source": "interactive_tester", "run": self.last},
                                             self.prod_dir)
-        self.console.print(f"saved {path}")
+        self.console.print(f"saved {path}", markup=False)
 
     def do_load(self, args: list[str]) -> None:
         if len(args) != 1:
@@ -178,11 +182,11 @@ class Session:
         new = config.load_params_file(args[0], base=self.params)
         self.history.append(dict(self.params))
         self.params = new
-        self.console.print(f"loaded {args[0]}")
+        self.console.print(f"loaded {args[0]}", markup=False)
 
     def do_help(self, args: list[str]) -> None:
         for name, text in COMMANDS.items():
-            self.console.print(f"  {name:6s} {text}")
+            self.console.print(f"  {name:6s} {escape(text)}")
 
     # --- helpers ----------------------------------------------------------------------------
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -205,9 +209,9 @@ class Session:
         overall = Table(title="overall")
         for column in ("figure", "value", "vs previous", "vs best"):
             overall.add_column(column, justify="right")
-        for key, label, fmt in COMPARED:
-            overall.add_row(label, fmt.format(agg[key]), change(agg[key], self.last, key),
-                            change(agg[key], self.best, key))
+        for key, label, unit in COMPARED:
+            overall.add_row(label, figure(agg[key], unit), change(agg[key], self.last, key, unit),
+                            change(agg[key], self.best, key, unit))
         self.console.print(overall)
         caps = config.OBJECTIVE_FILTERS
         for row in result["folds"]:
@@ -221,9 +225,23 @@ class UserError(Exception):
     """A command the tester refuses, with the reason."""
 
 
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """'; did you mean X?' for the closest known names (difflib), or '' when none is close."""
+    close = difflib.get_close_matches(word, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def param_spec(name: str, where: str) -> config.ParamSpec:
+    """The spec of a parameter; a misspelt name gets the closest names, not the whole list."""
+    if name not in config.PARAM_SPECS and name not in config.RETIRED_KEYS:
+        raise UserError(f"{where}: unknown parameter '{name}'{did_you_mean(name, config.PARAM_SPECS)} "
+                        "(show lists them all)")
+    return config.check_param_name(name, where)
+
+
 def parse_value(name: str, raw: str) -> Any:
     """A command-line word as the parameter's kind (true/false, numbers, lists like 1,2,3)."""
-    spec = config.check_param_name(name, "set")
+    spec = param_spec(name, "set")
     if spec.kind == "bool":
         if raw.lower() not in ("true", "false", "1", "0", "on", "off"):
             raise UserError(f"'{name}' takes true or false, got {raw!r}")
@@ -242,53 +260,53 @@ def parse_value(name: str, raw: str) -> Any:
     return raw
 
 
-def change(value: float, reference: dict[str, Any] | None, key: str) -> str:
-    """The change against a reference run, green when better, red when worse."""
+def figure(value: float, unit: str) -> str:
+    """A compared figure in its unit: a ratio with 2 decimals, a fraction in %, a count."""
+    if unit == "percent":
+        return f"{value:+.1%}"
+    return f"{value:.2f}" if unit == "ratio" else f"{int(value):d}"
+
+
+def change(value: float, reference: dict[str, Any] | None, key: str, unit: str) -> str:
+    """The change against a reference run in the figure's own unit (percentage points for a %),
+    green when better, red when worse."""
     if reference is None:
         return "-"
     delta = value - reference[key]
     if abs(delta) < 1e-12:
         return "="
+    text = {"percent": f"{delta * 100:+.1f} pp", "ratio": f"{delta:+.2f}"}.get(unit, f"{int(round(delta)):+d}")
     if key == "test_trades":
-        return f"{delta:+.4g}"  # more trades is neither better nor worse
-    return f"[{'green' if delta > 0 else 'red'}]{delta:+.4g}[/]"  # higher is better, drawdowns included (< 0)
+        return text  # more trades is neither better nor worse
+    return f"[{'green' if delta > 0 else 'red'}]{text}[/]"  # higher is better, drawdowns included (< 0)
 
 
 def robustness(values: list[float], sharpes: list[float]) -> list[str]:
-    """Where a sweep is flat (robust) and where it falls off a cliff."""
+    """Where a sweep is flat (robust) and where it falls off a cliff.
+
+    A cliff is a drop, never a rise: walking away from the best value, the test Sharpe falls by at
+    least half the sweep's range from one value to the next (shown in the direction of the fall).
+    """
     if len(values) < 2:
         return []
     span = max(sharpes) - min(sharpes)
     if span < 1e-9:
         return ["flat over the whole range: the parameter does not matter here"]
+    best = int(np.argmax(sharpes))
     lines = []
-    steps = [abs(b - a) for a, b in zip(sharpes, sharpes[1:], strict=False)]
-    flat = [f"{values[k]:g}..{values[k + 1]:g}" for k, s in enumerate(steps) if s <= 0.1 * span]
-    cliffs = [f"{values[k]:g} -> {values[k + 1]:g} ({sharpes[k]:.2f} -> {sharpes[k + 1]:.2f})"
-              for k, s in enumerate(steps) if s >= 0.5 * span]
+    flat = [f"{values[k]:g}..{values[k + 1]:g}" for k in range(len(values) - 1)
+            if abs(sharpes[k + 1] - sharpes[k]) <= 0.1 * span]
+    cliffs = []
+    for k in range(len(values) - 1):
+        high, low = (k + 1, k) if k < best else (k, k + 1)  # from the side nearer the best to the farther
+        if sharpes[high] - sharpes[low] >= 0.5 * span:
+            cliffs.append(f"{values[high]:g} -> {values[low]:g} ({sharpes[high]:.2f} -> {sharpes[low]:.2f})")
     if flat:
         lines.append("flat (robust): " + ", ".join(flat))
     if cliffs:
-        lines.append("cliff: " + ", ".join(cliffs))
-    best = int(np.argmax(sharpes))
+        lines.append("cliff (falls off): " + ", ".join(cliffs))
     lines.append(f"best test Sharpe {sharpes[best]:.2f} at {values[best]:g}")
     return lines
-
-
-def write_equity_png(path: Path, equity: Any) -> None:
-    """A PNG of the equity curve (matplotlib, no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.plot(equity["time"], equity["equity"], linewidth=1)
-    ax.set_title("Equity")
-    ax.set_ylabel("USDT")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def execute(session: Session, line: str) -> bool:
@@ -296,34 +314,40 @@ def execute(session: Session, line: str) -> bool:
     try:
         words = shlex.split(line)
     except ValueError as exc:
-        session.console.print(f"[red]error: {exc}[/]")
+        session.console.print(f"[red]error: {escape(str(exc))}[/]")
         return True
     if not words:
         return True
     command, args = words[0].lower(), words[1:]
     if command in ("exit", "quit"):
         return False
-    handler = getattr(session, f"do_{command}", None)
+    handler = getattr(session, f"do_{command}", None) if command in COMMANDS else None
     if handler is None:
-        session.console.print(f"[red]error: unknown command '{command}'; commands: {', '.join(COMMANDS)}[/]")
+        session.console.print(f"[red]error: unknown command '{escape(command)}'{did_you_mean(command, COMMANDS)}; "
+                              "help lists the commands[/]")
         return True
     try:
         handler(args)
     except (UserError, config.ConfigError, DataError) as exc:
-        session.console.print(f"[red]error: {exc}[/]")
+        session.console.print(f"[red]error: {escape(str(exc))}[/]")
     return True
 
 
 def run_lines(session: Session, lines: Iterable[str]) -> None:
     """Scripted use: every line a command, echoed so the output reads like the console."""
     for line in lines:
-        session.console.print(f"> {line.rstrip()}")
+        session.console.print(f"> {line.rstrip()}", markup=False)
         if not execute(session, line):
             break
 
 
-def run_prompt(session: Session) -> None:
-    """Interactive use with history, completion and the allowed range shown while typing."""
+def run_prompt(session: Session, pt_input: Any = None, pt_output: Any = None) -> None:
+    """Interactive use with history, completion and the allowed range shown while typing.
+
+    Ctrl-C cancels the line being typed (or the command running); a second Ctrl-C in a row asks
+    before leaving. Ctrl-D or ``exit`` leave at once. ``pt_input``/``pt_output`` are prompt_toolkit's
+    input and output (the tests drive the prompt through a pipe).
+    """
     from prompt_toolkit import PromptSession
     from prompt_toolkit.completion import WordCompleter
     from prompt_toolkit.history import FileHistory
@@ -340,14 +364,34 @@ def run_prompt(session: Session) -> None:
             return f"{words[1]}: {spec.kind} {allowed} now {session.params.get(words[1])} - {spec.doc}"
         return "commands: " + " ".join(COMMANDS)
 
-    prompt = PromptSession(history=FileHistory(str(history)), completer=completer, bottom_toolbar=toolbar)
+    prompt = PromptSession(history=FileHistory(str(history)), completer=completer, bottom_toolbar=toolbar,
+                           input=pt_input, output=pt_output)
+    confirm = PromptSession(input=pt_input, output=pt_output)
+    interrupted = False
     while True:
         try:
             line = prompt.prompt("grtr> ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             break
-        if not execute(session, line):
-            break
+        except KeyboardInterrupt:
+            if not interrupted:
+                interrupted = True
+                session.console.print("[dim]line cancelled (Ctrl-C again to leave, Ctrl-D or exit to leave now)[/]")
+                continue
+            try:
+                answer = confirm.prompt("leave the tester? [y/N] ")
+            except (EOFError, KeyboardInterrupt):
+                answer = "y"  # a third Ctrl-C: the user means it
+            if answer.strip().lower() in ("y", "yes"):
+                break
+            interrupted = False
+            continue
+        interrupted = False
+        try:
+            if not execute(session, line):
+                break
+        except KeyboardInterrupt:
+            session.console.print("[yellow]interrupted: the command was cancelled, the params are unchanged[/]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console)
+    session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console, args.strategy)
     if sys.stdin.isatty():
         console.print(f"{args.strategy} on {args.symbol} {params['timeframe']} ({len(data):,} bars). Type help.")
         run_prompt(session)

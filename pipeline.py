@@ -14,9 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
-import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.table import Table
@@ -28,6 +26,7 @@ import optimizer
 import reporting
 from data_fetcher import load_candles
 from metrics import json_safe
+from reporting import fold_table_html, history_figure, importance_figure
 
 console = Console(width=120) if not Console().is_terminal else Console()
 
@@ -86,12 +85,6 @@ def print_folds(result: dict[str, Any], title: str) -> None:
                   f"purge gap {agg['purge_bars']} bars -> {'PASSED' if agg['passed'] else 'not passed'}")
 
 
-def fold_table_html(result: dict[str, Any]) -> str:
-    """The fold table as HTML for the report."""
-    frame = pd.DataFrame(result["folds"]).drop(columns=["train_bars", "test_bars"])
-    return "<h2>Walk-forward folds</h2>" + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}")
-
-
 def run_validate(spec: RunSpec, folds: int) -> dict[str, Any]:
     """`main.py validate`: walk-forward validation of one params set, with validation.json and a report."""
     params = base_params(spec)
@@ -117,35 +110,6 @@ def trials_frame(trials: list[FrozenTrial]) -> pd.DataFrame:
         rows.append({"trial": number, "score": trial.value, **{f"param_{k}": v for k, v in trial.params.items()},
                      **trial.user_attrs})
     return pd.DataFrame(rows)
-
-
-def history_figure(trials: list[FrozenTrial]) -> go.Figure:
-    """Score of each trial and the best so far."""
-    values = [t.value for t in trials]
-    best, running = [], -math.inf
-    for value in values:
-        running = max(running, value)
-        best.append(running)
-    fig = go.Figure()
-    fig.add_trace(go.Scattergl(y=[max(v, -110) for v in values], mode="markers", name="score (floored at -110)",
-                               marker={"size": 3}))
-    fig.add_trace(go.Scatter(y=best, mode="lines", name="best so far"))
-    fig.update_layout(title="Optimization history", xaxis_title="trial", yaxis_title="score", height=380)
-    return fig
-
-
-def importance_figure(trials: list[FrozenTrial], space: dict[str, Any]) -> go.Figure | str:
-    """Parameter importances (PED-ANOVA over the finished trials)."""
-    usable = [t for t in trials if set(t.distributions) == set(space)]
-    if len(usable) < 20 or not space:
-        return "<p>Parameter importances need at least 20 trials.</p>"
-    study = optuna.create_study(direction="maximize")
-    study.add_trials(usable)
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    fig = go.Figure(go.Bar(x=list(importances.values())[::-1], y=list(importances)[::-1], orientation="h"))
-    fig.update_layout(title="Parameter importances (PED-ANOVA)", height=max(300, 18 * len(importances)))
-    return fig
 
 
 class Progress:

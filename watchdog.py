@@ -179,6 +179,34 @@ class EventReader:
         return events
 
 
+def last_lifecycle(path: Path, tail_bytes: int = 1_000_000) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The last ``start`` event of an event log and the ``stop`` that followed it (None when it has not
+    stopped), from the log's last ``tail_bytes`` and, when they hold no start, its rotated file."""
+    start: dict[str, Any] | None = None
+    stop: dict[str, Any] | None = None
+    for candidate in (path, path.with_name(path.name + ".1")):
+        try:
+            with candidate.open("rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+                data = handle.read()
+        except OSError:
+            continue
+        for line in data.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a partial first line of the tail, or an unreadable one
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "start" and isinstance(event.get("pid"), int):
+                start, stop = event, None
+            elif event.get("event") == "stop" and start is not None:
+                stop = event
+        if start is not None:
+            return start, stop
+    return None, None
+
+
 # ----------------------------------------------------------------------------------------------
 # The trader's files
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +307,11 @@ def read_equity(db_path: Path) -> list[tuple[int, float]]:
 
 def period_report(trades: list[dict[str, Any]], equity: list[tuple[int, float]], start_ms: int, end_ms: int
                   ) -> list[str]:
-    """Lines on the trades closed and the equity in [start_ms, end_ms): PnL, wins, equity, drawdown."""
+    """Lines on the trades closed and the equity in [start_ms, end_ms): PnL, wins, equity, drawdown.
+
+    Drawdowns are from the highest equity before ``end_ms``; the deepest one of the period counts the
+    level the period started at, so it is never shallower than the drawdown now.
+    """
     closed = [t for t in trades if start_ms <= (iso_ms(t["exit_time"]) or -1) < end_ms]
     by_trade: dict[tuple[Any, Any], float] = {}
     for t in closed:  # partial take-profits are rows of the same trade
@@ -288,17 +320,24 @@ def period_report(trades: list[dict[str, Any]], equity: list[tuple[int, float]],
     won = sum(1 for pnl in by_trade.values() if pnl > 0)
     lines = [f"trades: {len(by_trade)} ({won} won, {len(by_trade) - won} lost)",
              f"PnL: {usdt(sum(t['pnl'] or 0.0 for t in closed))}, fees {usdt(sum(t['fees'] or 0.0 for t in closed))}"]
-    peak, deepest, last = -math.inf, 0.0, None
+    peak, deepest, last, in_period = -math.inf, 0.0, None, False
     for ts, value in equity:
         if ts >= end_ms:
             break
         peak = max(peak, value)
-        last = (value, value / peak - 1 if peak > 0 else 0.0)
-        if ts >= start_ms:
-            deepest = min(deepest, last[1])
+        if ts >= start_ms and not in_period and last is not None:
+            deepest = last[2]  # the drawdown the period started at
+        in_period = in_period or ts >= start_ms
+        last = (ts, value, value / peak - 1 if peak > 0 else 0.0)
+        if in_period:
+            deepest = min(deepest, last[2])
     if last is not None:
-        lines.append(f"equity: {usdt(last[0], signed=False)}")
-        lines.append(f"drawdown: {last[1] * 100:.2f}% now, deepest {deepest * 100:.2f}% in the period")
+        lines.append(f"equity: {usdt(last[1], signed=False)}")
+        if in_period:
+            lines.append(f"drawdown: {last[2] * 100:.2f}% now, deepest {deepest * 100:.2f}% in the period")
+        else:
+            lines.append(f"drawdown: {last[2] * 100:.2f}% (no bar closed in the period; the last at "
+                         f"{utc_text(last[0])})")
     return lines
 
 
@@ -339,19 +378,40 @@ class Watchdog:
         saved = self.store.get("monitor")
         known = {f.name for f in dataclasses.fields(MonitorState)}
         self.state = MonitorState(**{k: v for k, v in (saved or {}).items() if k in known})
+        self.wake = threading.Event()
+        first_alerts = self._adopt_last_state() if saved is None else []
         hour = self.settings.daily_summary_hour_utc
         now = datetime.fromtimestamp(self.clock(), UTC)
         if saved is None and hour is not None and now.hour >= hour:
             self.state.daily = now.date().isoformat()  # first run: today's summary time has passed already
-        self._save([])
+        self._save(first_alerts, int(self.clock() * 1000))
         self.sender = Sender(self.store, BotApi(token, api_url, self.settings.request_timeout_s), self.settings, clock)
         self.commands_api = BotApi(token, api_url, self.settings.request_timeout_s)
         self.updates_offset: int | None = self.store.get("updates_offset")
-        self.wake = threading.Event()
         self.child: subprocess.Popen | None = None
         self.child_started_ms = 0
         self._command_failures = 0
         self._copy_logged: int | None = None
+
+    def _adopt_last_state(self) -> list[Alert]:
+        """At a first start, take the trader's last start and stop from the log it already holds (its
+        events before now are not replayed as alerts), so a trader that finished cleanly is not reported
+        as crashed. A finish with a non-zero exit code nobody was told of gets one alert."""
+        start, stop = last_lifecycle(self.workdir / "logs" / "events.jsonl")
+        if start is None:
+            return []
+        self.state.start_pid, self.state.start_ms = start["pid"], start.get("ts_ms")
+        if stop is None:
+            logger.info("the event log's last trader (pid %d) has not stopped: watching it", start["pid"])
+            return []
+        self.state.stopped_pid, self.state.stopped_code = start["pid"], stop.get("exit_code")
+        when = utc_text(stop["ts_ms"]) if isinstance(stop.get("ts_ms"), int) else "an unknown time"
+        logger.info("the event log's last trader (pid %d) stopped at %s: %s, exit code %s", start["pid"], when,
+                    stop.get("reason"), stop.get("exit_code"))
+        if stop.get("exit_code") == 0:
+            return []
+        return [Alert("stop", f"⏹ <b>Trader not running</b>: its last run, pid {start['pid']}, stopped at {when}: "
+                              f"{esc(stop.get('reason'))}, exit code {esc(stop.get('exit_code'))}")]
 
     def redact(self, text: str) -> str:
         """``text`` without the bot token."""
@@ -599,7 +659,9 @@ class Watchdog:
             days = _count_arg(args, 1, 3650)
             if not days:
                 return "Usage: /pnl [days], days from 1 to 3650"
-            return f"<b>PnL, last {days} d</b>\n" + "\n".join(self._report(now_ms - days * 24 * HOUR_MS, now_ms + 1))
+            end_ms, clock_note = self._trader_now(now_ms)
+            return (f"<b>PnL, last {days} d</b>{clock_note}\n"
+                    + "\n".join(self._report(end_ms - days * 24 * HOUR_MS, end_ms + 1)))
         if name in ("/pause", "/resume"):
             paused = name == "/pause"
             write_control(self.workdir, paused, now_ms)
@@ -611,6 +673,17 @@ class Watchdog:
         if name in ("/help", "/start"):
             return esc(COMMANDS_HELP)
         return f"Unknown command {esc(name)}.\n{esc(COMMANDS_HELP)}"
+
+    def _trader_now(self, now_ms: int) -> tuple[int, str]:
+        """The trader's present: the wall clock, or for a paper replay (its bars are history) the close of
+        the last bar it booked; with a note saying which when it is not the wall clock."""
+        beat = read_heartbeat(self.workdir / "heartbeat.json")
+        if beat is None or beat.get("env") != "paper":
+            return now_ms, ""
+        curve = read_equity(self.workdir / "state.sqlite")
+        if not curve:
+            return now_ms, ""
+        return curve[-1][0], f" (paper replay: its bars to {utc_text(curve[-1][0])})"
 
     def _status(self, now_ms: int) -> str:
         beat = read_heartbeat(self.workdir / "heartbeat.json")

@@ -5,13 +5,23 @@ does, errors included (401 Unauthorized for a wrong token, 400 "chat not found",
 parse entities" for HTML that Telegram would refuse), and lets a test queue faults (5xx, 429
 with retry_after), take the server down (connections refused) and bring it back on the same
 port, and play a user writing to the bot.
+
+By hand, to try the watchdog without a real bot (see the README's watchdog section):
+
+    python tests/fake_telegram.py --port 8081     # prints the three variables to export for watchdog.py
+
+It prints every message the watchdog sends, and each line typed into it (/status, /pnl 30 ...) is
+sent to the watchdog as the chat's user.
 """
 
 from __future__ import annotations
 
+import argparse
 import html
 import json
 import re
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -219,7 +229,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client left (a watchdog stopped with a long poll in flight)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the test output stays readable."""
@@ -230,3 +243,58 @@ def _error(status: int, description: str, parameters: dict[str, Any] | None = No
     if parameters:
         body["parameters"] = parameters
     return status, body
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the fake on 127.0.0.1:--port until Ctrl-C: messages printed, typed lines sent as the user's."""
+    parser = argparse.ArgumentParser(description="A fake Telegram Bot API on 127.0.0.1, to try watchdog.py by hand.")
+    parser.add_argument("--port", type=int, default=8081, help="port to listen on, 0 for any free one "
+                                                                "(default: %(default)s)")
+    parser.add_argument("--token", default="123456:FAKE-token", help="the bot token it accepts (default: %(default)s)")
+    parser.add_argument("--chat", default="1001", help="the chat id it knows (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port} is not a port number (0 to 65535)", file=sys.stderr)
+        return 2
+    fake = FakeTelegram(args.token, (args.chat,))
+    fake.port = args.port
+    try:
+        fake.start()
+    except OSError as exc:
+        print(f"error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"fake Telegram on {fake.url}; for watchdog.py:\n  export TELEGRAM_API_URL={fake.url} "
+          f"TELEGRAM_BOT_TOKEN={args.token} TELEGRAM_CHAT_ID={args.chat}\n"
+          "Type a command (/status, /pnl 30, /help) and Enter to send it as the chat's user; Ctrl-C ends.",
+          flush=True)
+    threading.Thread(target=_print_messages, args=(fake,), daemon=True).start()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill PID ends it as Ctrl-C does
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started in the background
+    try:
+        for line in sys.stdin:
+            if line.strip():
+                fake.user_message(args.chat, line.strip())
+        threading.Event().wait()  # stdin closed: keep serving until Ctrl-C
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
+def _print_messages(fake: FakeTelegram) -> None:
+    """Print each new message, and each edit of one (merged alerts), as the user would see it."""
+    seen: dict[int, int] = {}
+    while True:
+        with fake.cond:
+            fake.cond.wait_for(lambda: any(seen.get(m["message_id"]) != m["edits"] for m in fake.messages), 1.0)
+            fresh = [dict(m) for m in fake.messages if seen.get(m["message_id"]) != m["edits"]]
+        for message in fresh:
+            edited = " (edited)" if message["message_id"] in seen else ""
+            seen[message["message_id"]] = message["edits"]
+            print(f"--- message {message['message_id']}{edited}{' (silent)' if message['silent'] else ''}\n"
+                  f"{message['plain']}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

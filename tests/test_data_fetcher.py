@@ -117,7 +117,7 @@ def test_duplicates_keep_the_first_with_a_warning(tmp_path, caplog):
         frame = df_mod.load_csv(write_csv(tmp_path, HEADER, rows))
     assert len(frame) == 5 and frame.index.is_unique
     assert frame.loc[utc("2021-03-01 00:15")].tolist() == [11.0, 13.0, 10.5, 12.5, 2.0]
-    assert "dropped 2 duplicate bar(s), kept the first of each time (1 time(s) had differing values)" in caplog.text
+    assert "2 duplicate bars dropped, the first of each time kept (1 differed)" in caplog.text
 
 
 def test_gaps_reported_not_filled(tmp_path, caplog):
@@ -128,7 +128,21 @@ def test_gaps_reported_not_filled(tmp_path, caplog):
     # 00:15 and 00:30 missing after 00:00, 01:15 missing after 01:00
     assert df_mod.gap_report(frame, "15m") == {"gaps": 2, "missing_bars": 3, "longest_gap_bars": 2,
                                                "longest_gap_after": "2021-03-01T00:00:00+00:00", "irregular": 0}
-    assert "2 gap(s), 3 bar(s) missing, longest 2 bar(s) after 2021-03-01T00:00:00+00:00" in caplog.text
+    assert "3 bars missing in 2 gaps, the longest 2 after 2021-03-01 00:00 UTC (not filled)" in caplog.text
+
+
+def test_each_data_warning_is_printed_once_per_dataset(caplog, monkeypatch):
+    # the pipeline loads its dataset once for the validation and again for the search, the search once
+    # per timeframe: the sample's gap warning came on screen once per load
+    monkeypatch.setattr(df_mod, "_WARNED", set())
+    with caplog.at_level(logging.WARNING):
+        for timeframe in ("1h", "1h", "4h", "30m"):
+            df_mod.load_candles("sample", "BTCUSDT", timeframe)
+        df_mod.load_candles("sample", "ETHUSDT", "1h")
+    gaps = [r.getMessage() for r in caplog.records if "missing in" in r.getMessage()]
+    assert len([m for m in gaps if m.startswith("sample BTCUSDT:")]) == 1
+    assert gaps[0] == "sample BTCUSDT: 22 bars missing in 9 gaps, the longest 5 after 2019-01-07 10:00 UTC (not filled)"
+    assert len(gaps) == 2 and gaps[1].startswith("sample ETHUSDT:")  # another dataset has its own
 
 
 def test_bars_off_the_grid_are_reported(caplog):
@@ -136,7 +150,7 @@ def test_bars_off_the_grid_are_reported(caplog):
     with caplog.at_level(logging.WARNING):
         df_mod.check_candles(frame)
     assert df_mod.gap_report(frame, "15m")["irregular"] == 1
-    assert "1 bar spacing(s) are not a whole number of 15m bars" in caplog.text
+    assert "1 bar spacing off the 15m grid" in caplog.text
 
 
 BAD_ROWS = [  # variants of the 00:15 bar (open 11, high 13, low 10.5, close 12.5, volume 2)

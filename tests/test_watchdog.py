@@ -381,6 +381,34 @@ def test_the_command_line_watches_a_folder_and_stops_on_sigterm(tg, workdir):
     assert TOKEN not in log + out + err
 
 
+def test_fake_telegram_runs_by_hand(tmp_path):
+    """python tests/fake_telegram.py --port N: the stand-in for trying the watchdog, from a shell."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_telegram.py"), "--port", "0", "--chat", CHAT,
+                             "--token", TOKEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        url = first.split(" on ")[1].split(";")[0]
+        assert url.startswith("http://127.0.0.1:")
+        exports = proc.stdout.readline()
+        assert f"export TELEGRAM_API_URL={url} TELEGRAM_BOT_TOKEN={TOKEN} TELEGRAM_CHAT_ID={CHAT}" in exports
+        proc.stdout.readline()
+        api = BotApi(TOKEN, url, 5.0)
+        api.call("sendMessage", chat_id=CHAT, text="<b>hello</b> &amp; more", parse_mode="HTML")
+        assert proc.stdout.readline().startswith("--- message 1") and proc.stdout.readline() == "hello & more\n"
+        proc.stdin.write("/pnl 30\n")
+        proc.stdin.flush()
+        updates = api.call("getUpdates", timeout=10, http_timeout=15)
+        assert [u["message"]["text"] for u in updates] == ["/pnl 30"]
+        assert str(updates[0]["message"]["chat"]["id"]) == CHAT
+        api.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    refused = subprocess.run([sys.executable, str(ROOT / "tests" / "fake_telegram.py"), "--port", "70000"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "--port 70000 is not a port number" in refused.stderr
+
+
 def test_network_errors_never_show_the_token():
     api = BotApi(TOKEN, "http://127.0.0.1:9", timeout=2)  # discard port: nothing listens
     with pytest.raises(TelegramUnreachable) as caught:
@@ -522,6 +550,54 @@ def test_a_clean_stop_is_alerted_once_and_not_restarted(workdir, tg, clock, proc
     dog.close()
 
 
+def ended_pid() -> int:
+    """The pid of a process that has run and ended (reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("exit_code", [0, 1, None])
+def test_a_trader_that_ended_before_the_watchdog_started(workdir, tg, clock, exit_code):
+    # the reported case: a folder whose trader had finished cleanly got "exit status unknown: no stop
+    # event (killed or crashed)", because a first start reads the existing log from its end
+    pid = ended_pid()
+    emit(workdir, "start", env="paper", pid=pid, sides=["long"], params_file=None)
+    emit(workdir, "exit", side="long", reason="take_profit", qty=1.0, price=110.0, pnl=9.8)
+    if exit_code is not None:
+        emit(workdir, "stop", reason="replay finished", exit_code=exit_code)
+    write_heartbeat(workdir, pid=pid)
+    dog = make_dog(workdir, tg, clock, restart=True)
+    dog.poll()
+    dog.poll()
+    deliver(dog, clock)
+    texts = tg.plain(CHAT)
+    if exit_code == 0:
+        assert texts == [] and dog.child is None  # finished cleanly: nothing to report, nothing to restart
+    elif exit_code == 1:
+        assert len(texts) == 2 and f"Trader not running: its last run, pid {pid}, stopped at" in texts[0]
+        assert "replay finished, exit code 1" in texts[0] and "Trader restarted" in texts[1]
+    else:
+        assert "exit status unknown: no stop event (killed or crashed)" in texts[0]
+    assert not any("Exit LONG" in t or "Trader started" in t for t in texts)  # old events are not replayed
+    dog.close()
+    if dog.child is not None:
+        dog.child.kill()
+        dog.child.wait()
+
+
+def test_last_lifecycle_looks_into_the_rotated_log(workdir):
+    emit(workdir, "start", pid=4242)
+    emit(workdir, "stop", reason="Ctrl-C", exit_code=0)
+    (workdir / "logs" / "events.jsonl").rename(workdir / "logs" / "events.jsonl.1")
+    emit(workdir, "error", message="after the rotation")
+    start, stop = watchdog.last_lifecycle(workdir / "logs" / "events.jsonl")
+    assert start["pid"] == 4242 and stop["exit_code"] == 0
+    emit(workdir, "start", pid=4343)  # a newer run that has not stopped
+    start, stop = watchdog.last_lifecycle(workdir / "logs" / "events.jsonl")
+    assert start["pid"] == 4343 and stop is None
+
+
 # ----------------------------------------------------------------------------------------------
 # Commands and the daily summary
 # ----------------------------------------------------------------------------------------------
@@ -560,6 +636,37 @@ def test_commands_from_the_chat_and_a_strangers_refused(workdir, tg, clock, capl
     assert "Paused" in pause and "Resumed" in resume and "Usage: /trades" in usage and "/pause" in help_
     control = json.loads((workdir / "control.json").read_text())
     assert control["paused"] is False and control["by"] == "watchdog"
+    dog.close()
+
+
+def test_pnl_of_a_paper_replay_counts_on_its_own_bars(workdir, tg, clock):
+    # the reported case: a paper replay's bars are history, so "/pnl 30" on the wall clock answered
+    # "trades: 0 ... drawdown -44.58% now, deepest 0.00%"
+    end = int(datetime(2019, 6, 1, tzinfo=UTC).timestamp() * 1000)
+    day = 86_400_000
+    trader_db(workdir, [
+        ("BTCUSDT", "long", 1.0, iso(end - 41 * day), iso(end - 40 * day), 100.0, 110.0, 1.0, 0.0, 100.0,
+         "take_profit"),
+        ("BTCUSDT", "long", 1.0, iso(end - 12 * day), iso(end - 10 * day), 100.0, 97.0, 1.0, 0.0, -30.0, "stop_loss"),
+        ("BTCUSDT", "long", 0.5, iso(end - 12 * day), iso(end - 9 * day), 100.0, 120.0, 0.5, 0.0, 10.0,
+         "partial_take_profit"),
+        ("BTCUSDT", "short", 1.0, iso(end - 3 * day), iso(end - 2 * day), 120.0, 95.0, 1.0, 0.0, 25.0, "take_profit"),
+    ], [(end - 50 * day, 10_000.0), (end - 40 * day, 10_100.0), (end - 31 * day, 9_090.0),
+        (end - 10 * day, 9_595.0), (end, 9_797.0)])
+    write_heartbeat(workdir, env="paper", equity=9_797.0, last_bar_ts=end - 3_600_000)
+    dog = make_dog(workdir, tg, clock)
+    pnl = html_to_plain(dog.command("/pnl 30"))
+    # the 30 days to 2019-06-01: the long closed in two rows (-30 + 10 = -20, lost) and the short (+25, won);
+    # PnL -30 + 10 + 25 = +5, fees 1 + 0.5 + 1 = 2.50; drawdowns from the peak 10,100: 9,797 is -3%, and the
+    # period began at 9,090 (-10%), its deepest
+    assert "paper replay: its bars to 2019-06-01 00:00 UTC" in pnl
+    assert "trades: 2 (1 won, 1 lost)" in pnl and "PnL: +5.00 USDT, fees +2.50 USDT" in pnl
+    assert "equity: 9,797.00 USDT" in pnl and "drawdown: -3.00% now, deepest -10.00% in the period" in pnl
+    assert "equity 9,797.00 USDT" in html_to_plain(dog.command("/status"))  # the heartbeat's, the table's last
+    write_heartbeat(workdir, env="testnet", equity=9_797.0)  # a live trader on the same data: the wall clock
+    live = html_to_plain(dog.command("/pnl 30"))
+    assert "trades: 0 (0 won, 0 lost)" in live and "paper" not in live
+    assert "drawdown: -3.00% (no bar closed in the period; the last at 2019-06-01 00:00 UTC)" in live
     dog.close()
 
 
