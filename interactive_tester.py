@@ -26,6 +26,7 @@ import backtester
 import config
 import optimizer
 import reporting
+import strategy_loader
 from data_fetcher import DataError, load_candles
 
 COMMANDS = {
@@ -78,7 +79,7 @@ class Session:
         if len(args) != 2:
             raise UserError("usage: set NAME VALUE")
         name, raw = args
-        value = parse_value(name, raw)
+        value = parse_value(name, raw, self.params["mode"])
         new = config.validate_params({name: value}, "set", base=self.params)
         self.history.append(dict(self.params))
         self.params = new
@@ -128,7 +129,7 @@ class Session:
         if len(args) != 4:
             raise UserError("usage: sweep NAME FROM TO STEPS")
         name, low, high, steps = args
-        spec = config.check_param_name(name, "sweep")
+        spec = config.check_param_name(name, "sweep", self.params["mode"])
         if spec.kind not in ("int", "float"):
             raise UserError(f"'{name}' is a {spec.kind} parameter; sweep takes a numeric one")
         try:
@@ -221,9 +222,9 @@ class UserError(Exception):
     """A command the tester refuses, with the reason."""
 
 
-def parse_value(name: str, raw: str) -> Any:
+def parse_value(name: str, raw: str, mode: str) -> Any:
     """A command-line word as the parameter's kind (true/false, numbers, lists like 1,2,3)."""
-    spec = config.check_param_name(name, "set")
+    spec = config.check_param_name(name, "set", mode)
     if spec.kind == "bool":
         if raw.lower() not in ("true", "false", "1", "0", "on", "off"):
             raise UserError(f"'{name}' takes true or false, got {raw!r}")
@@ -330,12 +331,13 @@ def run_prompt(session: Session) -> None:
 
     history = session.out_dir.parent / ".tester_history"
     history.parent.mkdir(parents=True, exist_ok=True)
-    completer = WordCompleter([*COMMANDS, *config.PARAM_SPECS, "long", "short", "best", "start"])
+    specs = config.param_specs(session.params["mode"])
+    completer = WordCompleter([*COMMANDS, *specs, "long", "short", "best", "start"])
 
     def toolbar() -> str:
         words = prompt.app.current_buffer.text.split()
-        if len(words) >= 2 and words[0] in ("set", "sweep") and words[1] in config.PARAM_SPECS:
-            spec = config.PARAM_SPECS[words[1]]
+        if len(words) >= 2 and words[0] in ("set", "sweep") and words[1] in specs:
+            spec = specs[words[1]]
             allowed = f"[{spec.low}, {spec.high}]" if spec.low is not None else (spec.choices or spec.kind)
             return f"{words[1]}: {spec.kind} {allowed} now {session.params.get(words[1])} - {spec.doc}"
         return "commands: " + " ".join(COMMANDS)
@@ -353,7 +355,10 @@ def run_prompt(session: Session) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Open the console on the chosen strategy and data."""
     parser = argparse.ArgumentParser(description="GrTr's console for tuning a strategy by hand.")
-    parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY, help="strategy key (default: %(default)s)")
+    parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY,
+                        help="library key, strategy NAME or strategy file (default: %(default)s)")
+    parser.add_argument("--strategy-path", action="append", default=[], metavar="DIR",
+                        help="a folder of strategy files of your own (or one file); may be given several times")
     parser.add_argument("--source", default=config.DEFAULT_SOURCE, help="sample, csv:PATH or bybit")
     parser.add_argument("--symbol", default=config.SYMBOLS[0], help="instrument (default: %(default)s)")
     parser.add_argument("--timeframe", default=None, help="bar length (default: the strategy's)")
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=120) if not sys.stdout.isatty() else Console()
     try:
+        for path in args.strategy_path:
+            strategy_loader.add_path(path)
         params = config.fixed_params(args.strategy)
         if args.params:
             params = config.load_params_file(args.params, base=params)
