@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import sys
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -54,7 +55,7 @@ def parse_symbols(text: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Running a task per symbol
 # ----------------------------------------------------------------------------------------------
-def _failure(symbol: str, folder: Path, exc: Exception) -> dict[str, Any]:
+def _failure(symbol: str, folder: Path, exc: Exception, stage: str) -> dict[str, Any]:
     """The summary row of a symbol that failed; an unexpected error's traceback goes to its error.txt."""
     known = isinstance(exc, (config.ConfigError, OSError)) or type(exc).__name__ == "DataError"
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
@@ -62,10 +63,10 @@ def _failure(symbol: str, folder: Path, exc: Exception) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "error.txt").write_text("".join(traceback.format_exception(exc)))
         message += f" (traceback in {folder / 'error.txt'})"
-    return {"symbol": symbol, "status": "failed", "error": message, "folder": str(folder)}
+    return {"symbol": symbol, "stage": stage, "status": "failed", "error": message, "folder": str(folder)}
 
 
-def run_task(task: Task, symbol: str, folder: Path, capture: bool) -> dict[str, Any]:
+def run_task(task: Task, symbol: str, folder: Path, capture: bool, stage: str) -> dict[str, Any]:
     """Run ``task`` for one symbol; its console output goes to ``folder/console.txt`` when ``capture``."""
     try:
         if not capture:
@@ -76,8 +77,8 @@ def run_task(task: Task, symbol: str, folder: Path, capture: bool) -> dict[str, 
                     contextlib.redirect_stderr(log):
                 row = task(symbol, folder)
     except Exception as exc:  # noqa: BLE001 - one symbol's failure is reported; the others still run
-        return _failure(symbol, folder, exc)
-    return {"symbol": symbol, "status": "ok", "folder": str(folder), **row}
+        return _failure(symbol, folder, exc, stage)
+    return {"symbol": symbol, "stage": stage, "status": "ok", "folder": str(folder), **row}
 
 
 def _worker_start(sources: list[str]) -> None:
@@ -85,23 +86,24 @@ def _worker_start(sources: list[str]) -> None:
     strategy_loader.load_sources(sources)
 
 
-def run_each(task: Task, symbols: list[str], out: Path, jobs: int = 1, label: str = "symbols",
-             capture: bool = True) -> list[dict[str, Any]]:
+def run_each(task: Task, symbols: list[str], out: Path, jobs: int, stage: str, capture: bool = True
+             ) -> list[dict[str, Any]]:
     """``task(symbol, out/symbol)`` for every symbol, in ``jobs`` worker processes, with one progress bar."""
     rows: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(symbols), unit="symbol", desc=label, dynamic_ncols=True)
+    # one bar over the symbols; a run that prints its own progress (a search) shows that instead
+    bar = tqdm(total=len(symbols), unit="symbol", desc=stage, dynamic_ncols=True, disable=not capture)
     try:
         if jobs > 1 and len(symbols) > 1:
             context = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
             with ProcessPoolExecutor(min(jobs, len(symbols)), mp_context=context, initializer=_worker_start,
                                      initargs=(strategy_loader.requested_sources(),)) as pool:
-                futures = {pool.submit(run_task, task, s, out / s, True): s for s in symbols}
+                futures = {pool.submit(run_task, task, s, out / s, True, stage): s for s in symbols}
                 for future in as_completed(futures):
                     rows[futures[future]] = future.result()
                     bar.update(1)
         else:
             for symbol in symbols:
-                rows[symbol] = run_task(task, symbol, out / symbol, capture)
+                rows[symbol] = run_task(task, symbol, out / symbol, capture, stage)
                 bar.update(1)
     finally:
         bar.close()
@@ -119,7 +121,7 @@ def write_summary(rows: list[dict[str, Any]], out: Path, title: str, extra: dict
     pd.DataFrame(full, columns=list(SUMMARY_COLUMNS)).to_csv(out / "summary.csv", index=False)
     (out / "summary.json").write_text(json.dumps(json_safe({"title": title, **(extra or {}), "rows": full}),
                                                  indent=2))
-    console = console or Console()
+    console = console or (Console() if Console().is_terminal else Console(width=140))
     table = Table(title=title)
     shown = [c for c in SUMMARY_COLUMNS if c not in ("folder", "error") and any(r.get(c) is not None for r in full)]
     for column in shown:
@@ -128,9 +130,9 @@ def write_summary(rows: list[dict[str, Any]], out: Path, title: str, extra: dict
         table.add_row(*(_cell(column, row[column]) for column in shown))
     console.print(table)
     failed = [row for row in full if row["status"] != "ok"]
-    for row in failed:
-        console.print(f"[red]{row['symbol']}: {row['error']}[/]")
     console.print(f"wrote {out / 'summary.csv'}, {out / 'summary.json'}")
+    for row in failed:
+        print(f"error: {row['symbol']} ({row['stage']}): {row['error']}", file=sys.stderr)
     return failed
 
 
@@ -151,14 +153,14 @@ def _cell(column: str, value: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 def backtest_row(metrics: dict[str, Any]) -> dict[str, Any]:
     """A backtest's figures."""
-    return {"stage": "backtest", "return": metrics["total_return"], "sharpe": metrics["sharpe"],
+    return {"return": metrics["total_return"], "sharpe": metrics["sharpe"],
             "max_drawdown": metrics["max_drawdown"], "trades": metrics["num_trades"]}
 
 
-def validation_row(result: dict[str, Any], stage: str = "validate") -> dict[str, Any]:
+def validation_row(result: dict[str, Any]) -> dict[str, Any]:
     """A walk-forward's figures: compounded test return, mean test Sharpe, worst test drawdown, test trades."""
     agg = result["aggregate"]
-    return {"stage": stage, "return": agg["compounded_test_return"], "sharpe": agg["mean_test_sharpe"],
+    return {"return": agg["compounded_test_return"], "sharpe": agg["mean_test_sharpe"],
             "max_drawdown": agg["worst_test_drawdown"], "trades": agg["test_trades"], "passed": agg["passed"]}
 
 
@@ -171,7 +173,7 @@ def search_row(outcome: dict[str, Any]) -> dict[str, Any]:
 
 def _search_figures(test: dict[str, Any], stats: dict[str, Any] | None, passed: bool) -> dict[str, Any]:
     stats = stats or {}
-    return {"stage": "optimize", "return": test["total_return"], "sharpe": test["sharpe"],
+    return {"return": test["total_return"], "sharpe": test["sharpe"],
             "max_drawdown": test["max_drawdown"], "trades": test["num_trades"],
             "dsr": stats.get("deflated_sharpe", {}).get("dsr"), "pbo": stats.get("pbo", {}).get("pbo"),
             "passed": passed}
@@ -186,11 +188,11 @@ def symbol_spec(template: Any, symbol: str) -> Any:
     return replace(template, symbol=symbol, out=folder, export_dir=folder)
 
 
-def validate_symbol(template: Any, folds: int, stage: str, symbol: str, folder: Path) -> dict[str, Any]:
+def validate_symbol(template: Any, folds: int, symbol: str, folder: Path) -> dict[str, Any]:
     """One symbol's walk-forward validation (a worker-process task)."""
     import pipeline
 
-    return validation_row(pipeline.run_validate(replace(symbol_spec(template, symbol), out=folder), folds), stage)
+    return validation_row(pipeline.run_validate(replace(symbol_spec(template, symbol), out=folder), folds))
 
 
 def optimize_symbol(template: Any, settings: dict[str, Any], symbol: str, folder: Path) -> dict[str, Any]:
@@ -212,7 +214,7 @@ def backtest(task: Task, symbols: list[str], out: Path, jobs: int, strategy: str
 
 def validate(template: Any, symbols: list[str], folds: int, jobs: int) -> int:
     """`main.py validate` over several symbols."""
-    rows = run_each(partial(validate_symbol, template, folds, "validate"), symbols, template.out, jobs, "validate")
+    rows = run_each(partial(validate_symbol, template, folds), symbols, template.out, jobs, "validate")
     return 2 if write_summary(rows, template.out, f"walk-forward of {template.strategy}") else 0
 
 
@@ -233,8 +235,8 @@ def pipeline_run(template: Any, symbols: list[str], settings: dict[str, Any]) ->
     extra: dict[str, Any] = {"search_symbols": settings["search_symbols"]}
     if config.ENABLE_FIXED_PARAMS:
         fixed = replace(template, out=template.out / "fixed")
-        rows += run_each(partial(validate_symbol, fixed, settings["folds"], "fixed"), symbols, fixed.out,
-                         settings["jobs"], "fixed params")
+        rows += run_each(partial(validate_symbol, fixed, settings["folds"]), symbols, fixed.out,
+                         settings["jobs"], "fixed")
     if config.ENABLE_OPTUNA:
         searched = replace(template, out=template.out / "optuna")
         if settings["search_symbols"] == "together":
@@ -273,7 +275,7 @@ def optimize_together(template: Any, symbols: list[str], settings: dict[str, Any
                                       optimizer.lookback_bars(params))
             members.append(datasets)
         except Exception as exc:  # noqa: BLE001 - this symbol is left out; the search runs on the others
-            rows[symbol] = _failure(symbol, spec.out, exc)
+            rows[symbol] = _failure(symbol, spec.out, exc, "optimize")
     extra: dict[str, Any] = {"search_symbols": "together", "aggregate": settings["aggregate"],
                              "searched": [m.symbol for m in members]}
     if not members:
@@ -300,7 +302,9 @@ def optimize_together(template: Any, symbols: list[str], settings: dict[str, Any
                  for m in members}
         candidates.append((sum(f["passed"] for f in folds.values()), min(f["mean_test_sharpe"] for f in folds.values()),
                            trial, chosen))
-    _, _, trial, chosen = max(candidates, key=lambda c: (c[0], c[1]))
+    passing, _, trial, chosen = max(candidates, key=lambda c: (c[0], c[1]))
+    Console().print(f"chosen: trial {trial.number}, score {trial.value:.3f} ({settings['aggregate']} over "
+                    f"{group.symbol}), walk-forward passed on {passing} of {len(members)} symbols")
     passed_filters = trial.user_attrs.get("fail_reason", "x") == ""
     out = template.out
     out.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,7 @@ def optimize_together(template: Any, symbols: list[str], settings: dict[str, Any
     extra.update(score=trial.value, trial=trial.number, passed_filters=passed_filters, best_params=str(best_path))
     for member in members:
         task = partial(_together_symbol, template, member, search, result, trial, best_path, settings)
-        rows[member.symbol] = run_task(task, member.symbol, template.out / member.symbol, capture=False)
+        rows[member.symbol] = run_task(task, member.symbol, template.out / member.symbol, False, "optimize")
     return [rows[s] for s in symbols], extra
 
 

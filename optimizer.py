@@ -58,13 +58,14 @@ EULER_GAMMA = 0.5772156649015329
 # ----------------------------------------------------------------------------------------------
 # Search space
 # ----------------------------------------------------------------------------------------------
-def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
-    """Optuna distributions from a grid: (int, int) -> int range, (num, num) -> float range,
-    a list -> categorical, a scalar -> fixed. Returns (distributions, fixed values)."""
+def grid_to_space(grid: dict[str, Any], where: str = "grid", mode: str | None = None
+                  ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """Optuna distributions from a grid of strategy ``mode``: (int, int) -> int range, (num, num) -> float
+    range, a list -> categorical, a scalar -> fixed. Returns (distributions, fixed values)."""
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
     for name, entry in grid.items():
-        spec = config.check_param_name(name, where)
+        spec = config.check_param_name(name, where, mode)
         if isinstance(entry, tuple):
             if len(entry) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry):
                 raise config.ConfigError(f"{where}: '{name}' = {entry!r}: a range must be a 2-tuple of numbers")
@@ -72,7 +73,7 @@ def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, 
             if low > high:
                 raise config.ConfigError(f"{where}: '{name}' = {entry!r}: low is above high")
             for bound in entry:
-                config.check_param(name, bound, where)
+                config.check_param(name, bound, where, mode)
             if spec.kind == "int":
                 if not all(isinstance(v, int) for v in entry):
                     raise config.ConfigError(f"{where}: '{name}' is a whole-number parameter; range {entry!r} "
@@ -86,13 +87,13 @@ def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, 
             if not entry:
                 raise config.ConfigError(f"{where}: '{name}' has an empty list of choices")
             for value in entry:
-                config.check_param(name, value, where)
+                config.check_param(name, value, where, mode)
             if len(entry) == 1:
                 fixed[name] = entry[0]
             else:
                 space[name] = CategoricalDistribution(entry)
         else:
-            config.check_param(name, entry, where)
+            config.check_param(name, entry, where, mode)
             fixed[name] = entry
     return space, fixed
 
@@ -371,7 +372,7 @@ class Search:
                  split: tuple[float, float] | None = None, filters: dict[str, float] | None = None) -> None:
         self.datasets = datasets
         self.base_params = base_params
-        self.space, fixed = grid_to_space(grid, f"grid of {study_name}")
+        self.space, fixed = grid_to_space(grid, f"grid of {study_name}", base_params["mode"])
         self.fixed = {**fixed, "mode": base_params["mode"]}
         self.seed = seed
         self.jobs = max(1, jobs)

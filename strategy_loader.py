@@ -272,7 +272,8 @@ def loaded() -> dict[str, Strategy]:
 
 
 def strategy_param_spec(name: str, where: str, mode: str | None = None) -> ParamSpec:
-    """The spec of a strategy's own param ``name`` (of strategy ``mode``, or of any loaded strategy)."""
+    """The spec of a strategy's own param ``name``: strategy ``mode``'s (each strategy names its params
+    for itself), or without ``mode`` the first loaded strategy's that declares it."""
     _ensure_defaults()
     if mode is not None:
         strategy = get(mode, where)
@@ -377,7 +378,7 @@ def _declarations(module: ModuleType, path: Path) -> Strategy:
     if not isinstance(params, dict):
         raise bad(f"PARAMS must be a dict of name -> config.ParamSpec, got {type(params).__name__}")
     for key, spec in params.items():
-        _check_spec(key, spec, bad)
+        _check_spec(key, spec, bad, f"strategy file {path}: default of PARAMS['{key}']")
     reads = getattr(module, "READS", ())
     if not isinstance(reads, (tuple, list)) or any(r not in config.PARAM_SPECS or r == "mode" for r in reads):
         raise bad(f"READS = {reads!r} must list common params (e.g. 'atr_period'); the common params are "
@@ -401,7 +402,7 @@ def _declarations(module: ModuleType, path: Path) -> Strategy:
                     lookback, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
-def _check_spec(key: Any, spec: Any, bad: Callable[[str], ConfigError]) -> None:
+def _check_spec(key: Any, spec: Any, bad: Callable[[str], ConfigError], where: str) -> None:
     """One declared param: a new name, a kind a strategy may use, a sound range and a valid default."""
     if not isinstance(key, str) or not key.isidentifier():
         raise bad(f"PARAMS key {key!r} must be a name like 'channel_period'")
@@ -419,11 +420,7 @@ def _check_spec(key: Any, spec: Any, bad: Callable[[str], ConfigError]) -> None:
         raise bad(f"PARAMS['{key}'] is a choice without choices")
     if not isinstance(spec.doc, str) or not spec.doc.strip():
         raise bad(f"PARAMS['{key}'] needs a one-line doc")
-    config.check_value(key, spec.default, spec, f"default of PARAMS['{key}']")
-    for other in _registry.values():
-        if key in other.params and other.params[key] != spec:
-            raise bad(f"PARAMS['{key}'] differs from the declaration of strategy {other.name} ({other.path}); "
-                      "give one of them another name")
+    config.check_value(key, spec.default, spec, where)
 
 
 def _check_params(strategy: Strategy) -> None:
