@@ -30,7 +30,7 @@ EXIT_REASONS = ("stop_loss", "breakeven_stop", "trailing_stop", "take_profit", "
 R_STOP_LOSS, R_BREAKEVEN, R_TRAILING, R_TAKE_PROFIT, R_PARTIAL = 0, 1, 2, 3, 4
 R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END = 5, 6, 7, 8, 9
 
-# Signal codes produced by generate_signals.
+# Signal codes a strategy's signals() produce (strategy files, strategy_loader.py).
 SIG_LONG, SIG_SHORT, SIG_EXIT_LONG, SIG_EXIT_SHORT = 1, -1, 10, -10
 
 # Order actions the core asks for (S_ORDER_ACTION).

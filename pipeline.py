@@ -100,7 +100,8 @@ def run_validate(spec: RunSpec, folds: int) -> dict[str, Any]:
     result = optimizer.walk_forward(data, params, folds)
     print_folds(result, f"walk-forward: {spec.strategy} {spec.symbol} {params['timeframe']}")
     spec.out.mkdir(parents=True, exist_ok=True)
-    (spec.out / "validation.json").write_text(json.dumps(json_safe({"params": params, **result}), indent=2))
+    doc = {"strategy_file": str(config.strategy(params["mode"]).path), "params": params, **result}
+    (spec.out / "validation.json").write_text(json.dumps(json_safe(doc), indent=2))
     full = backtester.backtest(data, params)
     reporting.write_report_html(spec.out / "report.html", full.equity, full.trades, full.metrics, full.candles,
                                 f"Validation {spec.strategy} {spec.symbol}", [fold_table_html(result)])

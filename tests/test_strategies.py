@@ -445,6 +445,17 @@ def test_aggregate_objective_is_the_worst_symbols_score():
         optimizer.DatasetGroup([Member("A")], "max")
 
 
+def test_config_symbols_is_the_default_list(monkeypatch, tmp_path, user_folder):
+    monkeypatch.setattr(config, "SYMBOLS", ["BTCUSDT", "XRPUSDT"])
+    example = str(user_folder / "donchian_breakout.py")  # --strategy also takes a strategy file's path
+    assert main.main(["backtest", "--strategy", example, "--start", "2019-01-01", "--out", str(tmp_path)]) == 0
+    rows = pd.read_csv(tmp_path / "summary.csv")
+    assert list(rows["symbol"]) == ["BTCUSDT", "XRPUSDT"] and set(rows["status"]) == {"ok"}
+    for symbol in ("BTCUSDT", "XRPUSDT"):
+        metrics = json.loads((tmp_path / symbol / "metrics.json").read_text())
+        assert rows.set_index("symbol").loc[symbol, "trades"] == metrics["num_trades"]
+
+
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["backtest", "--symbol", "BTCUSDT", "--symbols", "ETHUSDT"], "give --symbol or --symbols, not both"),
     (["backtest", "--symbols", "BTCUSDT,,ETHUSDT"], "expected symbols separated by commas"),
