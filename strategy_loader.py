@@ -179,27 +179,32 @@ _registry: dict[str, Strategy] = {}
 _files: dict[Path, Strategy] = {}
 _requested: list[str] = []   # paths loaded on request (--strategy-path, params files): for worker processes
 _defaults_loaded = False
+_loading_defaults = False
 _lock = threading.RLock()
 
 
 def _ensure_defaults() -> None:
-    """Load strategies/, the files of STRATEGY_LIBRARY and the folders of STRATEGY_PATHS (once)."""
-    global _defaults_loaded
+    """Load strategies/, the files of STRATEGY_LIBRARY and the folders of STRATEGY_PATHS (once).
+
+    Other threads wait on the lock until they are loaded; the loading thread itself re-enters
+    (validating a file's params asks the registry) and passes.
+    """
+    global _defaults_loaded, _loading_defaults
     if _defaults_loaded:
         return
     with _lock:
-        if _defaults_loaded:
+        if _defaults_loaded or _loading_defaults:
             return
-        _defaults_loaded = True  # first: loading validates params, which asks the registry
+        _loading_defaults = True
         try:
             load_folder(BUILTIN_DIR)
             for key, path in config.STRATEGY_LIBRARY.items():
                 load_file(_config_path(path), f"STRATEGY_LIBRARY['{key}']")
             for folder in config.STRATEGY_PATHS:
                 load_folder(_config_path(folder), "STRATEGY_PATHS")
-        except BaseException:
-            _defaults_loaded = False
-            raise
+            _defaults_loaded = True
+        finally:
+            _loading_defaults = False
 
 
 def _config_path(path: str) -> Path:
