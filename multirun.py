@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 import config
 import strategy_loader
+from data_fetcher import DataError
 from metrics import json_safe
 
 SUMMARY_COLUMNS = ("symbol", "stage", "status", "return", "sharpe", "max_drawdown", "trades", "dsr", "pbo", "passed",
@@ -57,7 +58,7 @@ def parse_symbols(text: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def _failure(symbol: str, folder: Path, exc: Exception, stage: str) -> dict[str, Any]:
     """The summary row of a symbol that failed; an unexpected error's traceback goes to its error.txt."""
-    known = isinstance(exc, (config.ConfigError, OSError)) or type(exc).__name__ == "DataError"
+    known = isinstance(exc, (config.ConfigError, DataError, OSError))
     message = str(exc) if known else f"{type(exc).__name__}: {exc}"
     if not known:
         folder.mkdir(parents=True, exist_ok=True)

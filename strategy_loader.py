@@ -86,6 +86,7 @@ class DeclaredParams(dict):
                           "PARAMS (a param of its own) or READS (a common one)")
 
     def get(self, key: str, default: Any = None) -> Any:
+        """As ``self[key]``: an undeclared param is an error here too, never a silent default."""
         return self[key]
 
 
