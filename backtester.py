@@ -1,14 +1,14 @@
-"""Backtests: signals from indicators, the jitted bar loop of core.py, equity and metrics.
+"""Backtests: the strategy's signals, the jitted bar loop of core.py, equity and metrics.
 
-``MarketData`` holds one dataset's arrays and its indicator cache, so that many parameter sets
-(Optuna trials, walk-forward folds, the interactive tester) reuse indicators computed once over
-the whole history. ``simulate`` is the fast path (arrays and metrics); ``backtest`` adds the
-trade and equity tables that reports and files need.
+``MarketData`` holds one dataset's arrays and its indicator and signal caches, so that many
+parameter sets (Optuna trials, walk-forward folds, the interactive tester) reuse indicators and
+signals computed once over the whole history. The signals come from the strategy file the
+params' ``mode`` names (strategy_loader.py). ``simulate`` is the fast path (arrays and metrics);
+``backtest`` adds the trade and equity tables that reports and files need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,66 +18,13 @@ import pandas as pd
 import config
 import core
 import metrics as metrics_mod
+import strategy_loader
 from data_fetcher import TIMEFRAMES, to_arrays
 from indicators import IndicatorCache
 
-SignalFn = Callable[["MarketData", dict[str, Any]], np.ndarray]
-
 
 # ----------------------------------------------------------------------------------------------
-# Signals: one function per mode, registered in SIGNAL_MODES
-# ----------------------------------------------------------------------------------------------
-def _long_only(data: MarketData, params: dict[str, Any]) -> np.ndarray:
-    """Long while close is above the tactical and macro EMAs; exit signal when RSI is above the grid."""
-    close = data.close
-    entry = close > data.indicator("ema", params["macro_ema_period"])
-    if params["use_regime_filter"]:
-        entry &= close > data.indicator("ema", params["regime_filter_period"])
-    signal = np.where(entry, core.SIG_LONG, 0).astype(np.int8)
-    signal[data.indicator("rsi", params["rsi_period"]) > params["grid_upper_rsi"]] = core.SIG_EXIT_LONG
-    return signal
-
-
-def _short_only(data: MarketData, params: dict[str, Any]) -> np.ndarray:
-    """Mirror of long_only with the lower RSI grid and the optional ADX trend-strength filter."""
-    close = data.close
-    entry = close < data.indicator("ema", params["macro_ema_period"])
-    if params["use_regime_filter"]:
-        entry &= close < data.indicator("ema", params["regime_filter_period"])
-    if params["adx_period"] > 0:
-        entry &= data.indicator("adx", params["adx_period"]) > params["adx_threshold"]
-    signal = np.where(entry, core.SIG_SHORT, 0).astype(np.int8)
-    signal[data.indicator("rsi", params["rsi_period"]) < params["grid_lower_rsi"]] = core.SIG_EXIT_SHORT
-    return signal
-
-
-def _short_scalp(data: MarketData, params: dict[str, Any]) -> np.ndarray:
-    """Bollinger mean reversion both ways, with the medium EMA as the trend side."""
-    close = data.close
-    ema = data.indicator("ema", params["medium_ema_period"])
-    upper, middle, lower = data.indicator("bollinger", params["bb_period"], params["bb_dev"])
-    signal = np.zeros(close.shape[0], dtype=np.int8)
-    signal[(close > ema) & (close < lower)] = core.SIG_LONG
-    signal[close > middle] = core.SIG_EXIT_LONG
-    signal[(close < ema) & (close > upper)] = core.SIG_SHORT
-    signal[close < middle] = core.SIG_EXIT_SHORT
-    return signal
-
-
-SIGNAL_MODES: dict[str, SignalFn] = {
-    "long_only": _long_only,
-    "short_only": _short_only,
-    "short_scalp": _short_scalp,
-}
-
-# Params each mode's signals depend on (the signal cache key).
-SIGNAL_KEYS = ("mode", "use_regime_filter", "regime_filter_period", "macro_ema_period", "rsi_period",
-               "grid_upper_rsi", "grid_lower_rsi", "adx_period", "adx_threshold", "medium_ema_period",
-               "bb_period", "bb_dev")
-
-
-# ----------------------------------------------------------------------------------------------
-# Market data with its indicator cache
+# Market data with its indicator and signal caches
 # ----------------------------------------------------------------------------------------------
 class MarketData:
     """One dataset (candles of one symbol and timeframe) prepared for many backtests."""
@@ -108,23 +55,16 @@ class MarketData:
         return self.cache.get(name, *args)
 
     def signals(self, params: dict[str, Any]) -> np.ndarray:
-        """generate_signals for ``params``, cached by the params signals depend on."""
-        key = tuple(params.get(k) for k in SIGNAL_KEYS)
+        """The signal codes of the params' strategy, cached by exactly the params its signals read."""
+        strategy = strategy_loader.get(params["mode"])
+        key = strategy.cache_key(params)
         cached = self._signals.get(key)
         if cached is None:
-            cached = generate_signals(self, params)
+            cached = strategy.compute(self, params)
             if len(self._signals) > 256:
                 self._signals.clear()
             self._signals[key] = cached
         return cached
-
-
-def generate_signals(data: MarketData, params: dict[str, Any]) -> np.ndarray:
-    """Signal codes per bar (core.SIG_*) for the params' mode; bar i uses bars <= i only."""
-    mode = params["mode"]
-    if mode not in SIGNAL_MODES:
-        raise config.ConfigError(f"unknown mode '{mode}'; accepted: {', '.join(SIGNAL_MODES)}")
-    return SIGNAL_MODES[mode](data, params)
 
 
 def funding_per_bar(ts: np.ndarray, bar_ms: int, funding: pd.Series | None) -> np.ndarray:
@@ -169,6 +109,7 @@ def build_core_params(params: dict[str, Any], bar_ms: int, symbol: str,
         raise config.ConfigError(f"leverage {params['leverage']} exceeds {symbol}'s maximum "
                                  f"{inst['max_leverage']}")
     p[core.P_BAR_MS] = bar_ms
+    p[core.P_SIGNAL_EXIT_ANYTIME] = 0.0 if params["signal_exit_after_breakeven"] else 1.0
     for k, (threshold, factor) in enumerate(config.RISK_GOVERNOR):
         p[core.P_GOV_DD_1 + k] = threshold
         p[core.P_GOV_F_1 + k] = factor

@@ -1,9 +1,11 @@
 """GrTr configuration: the strategy library, parameter declarations, costs, instruments, paths.
 
 Every parameter the core reads is declared once in ``PARAM_SPECS`` with its type, default and
-allowed range; ``validate_params`` checks a params dict (fixed params, a params file, an Optuna
-trial) against those declarations and stops with an error that names the bad key or value.
-The module validates its own library at import, so a typo here fails at start, not mid-run.
+allowed range; each strategy file (``strategies/``, see strategy_loader.py) declares the params
+its signals add in the same form. ``validate_params`` checks a params dict (fixed params, a params
+file, an Optuna trial) against the declarations of its strategy and stops with an error that names
+the bad key or value. The module validates its own settings at import and the strategy files are
+checked when first loaded, so a typo fails at start, not mid-run.
 """
 
 from __future__ import annotations
@@ -31,9 +33,15 @@ REPORT_PLOTLYJS = "directory"
 ENABLE_FIXED_PARAMS = True
 ENABLE_OPTUNA = True
 ACTIVE_STRATEGY_KEY = "LONG"
-SYMBOLS = ["BTCUSDT"]
+SYMBOLS = ["BTCUSDT"]          # every command runs over these unless --symbol/--symbols; the sample has five
 DEFAULT_SOURCE = "sample"
 DATA_DAYS_DEPTH = 730
+# Several symbols in one search: "together" searches one params set for all of them, scored by
+# AGGREGATE_OBJECTIVE over the per-symbol scores; "each" runs one search per symbol.
+SEARCH_SYMBOLS = "together"
+SEARCH_SYMBOLS_CHOICES = ("together", "each")
+AGGREGATE_OBJECTIVE = "min"    # min (the worst symbol's score: a strategy must work everywhere), mean or median
+AGGREGATE_CHOICES = ("min", "mean", "median")
 
 # ---------------------------------------------------------------------------------------------
 # Money: capital, costs (Bybit linear perpetual defaults)
@@ -65,17 +73,26 @@ class ConfigError(ValueError):
     """A config value, params file or command-line value that GrTr cannot accept."""
 
 
+class UnknownParamError(ConfigError):
+    """A parameter name that neither the common params nor any loaded strategy declares."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameter declarations
 # ---------------------------------------------------------------------------------------------
 TIMEFRAME_CHOICES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
-MODE_CHOICES = ("long_only", "short_only", "short_scalp")
 MAX_PARTIAL_LEVELS = 4
+STRATEGY_PARAM_KINDS = ("int", "float", "bool", "choice")  # the kinds a strategy file may declare
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter: its kind (int, float, bool, choice, levels), default and allowed range."""
+    """One parameter: its kind (int, float, bool, choice, str, levels, strategy), default and allowed range.
+
+    Strategy files declare theirs with this class too, e.g.
+    ``ParamSpec("int", 20, 5, 200, doc="bars of the channel")`` or ``ParamSpec("choice", "ema", choices=("ema",
+    "sma"), doc="...")``.
+    """
 
     kind: str
     default: Any
@@ -99,7 +116,8 @@ def _b(default: bool, doc: str) -> ParamSpec:
 
 PARAM_SPECS: dict[str, ParamSpec] = {
     # what and where
-    "mode": ParamSpec("choice", "long_only", choices=MODE_CHOICES, doc="signal mode of generate_signals"),
+    "mode": ParamSpec("strategy", "long_only", doc="the strategy: the NAME of a strategy file (strategies/, "
+                                                    "--strategy-path, STRATEGY_PATHS)"),
     "timeframe": ParamSpec("choice", "1h", choices=TIMEFRAME_CHOICES, doc="bar length"),
     "symbol": ParamSpec("str", SYMBOLS[0], doc="instrument, e.g. SOLUSDT"),
     # risk and position
@@ -126,18 +144,9 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "partial_tp_levels": ParamSpec("levels", (1.0, 2.0, 3.0), 0.01, 200.0,
                                    doc=f"partial take-profit levels in ATR (at most {MAX_PARTIAL_LEVELS})"),
     "partial_tp_fraction": _f(0.25, 0.01, 1.0, "share of the initial size closed at each level"),
-    # signals
-    "rsi_period": _i(14, 2, 1000, "Wilder RSI period"),
-    "grid_upper_rsi": _f(75.0, 0.0, 100.0, "long exit signal when RSI is above"),
-    "grid_lower_rsi": _f(25.0, 0.0, 100.0, "short exit signal when RSI is below"),
-    "use_regime_filter": _b(True, "require close beyond the tactical EMA"),
-    "regime_filter_period": _i(50, 2, 5000, "tactical EMA period"),
-    "macro_ema_period": _i(200, 2, 10000, "macro EMA period"),
-    "adx_period": _i(0, 0, 1000, "ADX filter period for shorts (0 = off)"),
-    "adx_threshold": _f(25.0, 0.0, 100.0, "short entries need ADX above"),
-    "medium_ema_period": _i(50, 2, 5000, "scalp: trend EMA period"),
-    "bb_period": _i(20, 2, 5000, "scalp: Bollinger period"),
-    "bb_dev": _f(2.0, 0.1, 10.0, "scalp: Bollinger width in standard deviations"),
+    # signals (the signal params themselves are declared by each strategy file)
+    "signal_exit_after_breakeven": _b(True, "the strategy's exit signal closes a trade only once breakeven has "
+                                            "fired (each strategy file declares its default)"),
     # holding time
     "max_hold_hours": _f(0.0, 0.0, 100000.0, "close after this many hours in the trade (0 = off)"),
     "cooldown_period_candles": _i(0, 0, 10000, "bars without new entries after a breakeven/trailing exit"),
@@ -153,7 +162,7 @@ RETIRED_KEYS = {
 }
 
 
-def _check_value(name: str, value: Any, spec: ParamSpec, where: str) -> Any:
+def check_value(name: str, value: Any, spec: ParamSpec, where: str) -> Any:
     """Return ``value`` converted to the spec's kind, or raise ConfigError naming it."""
     def bad(reason: str) -> ConfigError:
         return ConfigError(f"{where}: parameter '{name}' = {value!r} {reason}")
@@ -168,14 +177,14 @@ def _check_value(name: str, value: Any, spec: ParamSpec, where: str) -> Any:
         if value not in spec.choices:
             raise bad(f"is not one of {', '.join(map(str, spec.choices))}")
         return value
-    if spec.kind == "str":
+    if spec.kind in ("str", "strategy"):
         if not isinstance(value, str) or not value:
             raise bad("must be a non-empty string")
         return value
     if spec.kind == "levels":
         if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_PARTIAL_LEVELS:
             raise bad(f"must be a list of 1 to {MAX_PARTIAL_LEVELS} numbers")
-        levels = tuple(float(_check_value(f"{name}[{k}]", v, ParamSpec("float", 0.0, spec.low, spec.high), where))
+        levels = tuple(float(check_value(f"{name}[{k}]", v, ParamSpec("float", 0.0, spec.low, spec.high), where))
                        for k, v in enumerate(value))
         if list(levels) != sorted(levels) or len(set(levels)) != len(levels):
             raise bad("must be strictly increasing")
@@ -195,35 +204,66 @@ def _check_value(name: str, value: Any, spec: ParamSpec, where: str) -> Any:
     return value
 
 
-def check_param_name(name: str, where: str) -> ParamSpec:
-    """Return the spec of ``name`` or raise an error that names it and the accepted keys."""
+def _strategies() -> Any:
+    """The strategy registry (imported on first use: loading strategy files needs the backtester)."""
+    import strategy_loader
+
+    return strategy_loader
+
+
+def check_param_name(name: str, where: str, mode: str | None = None) -> ParamSpec:
+    """The spec of ``name`` (a common parameter, or one strategy ``mode`` declares; without ``mode``, one any
+    loaded strategy declares), or an error that names it and the accepted keys."""
     if name in RETIRED_KEYS:
         raise ConfigError(f"{where}: parameter '{name}' is no longer used: {RETIRED_KEYS[name]}")
-    if name not in PARAM_SPECS:
-        raise ConfigError(f"{where}: unknown parameter '{name}'; accepted: {', '.join(sorted(PARAM_SPECS))}")
-    return PARAM_SPECS[name]
+    if name in PARAM_SPECS:
+        return PARAM_SPECS[name]
+    return _strategies().strategy_param_spec(name, where, mode)
 
 
-def check_param(name: str, value: Any, where: str) -> Any:
+def check_param(name: str, value: Any, where: str, mode: str | None = None) -> Any:
     """One parameter's value converted to its kind, or an error naming it (no cross-field checks)."""
-    return _check_value(name, value, check_param_name(name, where), where)
+    return check_value(name, value, check_param_name(name, where, mode), where)
 
 
-def validate_params(params: dict[str, Any], where: str = "params", base: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
-    """Check ``params`` and return a complete dict: ``base`` (or the defaults) updated with them."""
+def apply_params(params: dict[str, Any], base: dict[str, Any], where: str) -> dict[str, Any]:
+    """``base`` (complete params of one strategy) updated with ``params``, each checked, then the cross-checks."""
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: expected a mapping of parameter names to values, got {type(params).__name__}")
-    full = {name: spec.default for name, spec in PARAM_SPECS.items()} if base is None else dict(base)
+    mode = base["mode"]
+    full = dict(base)
     for name, value in params.items():
-        full[name] = check_param(name, value, where)
+        full[name] = check_param(name, value, where, mode)
+    if full["mode"] != mode:
+        raise ConfigError(f"{where}: parameter 'mode' = {full['mode']!r} cannot change the strategy here ({mode})")
     if full["profit_lock_trigger_pct"] > 0 and full["profit_lock_target_pct"] <= 0:
         raise ConfigError(f"{where}: profit_lock_target_pct must be > 0 when profit_lock_trigger_pct > 0")
     return full
 
 
+def validate_params(params: dict[str, Any], where: str = "params", base: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+    """Check ``params`` and return a complete dict for their strategy.
+
+    The strategy is ``params['mode']`` (else the base's). The params are applied over ``base``, or over
+    the strategy's fixed params when there is no base or the base belongs to another strategy, so
+    a params file always lands on the fixed params of the strategy it names.
+    """
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameter names to values, got {type(params).__name__}")
+    mode = params.get("mode", (base or {}).get("mode", PARAM_SPECS["mode"].default))
+    strategy = _strategies().get(mode, where)
+    if base is None or base.get("mode") != strategy.name:
+        base = strategy.fixed_params()
+    return apply_params({**params, "mode": strategy.name}, base, where)
+
+
 def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a JSON params file (the format of best_params.json) and validate it."""
+    """Read a JSON params file (the format of best_params.json) and validate it.
+
+    A best_params.json names the strategy file it was made with (``strategy_file``); that file is
+    loaded when its strategy is not loaded yet, so the params run anywhere the file is reachable.
+    """
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
@@ -232,6 +272,8 @@ def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> di
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"params file {path} is not valid JSON: {exc}") from None
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
+        if raw.get("strategy_file"):
+            _strategies().ensure_loaded(raw["params"].get("mode"), raw["strategy_file"], str(path))
         raw = raw["params"]
     return validate_params(raw, where=str(path), base=base)
 
@@ -253,121 +295,69 @@ def costs() -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The strategy library (values of the original GrTr's tuned sets)
+# The strategy library: keys -> strategy files (each file holds its signals, params, fixed params, grid)
 # ---------------------------------------------------------------------------------------------
-FIXED_PARAMS_LONG: dict[str, Any] = {
-    "mode": "long_only", "timeframe": "1h", "leverage": 10, "risk_per_trade": 0.051,
-    "position_scaling": False, "max_position_multiplier": 3.02,
-    "atr_period": 23, "atr_stop_multiplier": 3.83, "breakeven_atr_multiplier": 1.31,
-    "aggressive_breakout_stop_multiplier": 1.95,
-    "profit_lock_trigger_pct": 0.055, "profit_lock_target_pct": 0.027,
-    "trail_atr_multiplier": 4.65, "trail_early_activation_atr_multiplier": 1.73,
-    "aggressive_trail_atr_multiplier": 0.36, "scale_add_atr_multiplier": 2.4,
-    "tp_atr_multiplier": 14.54, "partial_tp_fraction": 0.18, "partial_take_profit": True,
-    "partial_tp_levels": [1.0, 2.0, 3.0],
-    "rsi_period": 22, "grid_upper_rsi": 85, "use_regime_filter": True,
-    "regime_filter_period": 23, "macro_ema_period": 231,
-    "max_hold_hours": 48, "cooldown_period_candles": 0,
-    "stagnation_atr_threshold": 5.7, "stagnation_profit_decay": 0.68,
+STRATEGY_LIBRARY: dict[str, str] = {
+    "LONG": "strategies/long_only.py",
+    "SHORT": "strategies/short_only.py",
+    "SCALP": "strategies/short_scalp.py",
 }
-
-FIXED_PARAMS_SHORT: dict[str, Any] = {
-    "mode": "short_only", "timeframe": "30m", "leverage": 10, "risk_per_trade": 0.159,
-    "position_scaling": True, "max_position_multiplier": 1.59,
-    "atr_period": 21, "atr_stop_multiplier": 2.63, "breakeven_atr_multiplier": 1.66,
-    "aggressive_breakout_stop_multiplier": 0.3,
-    "profit_lock_trigger_pct": 0.0, "profit_lock_target_pct": 0.0,
-    "trail_atr_multiplier": 6.0, "trail_early_activation_atr_multiplier": 0.72,
-    "aggressive_trail_atr_multiplier": 0.45, "scale_add_atr_multiplier": 2.64,
-    "tp_atr_multiplier": 16.62, "partial_tp_fraction": 0.31, "partial_take_profit": False,
-    "partial_tp_levels": [1.0, 2.0, 3.0],
-    "rsi_period": 28, "grid_lower_rsi": 33, "use_regime_filter": True,
-    "regime_filter_period": 196, "macro_ema_period": 867, "adx_period": 20, "adx_threshold": 34,
-    "max_hold_hours": 48, "cooldown_period_candles": 2,
-    "stagnation_atr_threshold": 6.94, "stagnation_profit_decay": 0.52,
-}
-
-FIXED_PARAMS_SCALP: dict[str, Any] = {
-    "mode": "short_scalp", "timeframe": "30m", "leverage": 10, "risk_per_trade": 0.02,
-    "medium_ema_period": 50, "bb_period": 20, "bb_dev": 2.5, "rsi_period": 14,
-    "atr_period": 14, "atr_stop_multiplier": 3.0, "tp_atr_multiplier": 4.0,
-    "breakeven_atr_multiplier": 1.5, "partial_take_profit": False, "position_scaling": False,
-    "max_hold_hours": 24,
-}
-
-PARAM_GRID_LONG: dict[str, Any] = {
-    "timeframe": ["1h"], "leverage": [10], "risk_per_trade": (0.01, 0.25),
-    "position_scaling": [True, False], "max_position_multiplier": (1.2, 4.0),
-    "atr_period": (10, 25), "atr_stop_multiplier": (2.0, 4.0), "breakeven_atr_multiplier": (1.0, 2.5),
-    "aggressive_breakout_stop_multiplier": (0.0, 2.0),
-    "profit_lock_trigger_pct": (0.0, 0.08), "profit_lock_target_pct": (0.01, 0.07),
-    "trail_atr_multiplier": (0.5, 8.0), "trail_early_activation_atr_multiplier": (0.3, 3.0),
-    "aggressive_trail_atr_multiplier": (0.3, 1.8), "scale_add_atr_multiplier": (0.2, 3.0),
-    "tp_atr_multiplier": (8.0, 20.0), "partial_tp_fraction": (0.10, 0.4),
-    "partial_take_profit": [True, False],
-    "rsi_period": (10, 28), "grid_upper_rsi": (75, 95), "use_regime_filter": [True],
-    "regime_filter_period": (20, 200), "macro_ema_period": (100, 1200),
-    "max_hold_hours": [36, 48, 72, 144], "cooldown_period_candles": (0, 10),
-    "stagnation_atr_threshold": (4.0, 7.0), "stagnation_profit_decay": (0.5, 0.75),
-}
-
-PARAM_GRID_SHORT: dict[str, Any] = {
-    "timeframe": ["30m", "1h"], "leverage": [10], "risk_per_trade": (0.01, 0.07),
-    "position_scaling": [True, False], "max_position_multiplier": (1.2, 4.0),
-    "atr_period": (5, 25), "atr_stop_multiplier": (1.5, 5.0), "breakeven_atr_multiplier": (1.0, 2.5),
-    "aggressive_breakout_stop_multiplier": (0.0, 2.0),
-    "profit_lock_trigger_pct": (0.0, 0.08), "profit_lock_target_pct": (0.01, 0.07),
-    "trail_atr_multiplier": (0.5, 8.0), "trail_early_activation_atr_multiplier": (0.3, 3.0),
-    "aggressive_trail_atr_multiplier": (0.3, 1.8), "scale_add_atr_multiplier": (0.2, 3.0),
-    "tp_atr_multiplier": (1.0, 20.0), "partial_tp_fraction": (0.10, 0.4),
-    "partial_take_profit": [True, False],
-    "rsi_period": (10, 28), "grid_lower_rsi": (15, 35), "use_regime_filter": [True],
-    "regime_filter_period": (20, 200), "macro_ema_period": (100, 1200),
-    "adx_period": (10, 30), "adx_threshold": (28, 35),
-    "max_hold_hours": [36, 48, 72, 144], "cooldown_period_candles": (0, 10),
-    "stagnation_atr_threshold": (4.0, 7.0), "stagnation_profit_decay": (0.5, 0.75),
-}
-
-PARAM_GRID_SCALP: dict[str, Any] = {
-    "timeframe": ["30m", "1h"], "medium_ema_period": (20, 100), "bb_period": (15, 80), "bb_dev": (2.0, 5.0),
-    "rsi_period": [14], "atr_period": (10, 30), "atr_stop_multiplier": (2.0, 7.0),
-    "risk_per_trade": (0.01, 0.05), "tp_atr_multiplier": (2.0, 7.0), "leverage": [10],
-    "partial_take_profit": [False], "position_scaling": [False],
-    "breakeven_atr_multiplier": (1.0, 3.0), "max_hold_hours": [12, 24],
-}
-
-STRATEGY_LIBRARY: dict[str, dict[str, Any]] = {
-    "LONG": {"mode": "long_only", "fixed_params": FIXED_PARAMS_LONG, "param_grid": PARAM_GRID_LONG},
-    "SHORT": {"mode": "short_only", "fixed_params": FIXED_PARAMS_SHORT, "param_grid": PARAM_GRID_SHORT},
-    "SCALP": {"mode": "short_scalp", "fixed_params": FIXED_PARAMS_SCALP, "param_grid": PARAM_GRID_SCALP},
-}
+# Further folders of strategy files (relative to this file's folder, or absolute), loaded like
+# strategies/ and like `--strategy-path DIR`; add a key above to switch to one of them with
+# ACTIVE_STRATEGY_KEY.
+STRATEGY_PATHS: list[str] = []
 
 
-def strategy(key: str) -> dict[str, Any]:
-    """The library entry ``key``, or an error listing the keys there are."""
-    if key not in STRATEGY_LIBRARY:
-        raise ConfigError(f"unknown strategy '{key}'; accepted: {', '.join(STRATEGY_LIBRARY)}")
-    return STRATEGY_LIBRARY[key]
+def strategy(key: str) -> Any:
+    """The strategy ``key`` names: a STRATEGY_LIBRARY key, a loaded strategy's NAME or a .py path."""
+    return _strategies().resolve(key)
 
 
 def fixed_params(key: str) -> dict[str, Any]:
-    """The validated, complete fixed params of strategy ``key``."""
-    entry = strategy(key)
-    params = validate_params(entry["fixed_params"], where=f"FIXED_PARAMS of {key}")
-    params["mode"] = entry["mode"]
-    return params
+    """The validated, complete fixed params of strategy ``key`` (a copy the caller may change)."""
+    return strategy(key).fixed_params()
+
+
+def param_grid(key: str) -> dict[str, Any]:
+    """The Optuna grid of strategy ``key``."""
+    return dict(strategy(key).param_grid)
+
+
+def param_specs(mode: str) -> dict[str, ParamSpec]:
+    """Every parameter a params dict of strategy ``mode`` holds: the common ones and the strategy's own."""
+    return {**PARAM_SPECS, **_strategies().get(mode, "param_specs").params}
+
+
+_OLD_LIBRARY_NAMES = {"FIXED_PARAMS_LONG": ("LONG", "FIXED_PARAMS"), "FIXED_PARAMS_SHORT": ("SHORT", "FIXED_PARAMS"),
+                      "FIXED_PARAMS_SCALP": ("SCALP", "FIXED_PARAMS"), "PARAM_GRID_LONG": ("LONG", "PARAM_GRID"),
+                      "PARAM_GRID_SHORT": ("SHORT", "PARAM_GRID"), "PARAM_GRID_SCALP": ("SCALP", "PARAM_GRID")}
+
+
+def __getattr__(name: str) -> Any:
+    """The library's former names (``config.PARAM_GRID_LONG`` ...): now read from the strategy files."""
+    if name in _OLD_LIBRARY_NAMES:
+        key, attribute = _OLD_LIBRARY_NAMES[name]
+        strat = strategy(key)
+        return dict(strat.param_grid if attribute == "PARAM_GRID" else strat.declared_fixed)
+    raise AttributeError(f"module 'config' has no attribute '{name}'")
 
 
 def _validate_library() -> None:
+    """What can be checked without loading the files (they are checked when loaded, at first use)."""
     if ACTIVE_STRATEGY_KEY not in STRATEGY_LIBRARY:
         raise ConfigError(f"ACTIVE_STRATEGY_KEY '{ACTIVE_STRATEGY_KEY}' is not in STRATEGY_LIBRARY "
                           f"({', '.join(STRATEGY_LIBRARY)})")
-    for key, entry in STRATEGY_LIBRARY.items():
-        if entry["mode"] not in MODE_CHOICES:
-            raise ConfigError(f"STRATEGY_LIBRARY['{key}'] mode '{entry['mode']}' is not one of {MODE_CHOICES}")
-        fixed_params(key)
-        for name in entry["param_grid"]:
-            check_param_name(name, f"PARAM_GRID of {key}")
+    for key, path in STRATEGY_LIBRARY.items():
+        if not isinstance(path, str) or not path.endswith(".py"):
+            raise ConfigError(f"STRATEGY_LIBRARY['{key}'] = {path!r} must be the path of a strategy file (.py)")
+    if not isinstance(STRATEGY_PATHS, list) or not all(isinstance(p, str) for p in STRATEGY_PATHS):
+        raise ConfigError(f"STRATEGY_PATHS = {STRATEGY_PATHS!r} must be a list of folder paths")
+    if not isinstance(SYMBOLS, list) or not SYMBOLS or not all(isinstance(x, str) and x for x in SYMBOLS):
+        raise ConfigError(f"SYMBOLS = {SYMBOLS!r} must be a non-empty list of symbols, e.g. ['BTCUSDT', 'ETHUSDT']")
+    if SEARCH_SYMBOLS not in SEARCH_SYMBOLS_CHOICES:
+        raise ConfigError(f"SEARCH_SYMBOLS = {SEARCH_SYMBOLS!r}; accepted: {', '.join(SEARCH_SYMBOLS_CHOICES)}")
+    if AGGREGATE_OBJECTIVE not in AGGREGATE_CHOICES:
+        raise ConfigError(f"AGGREGATE_OBJECTIVE = {AGGREGATE_OBJECTIVE!r}; accepted: {', '.join(AGGREGATE_CHOICES)}")
     for threshold, factor in RISK_GOVERNOR:
         if not (0 < threshold < 1 and 0 < factor <= 1):
             raise ConfigError(f"RISK_GOVERNOR entry ({threshold}, {factor}) needs 0 < drawdown < 1, 0 < factor <= 1")

@@ -30,7 +30,7 @@ EXIT_REASONS = ("stop_loss", "breakeven_stop", "trailing_stop", "take_profit", "
 R_STOP_LOSS, R_BREAKEVEN, R_TRAILING, R_TAKE_PROFIT, R_PARTIAL = 0, 1, 2, 3, 4
 R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END = 5, 6, 7, 8, 9
 
-# Signal codes produced by generate_signals.
+# Signal codes a strategy's signals() produce (strategy files, strategy_loader.py).
 SIG_LONG, SIG_SHORT, SIG_EXIT_LONG, SIG_EXIT_SHORT = 1, -1, 10, -10
 
 # Order actions the core asks for (S_ORDER_ACTION).
@@ -53,6 +53,7 @@ PARAM_NAMES = (
     "taker_fee", "maker_fee", "slippage", "funding_rate", "maintenance_margin_rate",
     "qty_step", "min_qty", "min_notional", "tick_size", "capital", "bar_ms",
     "gov_dd_1", "gov_dd_2", "gov_dd_3", "gov_dd_4", "gov_factor_1", "gov_factor_2", "gov_factor_3", "gov_factor_4",
+    "signal_exit_anytime",
 )
 (P_RISK, P_LEVERAGE, P_SCALING, P_MAX_POS_MULT, P_SCALE_ADD_ATR,
  P_STOP_ATR, P_BE_ATR, P_BREAKOUT_STOP, P_LOCK_TRIGGER, P_LOCK_TARGET, P_TRAIL_ATR,
@@ -62,7 +63,8 @@ PARAM_NAMES = (
  P_TAKER, P_MAKER, P_SLIPPAGE, P_FUNDING_RATE, P_MMR,
  P_QTY_STEP, P_MIN_QTY, P_MIN_NOTIONAL, P_TICK, P_CAPITAL, P_BAR_MS,
  P_GOV_DD_1, P_GOV_DD_2, P_GOV_DD_3, P_GOV_DD_4,
- P_GOV_F_1, P_GOV_F_2, P_GOV_F_3, P_GOV_F_4) = range(len(PARAM_NAMES))
+ P_GOV_F_1, P_GOV_F_2, P_GOV_F_3, P_GOV_F_4,
+ P_SIGNAL_EXIT_ANYTIME) = range(len(PARAM_NAMES))
 N_PARAMS = len(PARAM_NAMES)
 PARAM_INDEX = {name: k for k, name in enumerate(PARAM_NAMES)}
 
@@ -471,7 +473,7 @@ def manage(state: np.ndarray, p: np.ndarray, bar_ts: float, h: float, low_: floa
         state[S_STAG_ARMED] = 1.0
 
     reason = -1
-    if sig == SIG_EXIT_LONG * d and state[S_BREAKEVEN] > 0.0:
+    if sig == SIG_EXIT_LONG * d and (state[S_BREAKEVEN] > 0.0 or p[P_SIGNAL_EXIT_ANYTIME] > 0.0):
         reason = R_SIGNAL
     elif state[S_STAG_ARMED] > 0.0 and pnl < state[S_MAX_PNL] * p[P_STAG_DECAY]:
         reason = R_STAGNATION

@@ -389,7 +389,7 @@ def load_candles(source: str = "sample", symbol: str = "BTCUSDT", timeframe: str
                  start: Any = None, end: Any = None, days: int | None = None) -> pd.DataFrame:
     """Checked candles at ``timeframe`` from ``source`` (one of SOURCES), sliced to [start, end].
 
-    'sample' is the bundled sample of ``symbol``; 'csv:PATH' a CSV file (``symbol`` unused),
+    'sample' is the bundled sample of ``symbol``; 'csv:PATH' a CSV file (``{symbol}`` in PATH stands for it),
     resampled when its bars are finer than ``timeframe`` and refused when coarser; 'bybit' the
     download. ``days`` keeps only the last days of the data.
     """
@@ -397,7 +397,7 @@ def load_candles(source: str = "sample", symbol: str = "BTCUSDT", timeframe: str
     if source == "sample":
         df = load_sample(symbol, timeframe)
     elif source.startswith("csv:"):
-        path = source.removeprefix("csv:")
+        path = source.removeprefix("csv:").replace("{symbol}", symbol)
         if not path:
             raise DataError("source 'csv:' needs a file path, as in csv:data/BTCUSDT_1h.csv")
         df = load_csv(path)

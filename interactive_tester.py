@@ -28,6 +28,7 @@ import backtester
 import config
 import optimizer
 import reporting
+import strategy_loader
 from data_fetcher import DataError, load_candles
 
 COMMANDS = {
@@ -82,7 +83,7 @@ class Session:
         if len(args) != 2:
             raise UserError("usage: set NAME VALUE")
         name, raw = args
-        value = parse_value(name, raw)
+        value = parse_value(name, raw, self.params["mode"])
         new = config.validate_params({name: value}, "set", base=self.params)
         self.history.append(dict(self.params))
         self.params = new
@@ -132,7 +133,7 @@ class Session:
         if len(args) != 4:
             raise UserError("usage: sweep NAME FROM TO STEPS")
         name, low, high, steps = args
-        spec = param_spec(name, "sweep")
+        spec = param_spec(name, "sweep", self.params["mode"])
         if spec.kind not in ("int", "float"):
             raise UserError(f"'{name}' is a {spec.kind} parameter; sweep takes a numeric one")
         try:
@@ -231,17 +232,19 @@ def did_you_mean(word: str, known: Iterable[str]) -> str:
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
-def param_spec(name: str, where: str) -> config.ParamSpec:
-    """The spec of a parameter; a misspelt name gets the closest names, not the whole list."""
-    if name not in config.PARAM_SPECS and name not in config.RETIRED_KEYS:
-        raise UserError(f"{where}: unknown parameter '{name}'{did_you_mean(name, config.PARAM_SPECS)} "
-                        "(show lists them all)")
-    return config.check_param_name(name, where)
+def param_spec(name: str, where: str, mode: str) -> config.ParamSpec:
+    """The spec of a parameter of strategy ``mode``; a misspelt name gets the closest names, not the whole list."""
+    try:
+        return config.check_param_name(name, where, mode)
+    except config.UnknownParamError:
+        known = config.param_specs(mode)
+        raise UserError(f"{where}: unknown parameter '{name}'{did_you_mean(name, known)} (show lists them all)") \
+            from None
 
 
-def parse_value(name: str, raw: str) -> Any:
+def parse_value(name: str, raw: str, mode: str) -> Any:
     """A command-line word as the parameter's kind (true/false, numbers, lists like 1,2,3)."""
-    spec = param_spec(name, "set")
+    spec = param_spec(name, "set", mode)
     if spec.kind == "bool":
         if raw.lower() not in ("true", "false", "1", "0", "on", "off"):
             raise UserError(f"'{name}' takes true or false, got {raw!r}")
@@ -354,12 +357,13 @@ def run_prompt(session: Session, pt_input: Any = None, pt_output: Any = None) ->
 
     history = session.out_dir.parent / ".tester_history"
     history.parent.mkdir(parents=True, exist_ok=True)
-    completer = WordCompleter([*COMMANDS, *config.PARAM_SPECS, "long", "short", "best", "start"])
+    specs = config.param_specs(session.params["mode"])
+    completer = WordCompleter([*COMMANDS, *specs, "long", "short", "best", "start"])
 
     def toolbar() -> str:
         words = prompt.app.current_buffer.text.split()
-        if len(words) >= 2 and words[0] in ("set", "sweep") and words[1] in config.PARAM_SPECS:
-            spec = config.PARAM_SPECS[words[1]]
+        if len(words) >= 2 and words[0] in ("set", "sweep") and words[1] in specs:
+            spec = specs[words[1]]
             allowed = f"[{spec.low}, {spec.high}]" if spec.low is not None else (spec.choices or spec.kind)
             return f"{words[1]}: {spec.kind} {allowed} now {session.params.get(words[1])} - {spec.doc}"
         return "commands: " + " ".join(COMMANDS)
@@ -397,7 +401,10 @@ def run_prompt(session: Session, pt_input: Any = None, pt_output: Any = None) ->
 def main(argv: list[str] | None = None) -> int:
     """Open the console on the chosen strategy and data."""
     parser = argparse.ArgumentParser(description="GrTr's console for tuning a strategy by hand.")
-    parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY, help="strategy key (default: %(default)s)")
+    parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY,
+                        help="library key, strategy NAME or strategy file (default: %(default)s)")
+    parser.add_argument("--strategy-path", action="append", default=[], metavar="DIR",
+                        help="a folder of strategy files of your own (or one file); may be given several times")
     parser.add_argument("--source", default=config.DEFAULT_SOURCE, help="sample, csv:PATH or bybit")
     parser.add_argument("--symbol", default=config.SYMBOLS[0], help="instrument (default: %(default)s)")
     parser.add_argument("--timeframe", default=None, help="bar length (default: the strategy's)")
@@ -408,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=120) if not sys.stdout.isatty() else Console()
     try:
+        for path in args.strategy_path:
+            strategy_loader.add_path(path)
         params = config.fixed_params(args.strategy)
         if args.params:
             params = config.load_params_file(args.params, base=params)

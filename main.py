@@ -1,7 +1,9 @@
 """GrTr command line: download, backtest, optimize, validate, and the default pipeline.
 
 Every user error (unknown strategy, symbol or timeframe, a missing or malformed file, an empty
-date range, a bad parameter) ends with one clear line on stderr and exit code 2.
+date range, a bad parameter) ends with one clear line on stderr and exit code 2. Backtest,
+optimize, validate and the pipeline run over several symbols (``--symbols``, default
+config.SYMBOLS) through multirun.py; one symbol runs exactly as before.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                         help="where candles come from: 'sample' (bundled, offline), 'csv:PATH', or 'bybit' "
                              "(cached download); default: %(default)s")
     parser.add_argument("--symbol", default=None,
-                        help="instrument, e.g. BTCUSDT or SOLUSDT (default: first of config.SYMBOLS)")
+                        help="one instrument, e.g. BTCUSDT or SOLUSDT")
+    parser.add_argument("--symbols", default=None,
+                        help="several instruments, e.g. BTCUSDT,ETHUSDT,XRPUSDT: each runs in <out>/<SYMBOL>/ and "
+                             "summary.csv/summary.json compare them (default: config.SYMBOLS)")
     parser.add_argument("--timeframe", default=None, choices=list(TIMEFRAMES),
                         help="bar length (default: the strategy's timeframe param)")
     parser.add_argument("--start", default=None, help="first day to use, e.g. 2019-01-01 (UTC, inclusive)")
@@ -48,8 +53,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def add_strategy_args(parser: argparse.ArgumentParser) -> None:
     """Flags that choose the strategy and its params."""
     parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY,
-                        help=f"strategy key of config.STRATEGY_LIBRARY ({', '.join(config.STRATEGY_LIBRARY)}); "
-                             "default: %(default)s")
+                        help=f"a key of config.STRATEGY_LIBRARY ({', '.join(config.STRATEGY_LIBRARY)}), the NAME of "
+                             "a loaded strategy file, or the path of one (.py); default: %(default)s")
+    parser.add_argument("--strategy-path", action="append", default=[], metavar="DIR",
+                        help="a folder of strategy files of your own (or one file), loaded besides strategies/; "
+                             "may be given several times")
     parser.add_argument("--params", default=None,
                         help="JSON params file (e.g. best_params.json) applied over the strategy's fixed params")
 
@@ -86,29 +94,59 @@ def load_market(args: argparse.Namespace, params: dict[str, Any]) -> Any:
     return MarketData(candles, symbol, timeframe, funding=funding)
 
 
-def cmd_backtest(args: argparse.Namespace) -> int:
-    """Backtest one params set, print the summary and write trades, equity, metrics and the report."""
+def symbols_of(args: argparse.Namespace) -> list[str]:
+    """--symbol (one), --symbols (several) or config.SYMBOLS."""
+    from multirun import parse_symbols
+
+    if getattr(args, "symbol", None) and getattr(args, "symbols", None):
+        raise UsageError("give --symbol or --symbols, not both")
+    if getattr(args, "symbol", None):
+        return [args.symbol]
+    symbols = parse_symbols(args.symbols) if getattr(args, "symbols", None) else list(config.SYMBOLS)
+    if len(symbols) > 1 and args.source.startswith("csv:") and "{symbol}" not in args.source:
+        raise UsageError(f"--source {args.source} is one file for {len(symbols)} symbols; put {{symbol}} in the path "
+                         "(csv:data/{symbol}_1h.csv) or give one --symbol")
+    return symbols
+
+
+def backtest_symbol(args: argparse.Namespace, symbol: str, out: Path) -> dict[str, Any]:
+    """Backtest one symbol, print the summary and write trades, equity, metrics and the report."""
+    import multirun
     import reporting
     from backtester import backtest
 
     params = resolve_params(args)
+    params["symbol"] = symbol
     data = load_market(args, params)
     result = backtest(data, params)
-    out = Path(args.out) if args.out else default_out_dir("backtest")
-    title = f"{args.strategy} {params['symbol']} {params['timeframe']} backtest"
+    title = f"{args.strategy} {symbol} {params['timeframe']} backtest"
     reporting.print_summary(result.metrics, title)
     paths = reporting.write_backtest_outputs(out, result.trades, result.equity, result.metrics, result.candles, title)
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    return multirun.backtest_row(result.metrics)
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """Backtest one params set on one symbol, or on several (multirun.py)."""
+    import functools
+
+    import multirun
+
+    symbols = symbols_of(args)
+    out = Path(args.out) if args.out else default_out_dir("backtest")
+    check_counts(args)
+    if len(symbols) == 1:
+        backtest_symbol(args, symbols[0], out)
+        return 0
+    return multirun.backtest(functools.partial(backtest_symbol, args), symbols, out, args.jobs, args.strategy)
 
 
 def run_spec(args: argparse.Namespace, kind: str) -> Any:
     """The pipeline's RunSpec from the flags."""
     from pipeline import RunSpec
 
-    if args.strategy not in config.STRATEGY_LIBRARY:
-        config.strategy(args.strategy)
-    return RunSpec(strategy=args.strategy, source=args.source, symbol=args.symbol or config.SYMBOLS[0],
+    config.strategy(args.strategy)  # an unknown strategy stops here, before any work
+    return RunSpec(strategy=args.strategy, source=args.source, symbol=symbols_of(args)[0],
                    out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
                    params_file=getattr(args, "params", None), timeframe=args.timeframe)
 
@@ -119,15 +157,27 @@ def check_counts(args: argparse.Namespace) -> None:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if getattr(args, "jobs", 1) < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.folds < 2:
+    if getattr(args, "folds", 2) < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
+
+
+def search_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of a search, for a run over several symbols."""
+    return {"trials": args.trials, "jobs": args.jobs, "folds": args.folds,
+            "study_name": getattr(args, "study_name", None), "storage": args.storage, "seed": args.seed,
+            "export": not args.no_export,
+            "search_symbols": args.search_symbols, "aggregate": args.aggregate}
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Search the strategy's grid, validate the best trials walk-forward, write outputs, maybe export."""
+    import multirun
     import pipeline
 
     check_counts(args)
+    symbols = symbols_of(args)
+    if len(symbols) > 1:
+        return multirun.optimize(run_spec(args, "optimize"), symbols, search_settings(args))
     pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
                           args.storage, args.seed, not args.no_export)
     return 0
@@ -135,28 +185,43 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Walk-forward validation of one params set."""
+    import multirun
     import pipeline
 
     check_counts(args)
+    symbols = symbols_of(args)
+    if len(symbols) > 1:
+        return multirun.validate(run_spec(args, "validate"), symbols, args.folds, args.jobs)
     pipeline.run_validate(run_spec(args, "validate"), args.folds)
     return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """The default pipeline of config.py (fixed params validation, search, validation, export)."""
+    import multirun
     import pipeline
 
     check_counts(args)
+    symbols = symbols_of(args)
+    if len(symbols) > 1:
+        return multirun.pipeline_run(run_spec(args, "pipeline"), symbols, search_settings(args))
     pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds, not args.no_export,
                           args.seed, args.storage)
     return 0
+
+
+def add_jobs_arg(parser: argparse.ArgumentParser) -> None:
+    """--jobs of a command that runs symbols in worker processes."""
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="with several symbols: worker processes running them in parallel (default: %(default)s)")
 
 
 def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
     """Flags of a search: trial count, jobs, folds, seed, storage, export."""
     parser.add_argument("--trials", type=int, default=trials, help="trials to run (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
-                        help="parallel backtests (default: %(default)s)")
+                        help="parallel backtests of the search (default: %(default)s); several symbols are searched "
+                             "one after the other")
     parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
                         help="sampler seed (default: %(default)s)")
     parser.add_argument("--storage", default=None,
@@ -164,7 +229,14 @@ def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
                              "postgresql://user@host/db) or journal:PATH (default: journal file "
                              "results/studies.journal)")
     parser.add_argument("--no-export", action="store_true",
-                        help="never write prod_config_long.py / prod_config_short.py")
+                        help="never write prod_config_long.py / prod_config_short.py (with several symbols an "
+                             "export goes to the symbol's folder)")
+    parser.add_argument("--search-symbols", choices=config.SEARCH_SYMBOLS_CHOICES, default=config.SEARCH_SYMBOLS,
+                        help="with several symbols: 'together' searches one params set for all of them, 'each' one "
+                             "per symbol (default: %(default)s)")
+    parser.add_argument("--aggregate", choices=config.AGGREGATE_CHOICES, default=config.AGGREGATE_OBJECTIVE,
+                        help="the score of a params set searched together: min (the worst symbol's), mean or "
+                             "median of the symbols' scores (default: %(default)s)")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -193,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "metrics.json and report.html")
     add_strategy_args(bt)
     add_data_args(bt)
+    add_jobs_arg(bt)
     bt.add_argument("--out", default=None, help="output folder (default: results/backtest-<timestamp>/)")
     bt.set_defaults(func=cmd_backtest)
 
@@ -220,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_args(val)
     add_data_args(val)
     val.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    add_jobs_arg(val)
     val.add_argument("--out", default=None, help="output folder (default: results/validate-<timestamp>/)")
     val.set_defaults(func=cmd_validate)
 
@@ -238,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        import strategy_loader
+
+        for path in getattr(args, "strategy_path", []):
+            strategy_loader.add_path(path)
         return args.func(args)
     except (config.ConfigError, DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,6 +45,7 @@ from sklearn.model_selection import TimeSeriesSplit
 
 import backtester
 import config
+import strategy_loader
 from metrics import daily_returns
 
 logger = logging.getLogger(__name__)
@@ -57,13 +58,14 @@ EULER_GAMMA = 0.5772156649015329
 # ----------------------------------------------------------------------------------------------
 # Search space
 # ----------------------------------------------------------------------------------------------
-def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
-    """Optuna distributions from a grid: (int, int) -> int range, (num, num) -> float range,
-    a list -> categorical, a scalar -> fixed. Returns (distributions, fixed values)."""
+def grid_to_space(grid: dict[str, Any], where: str = "grid", mode: str | None = None
+                  ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+    """Optuna distributions from a grid of strategy ``mode``: (int, int) -> int range, (num, num) -> float
+    range, a list -> categorical, a scalar -> fixed. Returns (distributions, fixed values)."""
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
     for name, entry in grid.items():
-        spec = config.check_param_name(name, where)
+        spec = config.check_param_name(name, where, mode)
         if isinstance(entry, tuple):
             if len(entry) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry):
                 raise config.ConfigError(f"{where}: '{name}' = {entry!r}: a range must be a 2-tuple of numbers")
@@ -71,7 +73,7 @@ def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, 
             if low > high:
                 raise config.ConfigError(f"{where}: '{name}' = {entry!r}: low is above high")
             for bound in entry:
-                config.check_param(name, bound, where)
+                config.check_param(name, bound, where, mode)
             if spec.kind == "int":
                 if not all(isinstance(v, int) for v in entry):
                     raise config.ConfigError(f"{where}: '{name}' is a whole-number parameter; range {entry!r} "
@@ -85,13 +87,13 @@ def grid_to_space(grid: dict[str, Any], where: str = "grid") -> tuple[dict[str, 
             if not entry:
                 raise config.ConfigError(f"{where}: '{name}' has an empty list of choices")
             for value in entry:
-                config.check_param(name, value, where)
+                config.check_param(name, value, where, mode)
             if len(entry) == 1:
                 fixed[name] = entry[0]
             else:
                 space[name] = CategoricalDistribution(entry)
         else:
-            config.check_param(name, entry, where)
+            config.check_param(name, entry, where, mode)
             fixed[name] = entry
     return space, fixed
 
@@ -241,12 +243,40 @@ class Datasets:
             return self._data[timeframe]
 
 
-def evaluate(datasets: Datasets, params: dict[str, Any], split_cfg: tuple[float, float],
+AGGREGATES: dict[str, Callable[[list[float]], float]] = {
+    "min": min, "mean": lambda scores: float(np.mean(scores)), "median": lambda scores: float(np.median(scores))}
+
+
+class DatasetGroup:
+    """Several symbols searched with one params set: a trial scores the aggregate of its per-symbol
+    scores (by default the worst, so a strategy must work on every symbol)."""
+
+    def __init__(self, members: list[Datasets], aggregate: str = "min") -> None:
+        if not members:
+            raise config.ConfigError("a search over several symbols needs at least one symbol")
+        if aggregate not in AGGREGATES:
+            raise config.ConfigError(f"aggregate objective '{aggregate}'; accepted: {', '.join(AGGREGATES)}")
+        self.members = members
+        self.aggregate = aggregate
+        self.symbol = ",".join(m.symbol for m in members)
+
+    def combine(self, results: list[Evaluation]) -> Evaluation:
+        """The aggregate score; the worst symbol's failure and metrics (named) stand for the trial."""
+        worst = min(range(len(results)), key=lambda k: results[k].score)
+        shown = results[worst]
+        reason = f"{self.members[worst].symbol}: {shown.fail_reason}" if shown.fail_reason else ""
+        return Evaluation(AGGREGATES[self.aggregate]([r.score for r in results]), reason,
+                          min(r.tier for r in results), shown.train, shown.test)
+
+
+def evaluate(datasets: Datasets | DatasetGroup, params: dict[str, Any], split_cfg: tuple[float, float],
              filters: dict[str, float] | None = None) -> Evaluation:
-    """Backtest the train and test periods of ``params`` and apply the filters."""
+    """Backtest the train and test periods of ``params`` and apply the filters (on each symbol of a group)."""
     reason = check_constraints(params)
     if reason:
         return Evaluation(SCORE_CONSTRAINT, f"constraint: {reason}", 0)
+    if isinstance(datasets, DatasetGroup):
+        return datasets.combine([evaluate(member, params, split_cfg, filters) for member in datasets.members])
     data = datasets.get(params["timeframe"])
     split = train_test_split(len(data), *split_cfg)
     train = backtester.simulate(data, params, *split.train).metrics
@@ -336,13 +366,13 @@ def make_sampler(seed: int, kind: str | None = None) -> optuna.samplers.BaseSamp
 class Search:
     """A resumable, windowed Optuna search over a strategy's grid."""
 
-    def __init__(self, datasets: Datasets, base_params: dict[str, Any], grid: dict[str, Any], *,
+    def __init__(self, datasets: Datasets | DatasetGroup, base_params: dict[str, Any], grid: dict[str, Any], *,
                  study_name: str, storage: str | None = None, seed: int = 42, jobs: int = 1,
                  sampler: str | None = None, window: tuple[int, int] | None = None,
                  split: tuple[float, float] | None = None, filters: dict[str, float] | None = None) -> None:
         self.datasets = datasets
         self.base_params = base_params
-        self.space, fixed = grid_to_space(grid, f"grid of {study_name}")
+        self.space, fixed = grid_to_space(grid, f"grid of {study_name}", base_params["mode"])
         self.fixed = {**fixed, "mode": base_params["mode"]}
         self.seed = seed
         self.jobs = max(1, jobs)
@@ -510,15 +540,8 @@ def _fmt(value: Any) -> str:
 # Walk-forward validation
 # ----------------------------------------------------------------------------------------------
 def lookback_bars(params: dict[str, Any]) -> int:
-    """The longest indicator look-back of ``params`` in bars (ADX needs twice its period)."""
-    periods = [params["atr_period"], params["rsi_period"], params["macro_ema_period"]]
-    if params["mode"] == "short_scalp":
-        periods += [params["medium_ema_period"], params["bb_period"]]
-    else:
-        periods.append(params["regime_filter_period"])
-    if params["mode"] == "short_only" and params["adx_period"] > 0:
-        periods.append(2 * params["adx_period"])
-    return int(max(periods))
+    """The longest look-back of ``params`` in bars: the ATR's and the strategy's (its file declares it)."""
+    return int(max(params["atr_period"], strategy_loader.get(params["mode"]).lookback(params)))
 
 
 def fold_ranges(n: int, folds: int, train_ratio: float, purge: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -663,12 +686,12 @@ def overfitting_statistics(datasets: Datasets, trials: list[FrozenTrial], params
 # Export to production
 # ----------------------------------------------------------------------------------------------
 def side_of(params: dict[str, Any]) -> str:
-    """The live side a params set trades: long for long_only, short for short_only."""
-    sides = {"long_only": "long", "short_only": "short"}
-    if params["mode"] not in sides:
-        raise config.ConfigError(f"mode '{params['mode']}' trades both ways and has no prod config; export "
-                                 "long_only or short_only strategies")
-    return sides[params["mode"]]
+    """The live side a params set trades: its strategy's SIDE, long or short."""
+    strategy = strategy_loader.get(params["mode"])
+    if strategy.side not in ("long", "short"):
+        raise config.ConfigError(f"strategy '{strategy.name}' trades both ways and has no prod config; export "
+                                 "a long or a short strategy")
+    return strategy.side
 
 
 def export_prod_config(params: dict[str, Any], metadata: dict[str, Any], directory: Path | None = None) -> Path:
@@ -681,8 +704,11 @@ def export_prod_config(params: dict[str, Any], metadata: dict[str, Any], directo
         shutil.copy2(path, directory / f"{path.stem}.{stamp}.bak.py")
     clean = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
     safe_metadata = json.loads(json.dumps(metadata, default=str))
+    strategy = strategy_loader.get(params["mode"])
     text = (f'"""Live params of the {side_of(params)} side, written by GrTr\'s optimizer (main.py)."""\n\n'
             f"SYMBOL = {params['symbol']!r}\nTIMEFRAME = {params['timeframe']!r}\n"
+            f"# the strategy file these params need (run_live.py loads it), and its content's hash when exported\n"
+            f"STRATEGY_FILE = {str(strategy.path)!r}\nSTRATEGY_SHA256 = {strategy.sha256!r}\n"
             f"METADATA = {pprint.pformat(safe_metadata, sort_dicts=False)}\n"
             f"PARAMS = {pprint.pformat(clean, sort_dicts=False)}\n")
     path.write_text(text)

@@ -43,6 +43,7 @@ class RunSpec:
     end: str | None = None
     params_file: str | None = None
     timeframe: str | None = None
+    export_dir: Path | None = None  # where an export writes prod_config_*.py (default: the repository)
 
 
 def base_params(spec: RunSpec) -> dict[str, Any]:
@@ -92,7 +93,8 @@ def run_validate(spec: RunSpec, folds: int) -> dict[str, Any]:
     result = optimizer.walk_forward(data, params, folds)
     print_folds(result, f"walk-forward: {spec.strategy} {spec.symbol} {params['timeframe']}")
     spec.out.mkdir(parents=True, exist_ok=True)
-    (spec.out / "validation.json").write_text(json.dumps(json_safe({"params": params, **result}), indent=2))
+    doc = {"strategy_file": str(config.strategy(params["mode"]).path), "params": params, **result}
+    (spec.out / "validation.json").write_text(json.dumps(json_safe(doc), indent=2))
     full = backtester.backtest(data, params)
     reporting.write_report_html(spec.out / "report.html", full.equity, full.trades, full.metrics, full.candles,
                                 f"Validation {spec.strategy} {spec.symbol}", [fold_table_html(result)])
@@ -138,7 +140,7 @@ def run_optimize(spec: RunSpec, trials: int, jobs: int, folds: int, study_name: 
                  seed: int, export: bool, quiet: bool = False) -> dict[str, Any]:
     """`main.py optimize`: search, validate the best trials walk-forward, write outputs, maybe export."""
     params = base_params(spec)
-    grid = config.strategy(spec.strategy)["param_grid"]
+    grid = config.param_grid(spec.strategy)
     datasets = datasets_for(spec)
     name = study_name or f"{spec.strategy}-{spec.symbol}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
     search = optimizer.Search(datasets, params, grid, study_name=name, storage=storage, seed=seed, jobs=jobs)
@@ -180,7 +182,8 @@ def write_search_outputs(spec: RunSpec, search: optimizer.Search, datasets: opti
         console.print(f"Deflated Sharpe Ratio {stats['deflated_sharpe']['dsr']:.3f}, Probability of Backtest "
                       f"Overfitting {stats['pbo']['pbo']:.3f}\n  {stats['meaning']}")
     passed_filters = trial.user_attrs.get("fail_reason", "x") == ""
-    best_doc = {"strategy": spec.strategy, "symbol": spec.symbol, "score": trial.value,
+    best_doc = {"strategy": spec.strategy, "strategy_file": str(config.strategy(params["mode"]).path),
+                "symbol": spec.symbol, "score": trial.value,
                 "passed_filters": passed_filters, "passed_validation": wf["aggregate"]["passed"],
                 "created": datetime.now(UTC).isoformat(timespec="seconds"), "params": params}
     (out / "best_params.json").write_text(json.dumps(json_safe(best_doc), indent=2))
@@ -211,7 +214,7 @@ def write_search_outputs(spec: RunSpec, search: optimizer.Search, datasets: opti
     if export and passed_filters and wf["aggregate"]["passed"]:
         exported = optimizer.export_prod_config(params, {"score": trial.value, "source": spec.source,
                                                          "walk_forward": wf["aggregate"],
-                                                         "created": best_doc["created"]})
+                                                         "created": best_doc["created"]}, spec.export_dir)
         console.print(f"exported to {exported}")
     elif export:
         console.print("not exported: the chosen trial did not pass every filter and the walk-forward validation")

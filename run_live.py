@@ -29,6 +29,7 @@ import config
 import core
 import metrics as metrics_mod
 import reporting
+import strategy_loader
 from data_fetcher import TIMEFRAMES, DataError, load_csv, resample
 from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader
@@ -43,14 +44,26 @@ class UsageError(Exception):
 
 
 def load_prod_params(side: str) -> dict[str, Any] | None:
-    """PARAMS of prod_config_<side>.py, validated, or None when the file does not exist."""
+    """PARAMS of prod_config_<side>.py, validated, or None when the file does not exist.
+
+    The strategy file the config names (STRATEGY_FILE) is loaded when its strategy is not loaded
+    yet; a strategy file that changed since the export is reported with a warning.
+    """
     path = config.BASE_DIR / f"prod_config_{side}.py"
     if not path.exists():
         return None
     spec = importlib.util.spec_from_file_location(f"prod_config_{side}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return config.validate_params(module.PARAMS, str(path))
+    strategy_file = getattr(module, "STRATEGY_FILE", None)
+    if strategy_file:
+        strategy_loader.ensure_loaded(module.PARAMS.get("mode"), strategy_file, str(path))
+    params = config.validate_params(module.PARAMS, str(path))
+    exported_hash = getattr(module, "STRATEGY_SHA256", None)
+    current = strategy_loader.get(params["mode"])
+    if exported_hash and exported_hash != current.sha256:
+        print(f"warning: {path.name}: the strategy file {current.path} changed since the export", file=sys.stderr)
+    return params
 
 
 def side_configs(args: argparse.Namespace) -> list[SideConfig]:
@@ -59,13 +72,14 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
     configs = []
     for side in wanted:
         if args.params:
-            base = config.fixed_params("LONG" if side == "long" else "SHORT")
-            params = config.load_params_file(args.params, base=base)
-            mode_side = {"long_only": "long", "short_only": "short"}.get(params["mode"])
-            if mode_side != side:
+            params = config.load_params_file(args.params, base=config.fixed_params(side.upper()))  # its mode wins
+            strategy = strategy_loader.get(params["mode"])
+            if strategy.side != side:
                 if args.side == "both":
                     continue
-                raise UsageError(f"{args.params} holds a {params['mode']} strategy; run it with --side {mode_side}")
+                hint = f"run it with --side {strategy.side}" if strategy.side != "both" else \
+                    "a strategy that trades both ways runs in backtests only"
+                raise UsageError(f"{args.params} holds the {strategy.side} strategy {params['mode']}; {hint}")
         else:
             params = load_prod_params(side)
             if params is None:
@@ -304,8 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which strategy sides to run (both = hedge mode; default: both)")
     parser.add_argument("--symbol", default=None, help="override the prod config's symbol")
     parser.add_argument("--timeframe", default=None, choices=list(TIMEFRAMES), help="override the bar length")
-    parser.add_argument("--params", default=None, help="JSON params file: runs only the side its mode names "
-                                                        "(long_only or short_only), in place of the prod configs")
+    parser.add_argument("--params", default=None, help="JSON params file: runs only the side its strategy trades "
+                                                        "(its SIDE, long or short), in place of the prod configs")
+    parser.add_argument("--strategy-path", action="append", default=[], metavar="DIR",
+                        help="a folder of strategy files of your own (or one file); may be given several times")
     parser.add_argument("--dir", default=None, help="the trader's working folder (state, logs, heartbeat); "
                                                     "default: the current folder")
     parser.add_argument("--close-on-exit", action="store_true",
@@ -336,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             return export_trades(args)
         if args.paper and not args.replay:
             raise UsageError("--paper needs --replay FILE")
+        for path in args.strategy_path:
+            strategy_loader.add_path(path)
         configs = side_configs(args)
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except (UsageError, config.ConfigError, DataError, ValueError, KeyPermissionError) as exc:

@@ -35,7 +35,7 @@ def datasets() -> optimizer.Datasets:
 
 def ours(data: optimizer.Datasets, trials: int, seed: int, jobs: int, folder: Path) -> dict:
     """GrTr's windowed search with its persistent journal storage."""
-    search = optimizer.Search(data, config.fixed_params("LONG"), config.PARAM_GRID_LONG, study_name=f"bench-{seed}",
+    search = optimizer.Search(data, config.fixed_params("LONG"), config.param_grid("LONG"), study_name=f"bench-{seed}",
                               storage=f"journal:{folder / f'bench-{seed}.journal'}", seed=seed, jobs=jobs)
     result = search.run(trials)
     return {"seconds": result.seconds, "rate": trials / result.seconds, "rate_last_10pct": result.rate_last_10pct,
@@ -45,7 +45,7 @@ def ours(data: optimizer.Datasets, trials: int, seed: int, jobs: int, folder: Pa
 def plain_tpe(data: optimizer.Datasets, trials: int, seed: int) -> dict:
     """Plain multivariate TPE over all trials (the reference for the best score), same objective."""
     base = config.fixed_params("LONG")
-    space, fixed = optimizer.grid_to_space(config.PARAM_GRID_LONG)
+    space, fixed = optimizer.grid_to_space(config.param_grid("LONG"))
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
     started = time.perf_counter()

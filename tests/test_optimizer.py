@@ -87,7 +87,7 @@ def datasets():
 
 
 def search(datasets, tmp_path, name, seed=3, storage=None):
-    return optimizer.Search(datasets, config.fixed_params("LONG"), config.PARAM_GRID_LONG, study_name=name,
+    return optimizer.Search(datasets, config.fixed_params("LONG"), config.param_grid("LONG"), study_name=name,
                             storage=storage or f"journal:{tmp_path / 's.journal'}", seed=seed, jobs=1)
 
 
@@ -113,7 +113,7 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     code = ("import optimizer, config; from data_fetcher import load_candles;"
             "d = optimizer.Datasets(lambda tf: load_candles('sample', 'BTCUSDT', tf, start='2019-01-01'), 'BTCUSDT');"
-            f"optimizer.Search(d, config.fixed_params('LONG'), config.PARAM_GRID_LONG, study_name='shared',"
+            f"optimizer.Search(d, config.fixed_params('LONG'), config.param_grid('LONG'), study_name='shared',"
             f" storage='{url}', seed=int(__import__('sys').argv[1])).run(6)")
     import optuna
 
