@@ -44,11 +44,15 @@ def test_folds_use_indicators_from_the_whole_history(hourly):
     assert rows[:, 10].min() >= 5000 and rows[:, 11].max() <= 7999
 
 
-def test_funding_series_applies_at_funding_bars(hourly):
+def test_funding_history_becomes_the_events_the_loop_charges(hourly):
     ts = hourly.ts
-    series = pd.Series([0.001, -0.002], index=[ts[8], ts[16] + 1])  # the second inside bar 16
-    rates = backtester.funding_per_bar(ts, hourly.bar_ms, series)
-    assert rates[8] == 0.001 and rates[16] == -0.002 and np.isnan(rates[9])
+    series = pd.Series([0.001, -0.002], index=[ts[8], ts[16] + 1])  # the second between two bar opens
+    data = backtester.MarketData(hourly.candles, "BTCUSDT", "1h", funding=series)
+    span = (data.funding_ts >= ts[8]) & (data.funding_ts <= ts[16] + 1)
+    assert data.funding_ts[span].tolist() == [ts[8], ts[16] + 1]  # inside the history's span: its own events
+    assert data.funding_rates[span].tolist() == [0.001, -0.002]
+    assert np.isnan(data.funding_rates[data.funding_ts > ts[16] + 1]).all()  # after it: the 8h grid
+    assert (hourly.funding_ts % (8 * 3_600_000) == 0).all() and np.isnan(hourly.funding_rates).all()
 
 
 def test_params_vector_carries_instrument_and_costs():
@@ -57,7 +61,7 @@ def test_params_vector_carries_instrument_and_costs():
     assert p[core.P_QTY_STEP] == 0.1 and p[core.P_TAKER] == config.TAKER_FEE and p[core.P_N_LEVELS] == 3
     with pytest.raises(config.ConfigError, match="exceeds SOLUSDT's maximum"):
         backtester.build_core_params({**params, "leverage": 100.0}, 3_600_000, "SOLUSDT",
-                                     instrument={**config.INSTRUMENT_DEFAULT, "max_leverage": 50.0})
+                                     instrument={**config.INSTRUMENTS["SOLUSDT"], "max_leverage": 50.0})
 
 
 def test_cli_backtest_writes_the_files(tmp_path, capsys):
