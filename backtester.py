@@ -193,6 +193,24 @@ def simulate(data: MarketData, params: dict[str, Any], start: int = 0, stop: int
              with_metrics: bool = True) -> SimResult:
     """Backtest bars [start, stop) of ``data`` with indicators from the whole history."""
     stop = len(data) if stop is None else stop
+    rows, state, equity, position, p = _run(data, params, start, stop, True, cost_overrides, instrument)
+    check_tick_refusals(state, p, data, start)
+    result = SimResult(rows, data.ts[start:stop], equity, position, data.bar_ms, float(p[core.P_CAPITAL]))
+    if with_metrics:
+        result.metrics = compute_result_metrics(result)
+    return result
+
+
+def state_at(data: MarketData, params: dict[str, Any], start: int, stop: int,
+             instrument: dict[str, float] | None = None) -> np.ndarray:
+    """The core state after the close of bar ``stop - 1`` of a backtest started at ``start`` (for reports)."""
+    return _run(data, params, start, stop, False, None, instrument)[1]
+
+
+def _run(data: MarketData, params: dict[str, Any], start: int, stop: int, end_close: bool,
+         cost_overrides: dict[str, float] | None, instrument: dict[str, float] | None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bar loop over [start, stop): (trade rows with absolute bars, state, equity, position, params vector)."""
     if not 0 <= start < stop <= len(data):
         raise config.ConfigError(f"empty or invalid bar range [{start}, {stop}) of {len(data)} bars")
     p = build_core_params(params, data.bar_ms, data.symbol, cost_overrides,
@@ -205,13 +223,9 @@ def simulate(data: MarketData, params: dict[str, Any], start: int = 0, stop: int
     position = np.empty(n)
     sl = slice(start, stop)
     rows = core.run_loop(data.ts[sl], data.open[sl], data.high[sl], data.low[sl], data.close[sl], atr[sl],
-                         signal[sl], data.funding_ts, data.funding_rates, p, state, equity, position, True)
-    check_tick_refusals(state, p, data, start)
+                         signal[sl], data.funding_ts, data.funding_rates, p, state, equity, position, end_close)
     rows[:, 10:12] += start
-    result = SimResult(rows, data.ts[sl], equity, position, data.bar_ms, float(p[core.P_CAPITAL]))
-    if with_metrics:
-        result.metrics = compute_result_metrics(result)
-    return result
+    return rows, state, equity, position, p
 
 
 class TickSizeError(config.ConfigError):

@@ -348,8 +348,8 @@ class Engine:
         self.orders[order.order_id] = order
         return order
 
-    def _walk_point(self, slot: Position, open_: float, extreme: float) -> None:
-        """Fill what the price crosses from the open to ``extreme`` (the open itself first) for ``slot``."""
+    def _walk_point(self, slot: Position, open_: float, extreme: float, mine: list[Order]) -> None:
+        """Fill what the price crosses from the open to ``extreme`` for ``slot`` and its orders ``mine``."""
         slip = self.costs["slippage"]
         d = slot.direction
         if d != 0 and (extreme - open_) * d <= 0:
@@ -361,7 +361,6 @@ class Engine:
             elif kind == core.EXIT_STOP:
                 self._fill(self._position_stop_order(slot, "StopLoss"),
                            core.stop_fill_price(slot.stop_loss, d, open_, slip), taker=True)
-        mine = [o for o in self.open_orders() if o.position_idx == slot.idx]
         # conditional orders in the order the price meets them; limits by price priority (the lowest
         # sell, the highest buy first: all fill at the open when it has crossed several)
         triggers = sorted((o for o in mine if o.trigger_price), key=lambda o: abs(o.trigger_price - open_))
@@ -412,8 +411,9 @@ class Engine:
         o, h, lo = float(self.open_[k]), float(self.high[k]), float(self.low[k])
         for slot in self.position_slots():
             adverse, favourable = (h, lo) if slot.direction < 0 else (lo, h)
+            mine = [order for order in self.open_orders() if order.position_idx == slot.idx]
             for point in (o, adverse, favourable):
-                self._walk_point(slot, o, point)
+                self._walk_point(slot, o, point, mine)
         exposed = any(s.size and not s.stop_loss for s in self.position_slots())
         self.unprotected_bars = self.unprotected_bars + 1 if exposed else 0
         self.longest_unprotected_bars = max(self.longest_unprotected_bars, self.unprotected_bars)

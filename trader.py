@@ -122,7 +122,7 @@ class Trader:
 
     def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
                  env: str, dry_run: bool = False, capital: float | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, keep_state_history: bool = False) -> None:
         self.http = http
         self.symbol = symbol
         self.timeframe = timeframe
@@ -145,6 +145,7 @@ class Trader:
         self.latencies_ms: list[float] = []
         self.retry = retry or RetryPolicy()
         self.recovering = False  # while catching up after a start: orders are looked up before they are sent
+        self.keep_state_history = keep_state_history  # each side's state per bar in SQLite (paper: --compare)
 
     # --- start-up ---------------------------------------------------------------------------
     def start(self, history_days: int) -> None:
@@ -178,6 +179,9 @@ class Trader:
                          params_file=None)
         logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
                     len(self.candles))
+        if config.STOP_TRIGGER_BY != "LastPrice":
+            logger.warning("stops trigger on %s while the backtest's stops trigger on last-price candles: fills "
+                           "can differ from the backtest's", config.STOP_TRIGGER_BY)
         for warning in warnings:
             logger.warning("API key: %s", warning)
             self.events.emit("security_warning", None, detail=warning)
@@ -315,6 +319,8 @@ class Trader:
                      for s in self.sides)
         for side in self.sides:
             self.store.save_state(side.name, side.state, ts)
+            if self.keep_state_history:
+                self.store.record_state_history(side.name, ts, side.state)
         self.store.record_equity(ts + self.bar_ms, float(equity))
         self.store.set("last_bar_ts", ts)
         return float(data.close[i]), float(equity)

@@ -118,3 +118,49 @@ def test_cli_unknown_timeframe_exits_2():
     with pytest.raises(SystemExit) as info:
         main.main(["backtest", "--timeframe", "7m"])
     assert info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def micro_coin_csv(tmp_path_factory):
+    """The ETH sample's shape scaled to a coin priced around 1e-6 USDT, as a CSV of an unknown symbol."""
+    frame = load_sample("ETHUSDT", "1h").iloc[:4000]
+    scale = 1e-6 / frame["close"].iloc[0]
+    scaled = frame.assign(**{k: frame[k] * scale for k in ("open", "high", "low", "close")})
+    path = tmp_path_factory.mktemp("micro") / "micro.csv"
+    scaled.reset_index().assign(time=lambda d: d["time"].dt.as_unit("ms").astype("int64")).to_csv(path, index=False)
+    return path
+
+
+def test_unknown_symbol_needs_its_instrument(micro_coin_csv, capsys):
+    # Before: a silent 0.01 tick and 0.001 step for any symbol not in config.INSTRUMENTS.
+    code = main.main(["backtest", "--source", f"csv:{micro_coin_csv}", "--symbol", "MICROUSDT", "--timeframe", "1h"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no instrument info for 'MICROUSDT'" in err and "--tick and --qty-step" in err
+
+
+def test_a_tick_too_coarse_for_the_price_is_refused_in_one_line(micro_coin_csv, tmp_path, capsys):
+    # With a 0.01 tick every stop of a 1e-6 coin rounds to zero: refused, exit 2, one line.
+    argv = ["backtest", "--source", f"csv:{micro_coin_csv}", "--symbol", "MICROUSDT", "--timeframe", "1h",
+            "--qty-step", "1", "--out", str(tmp_path / "o")]
+    assert main.main([*argv, "--tick", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rounds onto it or to zero on the tick 0.01" in err
+    # The instrument's real tick: it trades.
+    assert main.main([*argv, "--tick", "1e-10"]) == 0
+    trades = pd.read_csv(tmp_path / "o" / "trades.csv")
+    assert len(trades) > 10
+
+
+def test_tick_flags_are_checked(capsys):
+    assert main.main(["backtest", "--tick", "-1"]) == 2
+    assert "--tick must be a positive number, got -1.0" in capsys.readouterr().err
+
+
+def test_a_trial_with_stops_finer_than_the_tick_is_a_constraint_not_a_crash():
+    import optimizer
+
+    frame = load_sample("BTCUSDT", "1h").iloc[:3000]
+    datasets = optimizer.Datasets(lambda tf: frame, "BTCUSDT", {**config.INSTRUMENTS["BTCUSDT"], "tick_size": 1000.0})
+    result = optimizer.evaluate(datasets, {**config.fixed_params("LONG"), "timeframe": "1h"}, (0.5, 0.15))
+    assert result.score == optimizer.SCORE_CONSTRAINT and "rounds onto it" in result.fail_reason

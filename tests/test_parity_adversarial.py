@@ -20,57 +20,13 @@ from hypothesis import strategies as st
 
 import core
 import indicators
+from adversarial_paths import HOUR, SEGMENT_KINDS, T0, build_path
 from venue_driver import VenueDriver
 
-HOUR = 3_600_000
-T0 = 1_577_836_800_000  # 2020-01-01 00:00 UTC
-SEGMENT_KINDS = ("walk", "flat", "trend_up", "crash", "limit_bars", "gap", "open_gaps", "spikes")
-
 
 # ----------------------------------------------------------------------------------------------
-# Candle paths
+# Cases
 # ----------------------------------------------------------------------------------------------
-def build_path(segments: list[tuple[str, int, int]], start_price: float, tick: float, bar_ms: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ts, open, high, low, close) from segments (kind, length, seed); prices on the tick, always > 0."""
-    ts, opens, highs, lows, closes = [], [], [], [], []
-    t = T0
-    price = start_price
-    for kind, length, seed in segments:
-        rng = np.random.default_rng(seed)
-        if kind == "gap":
-            t += length * bar_ms  # missing bars: funding times and the market move on meanwhile
-            price *= math.exp(rng.normal(0.0, 0.05))
-            continue
-        drift = {"trend_up": math.log(10.0) / length, "crash": -math.log(10.0) / length}.get(kind, 0.0)
-        vol = 0.0 if kind == "flat" else (0.03 if kind == "spikes" else 0.012)
-        for k in range(length):
-            o = price * math.exp(rng.normal(0.0, 0.03)) if kind == "open_gaps" else price
-            c = o * math.exp(drift + rng.normal(0.0, vol))
-            up, down = abs(rng.normal(0.0, vol)), abs(rng.normal(0.0, vol))
-            if kind == "spikes" and k % 3 == 0:
-                up, down = up * 4, down * 4
-            h, lo = max(o, c) * math.exp(up), min(o, c) * math.exp(-down)
-            if kind == "limit_bars":  # open at the high or at the low: the bar runs one way only
-                if rng.random() < 0.5:
-                    h = o
-                    c = min(c, o)
-                else:
-                    lo = o
-                    c = max(c, o)
-            bar = [max(core.round_price(x, tick), tick) for x in (o, h, lo, c)]
-            bar[1] = max(bar)
-            bar[2] = min(bar)
-            ts.append(t)
-            opens.append(bar[0])
-            highs.append(bar[1])
-            lows.append(bar[2])
-            closes.append(bar[3])
-            t += bar_ms
-            price = bar[3]
-    return (np.array(ts, dtype=np.int64), np.array(opens), np.array(highs), np.array(lows), np.array(closes))
-
-
 segment = st.tuples(st.sampled_from(SEGMENT_KINDS), st.integers(3, 40), st.integers(0, 2**31 - 1))
 
 
@@ -201,4 +157,75 @@ def describe(row: np.ndarray, case: dict) -> str:
           database=None)
 @given(case=cases())
 def test_backtest_and_simulated_exchange_fill_alike(case):
+    assert first_difference(case) is None, first_difference(case)
+
+
+# ----------------------------------------------------------------------------------------------
+# Differences hypothesis found, pinned with their paths (each failed before its fix)
+# ----------------------------------------------------------------------------------------------
+BASE = {"risk_per_trade": 0.01, "leverage": 10.0, "atr_stop_multiplier": 2.0, "trail_atr_multiplier": 50.0,
+        "trail_early_activation_atr_multiplier": 50.0, "aggressive_trail_atr_multiplier": 50.0,
+        "partial_tp_fraction": 0.5, "stagnation_profit_decay": 0.7, "taker_fee": 0.00055, "maker_fee": 0.0002,
+        "slippage": 0.0005, "maintenance_margin_rate": 0.005, "qty_step": 0.01, "min_qty": 0.01, "min_notional": 1.0,
+        "tick_size": 0.01, "capital": 10_000.0, "bar_ms": HOUR}
+FLAT = (100.0, 100.5, 99.5, 100.0)
+
+
+def explicit_case(bars: list[tuple[float, float, float, float]], signals: list[int], atr: float = 2.0,
+                  **params: float) -> dict:
+    """A case from written-out bars (hourly from T0), signals from bar 0 on and a constant ATR."""
+    arr = np.array(bars, dtype=np.float64)
+    n = len(bars)
+    ts = T0 + np.arange(n, dtype=np.int64) * HOUR
+    signal = np.zeros(n, dtype=np.int8)
+    signal[:len(signals)] = signals
+    funding_ts, funding_rates = core.funding_schedule(ts, HOUR)
+    return {"params": {**BASE, **params}, "ts": ts, "open": arr[:, 0].copy(), "high": arr[:, 1].copy(),
+            "low": arr[:, 2].copy(), "close": arr[:, 3].copy(), "atr": np.full(n, atr), "signal": signal,
+            "funding_ts": funding_ts, "funding_rates": funding_rates}
+
+
+def test_pinned_an_open_beyond_the_new_stop_and_the_liquidation_price_liquidates_in_both():
+    # Long 25 at 100.05 (leverage 20: liquidation 95.55, bankruptcy 95.05). Bar 2 closes at 104 and the
+    # trail moves the stop to 104 - 2 * 2 = 100; bar 3 opens at 95, beyond both. The backtest
+    # liquidates; the trader used to close at market when the exchange refused the stop move, before
+    # the exchange's liquidation at that same open.
+    case = explicit_case([FLAT, FLAT, (100, 104.5, 99.8, 104), (95, 96, 94, 95.5), FLAT], [1], leverage=20.0,
+                         trail_atr_multiplier=2.0, trail_early_activation_atr_multiplier=1.0)
+    rows, _ = backtest(case)
+    assert [core.EXIT_REASONS[int(r[9])] for r in rows] == ["liquidation"]
+    assert first_difference(case) is None, first_difference(case)
+
+
+def test_pinned_a_partial_smaller_than_the_minimum_quantity():
+    # 0.2 USDT of risk over a 4-wide stop: 0.05 units; 10% of that is 0.005, below the 0.01 step and
+    # minimum: the level closes the minimum 0.01 (before: a 0-size partial the exchange refuses).
+    case = explicit_case([FLAT, FLAT, (100, 102.5, 99.8, 102), FLAT], [1], risk_per_trade=0.00002,
+                         partial_take_profit=1.0, n_partial_levels=1, partial_level_1=1.0, partial_tp_fraction=0.1)
+    rows, _ = backtest(case)
+    assert rows[0][3] == pytest.approx(0.01) and core.EXIT_REASONS[int(rows[0][9])] == "partial_take_profit"
+    assert first_difference(case) is None, first_difference(case)
+
+
+def test_pinned_one_open_past_a_partial_level_and_the_take_profit():
+    # Levels 102 (half) and the take-profit 104 are both below bar 2's open 105: both fill at the open,
+    # the partial first (price priority: the lowest sell first), then the rest (before: the sim filled the
+    # take-profit, nearest the open, for the whole position).
+    case = explicit_case([FLAT, FLAT, (105, 106, 104.5, 105), FLAT], [1], slippage=0.0, tp_atr_multiplier=2.0,
+                         partial_take_profit=1.0, n_partial_levels=1, partial_level_1=1.0)
+    rows, _ = backtest(case)
+    assert [core.EXIT_REASONS[int(r[9])] for r in rows] == ["partial_take_profit", "take_profit"]
+    assert [r[5] for r in rows] == [105.0, 105.0]
+    assert first_difference(case) is None, first_difference(case)
+
+
+def test_pinned_a_candle_exactly_at_a_level_touches_it_in_both():
+    # Entry at 4.00 (no slippage), ATR 0.02, first level 1 ATR: 4.02. In floats 402 * 0.01 is
+    # 4.0200000000000005, above a high of exactly 4.02, while the order the trader sends says "4.02";
+    # the level now is the float of 4.02 in both venues, and the bar's high touches it.
+    bar = (4.0, 4.01, 3.99, 4.0)
+    case = explicit_case([bar, bar, (4.0, 4.02, 3.99, 4.01), bar], [1], atr=0.02, slippage=0.0,
+                         partial_take_profit=1.0, n_partial_levels=1, partial_level_1=1.0)
+    rows, _ = backtest(case)
+    assert rows[0][5] == 4.02 and int(rows[0][11]) == 2
     assert first_difference(case) is None, first_difference(case)
