@@ -232,7 +232,7 @@ def trade_differences(paper: np.ndarray, expected: np.ndarray, tick: float) -> l
 
 REPORT_SLOTS = ("dir", "qty", "entry_price", "stop", "stop_kind", "tp", "level_1", "level_2", "level_3", "level_4",
                 "levels_done", "breakeven_set", "trailing_active", "extreme", "max_pnl", "stagnation_armed",
-                "liq_price", "wallet", "acc_fees", "acc_funding", "cooldown_until")
+                "liq_price", "wallet", "acc_fees", "acc_funding", "order_action", "order_qty", "order_stop")
 
 
 def first_difference_report(cfg: SideConfig, data: backtester.MarketData, history: int, paper: np.ndarray,
@@ -254,7 +254,7 @@ def first_difference_report(cfg: SideConfig, data: backtester.MarketData, histor
     if mine is None or theirs is None:
         lines.append("  (no state recorded before that bar)")
         return "\n".join(lines)
-    lines.append(f"  state at the close of {_iso(mine[0])} (paper / backtest; * differs):")
+    lines.append(f"  state decided at the close of {_iso(mine[0])} (paper / backtest; * differs):")
     for name in REPORT_SLOTS:
         a, b = mine[1][core.STATE_NAMES.index(name)], theirs[core.STATE_NAMES.index(name)]
         mark = " " if np.isclose(a, b, rtol=1e-9, atol=1e-12) else "*"

@@ -313,14 +313,14 @@ class Trader:
                 self.events.emit("entry_skipped", side.name, bar_ts=int(data.ts[i]),
                                  reason=f"its stop or a take-profit would be less than one tick "
                                         f"({side.p[core.P_TICK]:g}) from the entry")
+            if self.keep_state_history:  # as decided at this close, before its orders fill: the backtest's moment
+                self.store.record_state_history(side.name, ts, side.state)
             self._act(side, data, i, paused, latest)
         self.last_bar_ts = ts
         equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
                      for s in self.sides)
         for side in self.sides:
             self.store.save_state(side.name, side.state, ts)
-            if self.keep_state_history:
-                self.store.record_state_history(side.name, ts, side.state)
         self.store.record_equity(ts + self.bar_ms, float(equity))
         self.store.set("last_bar_ts", ts)
         return float(data.close[i]), float(equity)

@@ -75,7 +75,7 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO sides VALUES (?, ?, ?)", (side, json.dumps(named), now_ms))
 
     def record_state_history(self, side: str, bar_ts: int, state: np.ndarray) -> None:
-        """A side's state after the close of the bar opened at ``bar_ts`` (kept for --compare's report)."""
+        """A side's state as decided at the close of the bar opened at ``bar_ts`` (for --compare's report)."""
         named = {name: float(state[k]) for k, name in enumerate(core.STATE_NAMES)}
         self.db.execute("INSERT OR REPLACE INTO state_history VALUES (?, ?, ?)", (side, bar_ts, json.dumps(named)))
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import core
 from sim_engine import Engine, ExchangeError
-from trader import fmt
+from trader import Trader, fmt
 
 SYMBOL = "TESTUSDT"
 
@@ -159,7 +159,7 @@ class VenueDriver:
         if s[core.S_DIR] == 0 or s[core.S_DIR] == d:
             core.open_fill(s, p, d, qty, price, fee, float(ms), float(bar))
             return
-        reason = self.exit_reason(execution)
+        reason = Trader._exit_reason(s, execution)  # the trader's own mapping of link ids and stop types
         if reason == core.R_PARTIAL:
             s[core.S_LEVELS_DONE] = int(execution["orderLinkId"].split("-tp")[1].split("-")[0]) + 1
         row = np.zeros(core.N_TRADE_COLS)
@@ -170,16 +170,3 @@ class VenueDriver:
         elif reason == core.R_PARTIAL:
             self.resync = True
         self.rows.append(row)
-
-    def exit_reason(self, execution: dict) -> int:
-        """Trader._exit_reason."""
-        stop_type, link = execution.get("stopOrderType", ""), execution.get("orderLinkId", "")
-        if stop_type == "Liquidation" or execution["execType"] == "BustTrade":
-            return core.R_LIQUIDATION
-        if stop_type == "StopLoss":
-            return int(self.state[core.S_STOP_KIND])
-        if "-tpf-" in link:
-            return core.R_TAKE_PROFIT
-        if "-tp" in link:
-            return core.R_PARTIAL
-        return int(link.rsplit("-close", 1)[1])
