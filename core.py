@@ -198,8 +198,9 @@ def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> fl
 def bankruptcy_price(entry: float, d: float, leverage: float) -> float:
     """The price at which an isolated position's margin is zero: entry x (1 - d / leverage).
 
-    A liquidated position is taken over there (Bybit: "settled at the bankruptcy price, corresponding
-    to the 0% margin price level"), so it loses exactly its position margin qty x entry / leverage.
+    A liquidated position is taken over there, so it loses exactly its position margin
+    qty x entry / leverage. Bybit's V5 docs (v5/enum.mdx, CreateByTakeOver_PassThrough): "the position
+    shall be taken over by the liquidation engine and closed at the bankruptcy price".
     """
     return entry * (1.0 - d / leverage)
 

@@ -355,7 +355,7 @@ class Engine:
         if d != 0 and (extreme - open_) * d <= 0:
             liq = core.liquidation_price(slot.avg_price, d, self.leverage, self.costs["maintenance_margin_rate"])
             kind = core.protective_exit(slot.stop_loss, liq, d, open_, extreme)
-            if kind == core.EXIT_LIQUIDATION:
+            if kind == core.EXIT_LIQUIDATION:  # docs: v5/enum.mdx (taken over, closed at the bankruptcy price)
                 self._fill(self._position_stop_order(slot, "Liquidation"),
                            core.bankruptcy_price(slot.avg_price, d, self.leverage), taker=True, fee_rate=0.0)
             elif kind == core.EXIT_STOP:
