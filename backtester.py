@@ -30,7 +30,7 @@ class MarketData:
     """One dataset (candles of one symbol and timeframe) prepared for many backtests."""
 
     def __init__(self, candles: pd.DataFrame, symbol: str, timeframe: str,
-                 funding: pd.Series | None = None) -> None:
+                 funding: pd.Series | None = None, instrument: dict[str, float] | None = None) -> None:
         if timeframe not in TIMEFRAMES:
             raise config.ConfigError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         self.candles = candles
@@ -44,11 +44,21 @@ class MarketData:
         self.low: np.ndarray = arrays["low"]
         self.close: np.ndarray = arrays["close"]
         self.cache = IndicatorCache(self.high, self.low, self.close)
-        self.funding = funding_per_bar(self.ts, self.bar_ms, funding)
+        history = (None, None) if funding is None or len(funding) == 0 else (
+            np.asarray(funding.index, dtype=np.int64), np.asarray(funding.values, dtype=np.float64))
+        self.funding_ts, self.funding_rates = core.funding_schedule(self.ts, self.bar_ms, *history)
+        self._instrument = instrument
         self._signals: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.ts.shape[0]
+
+    @property
+    def instrument(self) -> dict[str, float]:
+        """Tick, quantity step, minimum quantity and notional: as given, else config.instrument_for(symbol)."""
+        if self._instrument is None:
+            self._instrument = config.instrument_for(self.symbol)
+        return self._instrument
 
     def indicator(self, name: str, *args: Any) -> np.ndarray:
         """An indicator over the whole history (computed once per name and params)."""
@@ -67,17 +77,6 @@ class MarketData:
         return cached
 
 
-def funding_per_bar(ts: np.ndarray, bar_ms: int, funding: pd.Series | None) -> np.ndarray:
-    """Funding rate per bar from a series keyed by funding time (ms); NaN = use the constant rate."""
-    rates = np.full(ts.shape[0], np.nan)
-    if funding is None or len(funding) == 0:
-        return rates
-    times = np.asarray(funding.index, dtype=np.int64)
-    values = np.asarray(funding.values, dtype=np.float64)
-    slot = np.searchsorted(ts, times, side="right") - 1
-    inside = (slot >= 0) & (times < ts[np.clip(slot, 0, None)] + bar_ms)
-    rates[slot[inside]] = values[inside]
-    return rates
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +88,7 @@ def build_core_params(params: dict[str, Any], bar_ms: int, symbol: str,
     """The float64 params vector of core.py from a validated params dict, the costs and the instrument."""
     costs = config.costs()
     costs.update(cost_overrides or {})
-    inst = instrument or config.instrument_for(symbol)
+    inst = instrument if instrument is not None else config.instrument_for(symbol)
     p = core.params_vector({name: params[name] for name in core.PARAM_NAMES if name in params})
     levels = list(params["partial_tp_levels"])
     p[core.P_N_LEVELS] = len(levels)
@@ -137,9 +136,28 @@ def simulate(data: MarketData, params: dict[str, Any], start: int = 0, stop: int
              with_metrics: bool = True) -> SimResult:
     """Backtest bars [start, stop) of ``data`` with indicators from the whole history."""
     stop = len(data) if stop is None else stop
+    rows, state, equity, position, p = _run(data, params, start, stop, True, cost_overrides, instrument)
+    check_tick_refusals(state, p, data, start)
+    result = SimResult(rows, data.ts[start:stop], equity, position, data.bar_ms, float(p[core.P_CAPITAL]))
+    if with_metrics:
+        result.metrics = compute_result_metrics(result)
+    return result
+
+
+def state_at(data: MarketData, params: dict[str, Any], start: int, stop: int,
+             instrument: dict[str, float] | None = None) -> np.ndarray:
+    """The core state after the close of bar ``stop - 1`` of a backtest started at ``start`` (for reports)."""
+    return _run(data, params, start, stop, False, None, instrument)[1]
+
+
+def _run(data: MarketData, params: dict[str, Any], start: int, stop: int, end_close: bool,
+         cost_overrides: dict[str, float] | None, instrument: dict[str, float] | None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bar loop over [start, stop): (trade rows with absolute bars, state, equity, position, params vector)."""
     if not 0 <= start < stop <= len(data):
         raise config.ConfigError(f"empty or invalid bar range [{start}, {stop}) of {len(data)} bars")
-    p = build_core_params(params, data.bar_ms, data.symbol, cost_overrides, instrument)
+    p = build_core_params(params, data.bar_ms, data.symbol, cost_overrides,
+                          instrument if instrument is not None else data.instrument)
     atr = data.indicator("atr", params["atr_period"])
     signal = data.signals(params)
     state = core.new_state(p[core.P_CAPITAL])
@@ -148,12 +166,31 @@ def simulate(data: MarketData, params: dict[str, Any], start: int = 0, stop: int
     position = np.empty(n)
     sl = slice(start, stop)
     rows = core.run_loop(data.ts[sl], data.open[sl], data.high[sl], data.low[sl], data.close[sl], atr[sl],
-                         signal[sl], data.funding[sl], p, state, equity, position, True)
+                         signal[sl], data.funding_ts, data.funding_rates, p, state, equity, position, end_close)
     rows[:, 10:12] += start
-    result = SimResult(rows, data.ts[sl], equity, position, data.bar_ms, float(p[core.P_CAPITAL]))
-    if with_metrics:
-        result.metrics = compute_result_metrics(result)
-    return result
+    return rows, state, equity, position, p
+
+
+class TickSizeError(config.ConfigError):
+    """A stop or take-profit that rounds onto the entry or to zero: the instrument's tick does not fit the data."""
+
+
+def check_tick_refusals(state: np.ndarray, p: np.ndarray, data: MarketData, start: int) -> None:
+    """Refuse a backtest in which entries were refused because a stop or target rounded onto the entry.
+
+    Such entries cannot be placed on the exchange either, so counting on trades that never happen
+    would mislead: the run stops with one line naming the first case and what to pass.
+    """
+    count = int(state[core.S_TICK_REFUSALS])
+    if not count:
+        return
+    bar = start + int(state[core.S_TICK_REFUSAL_BAR])
+    when = pd.Timestamp(int(data.ts[bar]), unit="ms", tz="UTC").isoformat()
+    raise TickSizeError(
+        f"{data.symbol}: {count} entr{'y' if count == 1 else 'ies'} refused, the first at {when} (close "
+        f"{data.close[bar]:.8g}): a stop or take-profit {state[core.S_TICK_REFUSAL_DISTANCE]:.3g} from the entry "
+        f"rounds onto it or to zero on the tick {p[core.P_TICK]:g}; give the instrument's real tick "
+        "(--tick and --qty-step, or config.INSTRUMENTS) or wider stops and targets")
 
 
 def compute_result_metrics(result: SimResult) -> dict[str, Any]:

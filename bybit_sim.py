@@ -43,6 +43,7 @@ import pandas as pd
 from aiohttp import WSMsgType, web
 
 import config
+import core
 from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_csv, resample, to_arrays
 from sim_engine import Engine, ExchangeError, Order, Position
 
@@ -79,15 +80,20 @@ class SimExchange:
                  api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, port: int = 0,
                  costs: dict[str, float] | None = None, instrument: dict[str, float] | None = None,
                  api_permissions: dict[str, list[str]] | None = None, api_ips: list[str] | None = None,
-                 api_read_only: bool = False) -> None:
+                 api_read_only: bool = False, funding: pd.Series | None = None) -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         if not 0 < history_bars < len(candles):
             raise ValueError(f"history_bars must be between 1 and {len(candles) - 1}, got {history_bars}")
         arrays = to_arrays(candles)
+        history = (None, None) if funding is None or len(funding) == 0 else (
+            np.asarray(funding.index, dtype=np.int64), np.asarray(funding.values, dtype=np.float64))
+        # the funding events the backtest charges: the history's (funding time -> rate), else the 8h grid
+        funding_ts, funding_rates = core.funding_schedule(arrays["ts"], TIMEFRAMES[timeframe], *history)
         self.engine = Engine(arrays["ts"], arrays["open"], arrays["high"], arrays["low"], arrays["close"],
                              arrays["volume"], TIMEFRAMES[timeframe], symbol, balance,
-                             costs or config.costs(), instrument or config.instrument_for(symbol), history_bars)
+                             costs or config.costs(), instrument or config.instrument_for(symbol), history_bars,
+                             funding_ts=funding_ts, funding_rates=funding_rates)
         self.timeframe = timeframe
         self.interval = BYBIT_INTERVALS[timeframe]
         self.lockstep = lockstep and not speed
@@ -364,17 +370,17 @@ class SimExchange:
             "fundingInterval": 480}]}
 
     def _market_funding(self, params: dict[str, Any]) -> dict[str, Any]:
+        # docs: v5/market/history-fund-rate.mdx (newest first, at most 200 rows)
         self._check_symbol(params)
         engine = self.engine
-        rate = engine.costs["funding_rate"]
-        times = [int(t) for t in engine.ts[:engine.cursor + 1] if t % (8 * 3_600_000) == 0]
+        events = [k for k, t in enumerate(engine.funding_ts) if t <= engine.now_ms()]
         if "startTime" in params:
-            times = [t for t in times if t >= int(params["startTime"])]
+            events = [k for k in events if engine.funding_ts[k] >= int(params["startTime"])]
         if "endTime" in params:
-            times = [t for t in times if t <= int(params["endTime"])]
+            events = [k for k in events if engine.funding_ts[k] <= int(params["endTime"])]
         limit = min(int(params.get("limit", 200)), 200)
-        rows = [{"symbol": engine.symbol, "fundingRate": _s(rate), "fundingRateTimestamp": str(t)}
-                for t in reversed(times)][:limit]
+        rows = [{"symbol": engine.symbol, "fundingRate": _s(engine.funding_rate(k)),
+                 "fundingRateTimestamp": str(int(engine.funding_ts[k]))} for k in reversed(events)][:limit]
         return {"category": "linear", "list": rows}
 
     # account and position

@@ -56,9 +56,11 @@ MAINTENANCE_MARGIN_RATE = 0.005
 # Drawdown risk governor: (drawdown strictly above, risk factor), checked from the deepest.
 RISK_GOVERNOR = ((0.40, 0.25), (0.30, 0.35), (0.20, 0.50), (0.10, 0.75))
 
-# Instrument defaults, overridden by Bybit's instruments-info when it has been fetched.
-INSTRUMENT_DEFAULT = {"qty_step": 0.001, "min_qty": 0.001, "tick_size": 0.01, "min_notional": 5.0,
-                      "max_leverage": 100.0}
+# Instruments: Bybit's instruments-info cached by `main.py download` (data/cache/instrument_<SYMBOL>.json)
+# wins over INSTRUMENTS; a symbol in neither needs --tick and --qty-step (there is no silent default:
+# a tick too coarse for the price rounds every stop and target onto the entry). INSTRUMENT_DEFAULT
+# fills only the fields an entry leaves out: Bybit's usual minimum notional and the leverage cap.
+INSTRUMENT_DEFAULT = {"min_notional": 5.0, "max_leverage": 100.0}
 INSTRUMENTS: dict[str, dict[str, float]] = {
     "BTCUSDT": {"qty_step": 0.001, "min_qty": 0.001, "tick_size": 0.1, "min_notional": 5.0, "max_leverage": 100.0},
     "ETHUSDT": {"qty_step": 0.01, "min_qty": 0.01, "tick_size": 0.01, "min_notional": 5.0, "max_leverage": 100.0},
@@ -278,13 +280,35 @@ def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> di
     return validate_params(raw, where=str(path), base=base)
 
 
-def instrument_for(symbol: str) -> dict[str, float]:
-    """Instrument precision and limits for ``symbol`` (cached exchange info wins over defaults)."""
-    spec = dict(INSTRUMENT_DEFAULT)
+INSTRUMENT_FIELDS = ("qty_step", "min_qty", "tick_size", "min_notional", "max_leverage")
+
+
+def instrument_for(symbol: str, tick: float | None = None, qty_step: float | None = None) -> dict[str, float]:
+    """Tick, quantity step, minimum quantity and notional, leverage cap of ``symbol``.
+
+    Bybit's cached instruments-info wins over INSTRUMENTS; ``tick``/``qty_step`` (the --tick and
+    --qty-step flags, e.g. for a CSV source) override both, the minimum quantity becoming at least
+    one step. A symbol known nowhere is an error naming what to pass.
+    """
+    spec: dict[str, float] = dict(INSTRUMENT_DEFAULT)
     spec.update(INSTRUMENTS.get(symbol, {}))
     cached = CACHE_DIR / f"instrument_{symbol}.json"
     if cached.exists():
-        spec.update({k: float(v) for k, v in json.loads(cached.read_text()).items() if k in spec})
+        spec.update({k: float(v) for k, v in json.loads(cached.read_text()).items() if k in INSTRUMENT_FIELDS})
+    for flag, name, value in (("--tick", "tick_size", tick), ("--qty-step", "qty_step", qty_step)):
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a positive number, got {value!r}")
+        spec[name] = float(value)
+    if qty_step is not None:
+        spec["min_qty"] = max(spec.get("min_qty", 0.0), spec["qty_step"])
+    missing = [k for k in ("tick_size", "qty_step") if k not in spec]
+    if missing:
+        raise ConfigError(f"no instrument info for '{symbol}' ({' and '.join(missing)} unknown): run `python main.py "
+                          f"download --symbol {symbol}` (caches Bybit's instrument info), add it to "
+                          "config.INSTRUMENTS, or pass --tick and --qty-step")
+    spec.setdefault("min_qty", spec["qty_step"])
     return spec
 
 
@@ -338,7 +362,7 @@ def __getattr__(name: str) -> Any:
     if name in _OLD_LIBRARY_NAMES:
         key, attribute = _OLD_LIBRARY_NAMES[name]
         strat = strategy(key)
-        return dict(strat.param_grid if attribute == "PARAM_GRID" else strat.declared_fixed)
+        return dict(strat.param_grid) if attribute == "PARAM_GRID" else strat.fixed_params()
     raise AttributeError(f"module 'config' has no attribute '{name}'")
 
 

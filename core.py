@@ -23,12 +23,13 @@ import numpy as np
 from numba import njit
 
 # ----------------------------------------------------------------------------------------------
-# Exit reasons (codes index EXIT_REASONS). Stop kinds share the first three codes.
+# Exit reasons (codes index EXIT_REASONS; a code never changes, new ones are appended). A stop exit
+# carries the kind of the stop that was hit: stop_loss, breakeven_stop, trailing_stop or profit_lock_stop.
 # ----------------------------------------------------------------------------------------------
 EXIT_REASONS = ("stop_loss", "breakeven_stop", "trailing_stop", "take_profit", "partial_take_profit",
-                "signal_exit", "stagnation_exit", "time_exit", "liquidation", "end_of_data")
+                "signal_exit", "stagnation_exit", "time_exit", "liquidation", "end_of_data", "profit_lock_stop")
 R_STOP_LOSS, R_BREAKEVEN, R_TRAILING, R_TAKE_PROFIT, R_PARTIAL = 0, 1, 2, 3, 4
-R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END = 5, 6, 7, 8, 9
+R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END, R_PROFIT_LOCK = 5, 6, 7, 8, 9, 10
 
 # Signal codes a strategy's signals() produce (strategy files, strategy_loader.py).
 SIG_LONG, SIG_SHORT, SIG_EXIT_LONG, SIG_EXIT_SHORT = 1, -1, 10, -10
@@ -78,13 +79,15 @@ STATE_NAMES = (
     "acc_fees", "acc_funding", "entry_fee_total", "entry_qty_total", "liq_price",
     "wallet", "hwm", "risk_base", "cooldown_until",
     "order_action", "order_dir", "order_qty", "order_stop", "order_atr", "order_reason",
+    "tick_refusals", "tick_refusal_bar", "tick_refusal_distance",
 )
 (S_DIR, S_QTY, S_ENTRY, S_INITIAL_QTY, S_ENTRY_TS, S_ENTRY_BAR, S_ATR_ENTRY,
  S_STOP, S_STOP_KIND, S_TP, S_LEVEL_1, S_LEVEL_2, S_LEVEL_3, S_LEVEL_4, S_LEVELS_DONE,
  S_BREAKEVEN, S_TRAILING, S_EXTREME, S_LAST_ADD, S_MAX_PNL, S_STAG_ARMED,
  S_ACC_FEES, S_ACC_FUNDING, S_ENTRY_FEE_TOTAL, S_ENTRY_QTY_TOTAL, S_LIQ,
  S_WALLET, S_HWM, S_RISK_BASE, S_COOLDOWN_UNTIL,
- S_ORDER_ACTION, S_ORDER_DIR, S_ORDER_QTY, S_ORDER_STOP, S_ORDER_ATR, S_ORDER_REASON) = range(len(STATE_NAMES))
+ S_ORDER_ACTION, S_ORDER_DIR, S_ORDER_QTY, S_ORDER_STOP, S_ORDER_ATR, S_ORDER_REASON,
+ S_TICK_REFUSALS, S_TICK_REFUSAL_BAR, S_TICK_REFUSAL_DISTANCE) = range(len(STATE_NAMES))
 N_STATE = len(STATE_NAMES)
 
 # A trade row (one per fill that closes quantity): column layout of the trades buffer.
@@ -110,6 +113,7 @@ def new_state(capital: float) -> np.ndarray:
     state[S_HWM] = capital
     state[S_RISK_BASE] = capital
     state[S_COOLDOWN_UNTIL] = -1.0
+    state[S_TICK_REFUSAL_BAR] = -1.0
     return state
 
 
@@ -117,15 +121,36 @@ def new_state(capital: float) -> np.ndarray:
 # Precision helpers
 # ----------------------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
+def step_scale(step: float) -> float:
+    """10 ** (the step's decimals): 0.01 -> 100, 0.0025 -> 10000, 5 -> 1."""
+    scale = 1.0
+    while scale < 1e15 and abs(step * scale - round(step * scale)) > 1e-9 * step * scale:
+        scale *= 10.0
+    return scale
+
+
+@njit(cache=True, error_model="numpy")
+def on_step(units: float, step: float) -> float:
+    """``units`` whole steps as the float nearest the decimal value, the one the exchange parses from text.
+
+    units * step in floats can land a hair off the decimal (402 * 0.01 = 4.0200000000000005 while
+    the order says "4.02"), so a candle at exactly 4.02 would touch the exchange's order and miss the
+    backtest's. (units * step_units) / scale is one correctly rounded division of exact integers.
+    """
+    scale = step_scale(step)
+    return units * round(step * scale) / scale
+
+
+@njit(cache=True, error_model="numpy")
 def round_qty(qty: float, step: float) -> float:
     """Round a quantity down to the instrument's step (a hair of tolerance for float noise)."""
-    return math.floor(qty / step + 1e-9) * step
+    return on_step(math.floor(qty / step + 1e-9), step)
 
 
 @njit(cache=True, error_model="numpy")
 def round_price(price: float, tick: float) -> float:
     """Round a price to the nearest tick."""
-    return round(price / tick) * tick
+    return on_step(round(price / tick), tick)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,15 +188,43 @@ def limit_fill_price(level: float, d: float, open_: float) -> float:
 
 
 @njit(cache=True, error_model="numpy")
-def liquidation_fill_price(liq: float, d: float, open_: float) -> float:
-    """Liquidation happens at the liquidation price, or at the open when gapped through."""
-    return open_ if (open_ - liq) * d <= 0.0 else liq
+def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> float:
+    """Isolated-margin liquidation price of a ``d`` position: where the margin left equals the maintenance margin.
+
+    Bybit's USDT-contract formula without the fee to close: entry x (1 - d x (1/leverage - mmr)).
+    """
+    return entry * (1.0 - d * (1.0 / leverage - mmr))
 
 
 @njit(cache=True, error_model="numpy")
-def liquidation_price(entry: float, d: float, leverage: float, mmr: float) -> float:
-    """Isolated-margin liquidation price of a ``d`` position (Bybit's formula without fees)."""
-    return entry * (1.0 - d * (1.0 / leverage - mmr))
+def bankruptcy_price(entry: float, d: float, leverage: float) -> float:
+    """The price at which an isolated position's margin is zero: entry x (1 - d / leverage).
+
+    A liquidated position is taken over there, so it loses exactly its position margin
+    qty x entry / leverage. Bybit's V5 docs (v5/enum.mdx, CreateByTakeOver_PassThrough): "the position
+    shall be taken over by the liquidation engine and closed at the bankruptcy price".
+    """
+    return entry * (1.0 - d / leverage)
+
+
+# What protective_exit answers.
+EXIT_NONE, EXIT_STOP, EXIT_LIQUIDATION = 0, 1, 2
+
+
+@njit(cache=True, error_model="numpy")
+def protective_exit(stop: float, liq: float, d: float, open_: float, reach: float) -> int:
+    """Which protective level of a ``d`` position acts when the price goes from ``open_`` to ``reach``.
+
+    An open at or beyond the liquidation price liquidates (the exchange cancels the position's orders
+    before it liquidates, so a stop cannot fill there). Otherwise the level nearer the market is
+    reached first: the stop (0 = none) when it is nearer than the liquidation price, else the
+    liquidation price. ``reach`` is the adverse extreme of the path (or the open itself).
+    """
+    if stop_touched(liq, d, open_):
+        return EXIT_LIQUIDATION
+    if stop > 0.0 and (stop - liq) * d > 0.0:
+        return EXIT_STOP if stop_touched(stop, d, reach) else EXIT_NONE
+    return EXIT_LIQUIDATION if stop_touched(liq, d, reach) else EXIT_NONE
 
 
 @njit(cache=True, error_model="numpy")
@@ -180,12 +233,33 @@ def required_margin(qty: float, price: float, leverage: float, taker: float) -> 
     return qty * price * (1.0 / leverage + taker)
 
 
-@njit(cache=True, error_model="numpy")
-def funding_events(bar_ts: int, bar_ms: int) -> int:
-    """How many 8-hourly funding timestamps fall in [bar_ts, bar_ts + bar_ms)."""
-    first = -((-bar_ts) // FUNDING_INTERVAL_MS)
-    last = -((-(bar_ts + bar_ms)) // FUNDING_INTERVAL_MS)
-    return last - first
+def funding_schedule(ts: np.ndarray, bar_ms: int, times: np.ndarray | None = None,
+                     rates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The funding events of a history: (event times in ms, int64; rates, NaN = the params' constant rate).
+
+    ``times``/``rates`` are the exchange's funding history (any interval); where it has no record
+    (before its first and after its last event, or none at all) the events are Bybit's default
+    8-hourly ones (00:00, 08:00, 16:00 UTC) at the constant rate. Events span the bars' open times
+    [ts[0], ts[-1]]: each is charged at the open of the first bar at or after it (see run_loop).
+    """
+    if ts.shape[0] == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    first = int(ts[0])
+    last = int(ts[-1])
+    grid = np.arange(-(-first // FUNDING_INTERVAL_MS) * FUNDING_INTERVAL_MS, last + 1, FUNDING_INTERVAL_MS,
+                     dtype=np.int64)
+    if times is None or len(times) == 0:
+        return grid, np.full(grid.shape[0], np.nan)
+    times = np.asarray(times, dtype=np.int64)
+    rates = np.asarray(rates, dtype=np.float64)
+    order = np.argsort(times, kind="stable")
+    times, rates = times[order], rates[order]
+    keep = (times >= first) & (times <= last)
+    outside = (grid < times[0]) | (grid > times[-1])
+    all_times = np.concatenate([grid[outside], times[keep]])
+    all_rates = np.concatenate([np.full(int(outside.sum()), np.nan), rates[keep]])
+    order = np.argsort(all_times, kind="stable")
+    return np.ascontiguousarray(all_times[order]), np.ascontiguousarray(all_rates[order])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +278,13 @@ def pay_funding(state: np.ndarray, rate: float, mark: float) -> float:
     cost = state[S_QTY] * mark * rate * state[S_DIR]
     book_funding(state, cost)
     return cost
+
+
+@njit(cache=True, error_model="numpy")
+def target_price(price: float, d: float, distance: float, tick: float) -> float:
+    """A take-profit level ``distance`` beyond ``price`` on the tick; 0 (not placed) when it is not above zero."""
+    level = round_price(price + d * distance, tick)
+    return level if level > 0.0 else 0.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -232,10 +313,10 @@ def open_fill(state: np.ndarray, p: np.ndarray, d: float, qty: float, price: flo
         state[S_MAX_PNL] = 0.0
         state[S_STAG_ARMED] = 0.0
         tick = p[P_TICK]
-        state[S_TP] = round_price(price + d * atr * p[P_TP_ATR], tick) if p[P_TP_ATR] > 0.0 else 0.0
+        state[S_TP] = target_price(price, d, atr * p[P_TP_ATR], tick) if p[P_TP_ATR] > 0.0 else 0.0
         n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
         for k in range(MAX_LEVELS):
-            state[S_LEVEL_1 + k] = round_price(price + d * atr * p[P_LEVEL_1 + k], tick) if k < n_levels else 0.0
+            state[S_LEVEL_1 + k] = target_price(price, d, atr * p[P_LEVEL_1 + k], tick) if k < n_levels else 0.0
         state[S_LEVELS_DONE] = 0.0
     else:
         total = state[S_QTY] + qty
@@ -280,6 +361,7 @@ def close_fill(state: np.ndarray, p: np.ndarray, qty: float, price: float, fee: 
     remaining = held - qty
     if remaining > p[P_QTY_STEP] * 1e-6:
         state[S_QTY] = remaining
+        state[S_MAX_PNL] *= remaining / held  # the peak profit of what is still held (stagnation rule)
         return False
     reset_position(state, p, reason, bar)
     return True
@@ -293,14 +375,15 @@ def reset_position(state: np.ndarray, p: np.ndarray, reason: int, bar: float) ->
     if state[S_WALLET] > state[S_HWM]:
         state[S_HWM] = state[S_WALLET]
         state[S_RISK_BASE] = state[S_HWM]
-    if (reason == R_BREAKEVEN or reason == R_TRAILING) and p[P_COOLDOWN] > 0.0:
+    if (reason == R_BREAKEVEN or reason == R_TRAILING or reason == R_PROFIT_LOCK) and p[P_COOLDOWN] > 0.0:
         state[S_COOLDOWN_UNTIL] = bar + p[P_COOLDOWN]
 
 
 @njit(cache=True, error_model="numpy")
 def partial_qty(state: np.ndarray, p: np.ndarray) -> float:
-    """Size of the next partial take-profit: a share of the initial size, or all if less would remain."""
-    qty = round_qty(state[S_INITIAL_QTY] * p[P_PARTIAL_FRACTION], p[P_QTY_STEP])
+    """Size of the next partial take-profit: a share of the initial size (at least the minimum order
+    quantity, the smallest order the exchange takes), or all if less than that would remain."""
+    qty = max(round_qty(state[S_INITIAL_QTY] * p[P_PARTIAL_FRACTION], p[P_QTY_STEP]), p[P_MIN_QTY])
     if state[S_QTY] - qty < p[P_MIN_QTY] - p[P_QTY_STEP] * 1e-6:
         qty = state[S_QTY]
     return qty
@@ -325,7 +408,7 @@ def resting_targets(state: np.ndarray, p: np.ndarray, out: np.ndarray) -> int:
     n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
     for k in range(int(state[S_LEVELS_DONE]), n_levels):
         level = state[S_LEVEL_1 + k]
-        if remaining <= 0.0 or (tp > 0.0 and (level - tp) * d >= 0.0):
+        if remaining <= 0.0 or level <= 0.0 or (tp > 0.0 and (level - tp) * d >= 0.0):
             break
         state[S_QTY] = remaining
         qty = partial_qty(state, p)
@@ -376,7 +459,7 @@ def breakeven_level(state: np.ndarray, p: np.ndarray) -> float:
     fill = (state[S_ENTRY] + d * fees_per_unit) / (1.0 - d * p[P_TAKER])
     level = fill / (1.0 - d * p[P_SLIPPAGE])
     tick = p[P_TICK]
-    return math.ceil(level / tick - 1e-9) * tick if d > 0.0 else math.floor(level / tick + 1e-9) * tick
+    return on_step(math.ceil(level / tick - 1e-9) if d > 0.0 else math.floor(level / tick + 1e-9), tick)
 
 
 @njit(cache=True, error_model="numpy")
@@ -427,12 +510,44 @@ def decide_entry(state: np.ndarray, p: np.ndarray, i: int, h: float, low_: float
     qty = round_qty(qty, p[P_QTY_STEP])
     if qty < p[P_MIN_QTY] or qty * c < p[P_MIN_NOTIONAL]:
         return
+    tick = p[P_TICK]
+    stop = round_price(c - d * distance, tick)
+    if stop <= 0.0 and c - d * distance <= 0.0:
+        return  # a stop at or below zero: the exchange refuses the entry
+    finest = tick_refusal_distance(p, distance, a)
+    if finest < tick or stop <= 0.0:
+        refuse_for_tick(state, i, finest if finest < tick else c - d * distance)
+        return
     state[S_ORDER_ACTION] = A_OPEN
     state[S_ORDER_DIR] = d
     state[S_ORDER_QTY] = qty
-    state[S_ORDER_STOP] = round_price(c - d * distance, p[P_TICK])
+    state[S_ORDER_STOP] = stop
     state[S_ORDER_ATR] = a
     return
+
+
+@njit(cache=True, error_model="numpy")
+def tick_refusal_distance(p: np.ndarray, stop_distance: float, a: float) -> float:
+    """The shortest distance from the entry of the stop, the take-profit and the partial levels.
+
+    One below a tick would round the order onto the entry (or behind it), which no exchange can
+    rest as a stop or a take-profit: such an entry is refused and counted (refuse_for_tick).
+    """
+    finest = stop_distance
+    if p[P_TP_ATR] > 0.0 and a * p[P_TP_ATR] < finest:
+        finest = a * p[P_TP_ATR]
+    if p[P_PARTIAL_ON] > 0.0 and p[P_N_LEVELS] > 0.0 and a * p[P_LEVEL_1] < finest:
+        finest = a * p[P_LEVEL_1]  # levels are increasing: the first is the nearest
+    return finest
+
+
+@njit(cache=True, error_model="numpy")
+def refuse_for_tick(state: np.ndarray, i: int, distance: float) -> None:
+    """Count an entry refused because its stop or a target would round onto the entry or to zero."""
+    if state[S_TICK_REFUSALS] == 0.0:
+        state[S_TICK_REFUSAL_BAR] = i
+        state[S_TICK_REFUSAL_DISTANCE] = distance
+    state[S_TICK_REFUSALS] += 1.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -452,13 +567,13 @@ def manage(state: np.ndarray, p: np.ndarray, bar_ts: float, h: float, low_: floa
         state[S_BREAKEVEN] = 1.0
 
     if p[P_LOCK_TRIGGER] > 0.0 and state[S_BREAKEVEN] == 0.0 and move >= entry * p[P_LOCK_TRIGGER]:
-        tighten_stop(state, p, entry * (1.0 + d * p[P_LOCK_TARGET]), R_BREAKEVEN, c)
+        tighten_stop(state, p, entry * (1.0 + d * p[P_LOCK_TARGET]), R_PROFIT_LOCK, c)
 
     should_trail = state[S_BREAKEVEN] > 0.0 or state[S_TRAILING] > 0.0 or move > atr_entry * p[P_TRAIL_EARLY_ATR]
     if should_trail:
         if state[S_BREAKEVEN] > 0.0:
             mult = p[P_AGGR_TRAIL_ATR]
-        elif state[S_MAX_PNL] > 2.0 * atr_entry * state[S_INITIAL_QTY]:
+        elif state[S_MAX_PNL] > 2.0 * atr_entry * state[S_QTY]:
             mult = p[P_TRAIL_ATR] * 0.7
         else:
             mult = p[P_TRAIL_ATR]
@@ -469,7 +584,7 @@ def manage(state: np.ndarray, p: np.ndarray, bar_ts: float, h: float, low_: floa
     if pnl > state[S_MAX_PNL]:
         state[S_MAX_PNL] = pnl
     if (state[S_STAG_ARMED] == 0.0 and p[P_STAG_ATR] > 0.0 and state[S_TRAILING] > 0.0
-            and state[S_MAX_PNL] > atr_entry * p[P_STAG_ATR] * state[S_INITIAL_QTY]):
+            and state[S_MAX_PNL] > atr_entry * p[P_STAG_ATR] * state[S_QTY]):
         state[S_STAG_ARMED] = 1.0
 
     reason = -1
@@ -552,41 +667,19 @@ def execute_market_order(state: np.ndarray, p: np.ndarray, open_: float, ts: flo
 
 
 @njit(cache=True, error_model="numpy")
-def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, low: float, ts: float,
-                   bar: float, rows: np.ndarray, n_rows: int) -> int:
-    """Match the stop, liquidation, partial and final take-profits on the bar's pessimistic path.
+def fill_targets(state: np.ndarray, p: np.ndarray, open_: float, reach: float, ts: float, bar: float,
+                 rows: np.ndarray, n_rows: int) -> int:
+    """Fill the partial levels, then the final take-profit, that the price reaches at ``reach``.
 
-    The path is open, the extreme against the position, the other extreme, close. Writes trade
-    rows from ``rows[n_rows]`` on and returns the new count.
+    Reduce-only limits with the maker fee, at their level or at the better open when the open has
+    crossed them. Returns the new trade-row count.
     """
     d = state[S_DIR]
-    if d == 0.0:
-        return n_rows
-    adverse = low if d > 0.0 else high
-    favourable = high if d > 0.0 else low
-    stop = state[S_STOP]
-    liq = state[S_LIQ]
-    if (liq - stop) * d >= 0.0:
-        if stop_touched(liq, d, adverse):
-            price = liquidation_fill_price(liq, d, open_)
-            row = rows[n_rows]
-            row[1] = ts
-            close_fill(state, p, state[S_QTY], price, state[S_QTY] * price * p[P_TAKER], R_LIQUIDATION, bar, row)
-            return n_rows + 1
-    elif stop_touched(stop, d, adverse):
-        price = stop_fill_price(stop, d, open_, p[P_SLIPPAGE])
-        row = rows[n_rows]
-        row[1] = ts
-        close_fill(state, p, state[S_QTY], price, state[S_QTY] * price * p[P_TAKER],
-                   int(state[S_STOP_KIND]), bar, row)
-        return n_rows + 1
     tp = state[S_TP]
     n_levels = int(p[P_N_LEVELS]) if p[P_PARTIAL_ON] > 0.0 else 0
     for k in range(int(state[S_LEVELS_DONE]), n_levels):
         level = state[S_LEVEL_1 + k]
-        if tp > 0.0 and (level - tp) * d >= 0.0:
-            break
-        if not limit_touched(level, d, favourable):
+        if level <= 0.0 or (tp > 0.0 and (level - tp) * d >= 0.0) or not limit_touched(level, d, reach):
             break
         price = limit_fill_price(level, d, open_)
         qty = partial_qty(state, p)
@@ -596,7 +689,7 @@ def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, 
         state[S_LEVELS_DONE] = k + 1
         if close_fill(state, p, qty, price, qty * price * p[P_MAKER], R_PARTIAL, bar, row):
             return n_rows
-    if tp > 0.0 and limit_touched(tp, d, favourable):
+    if tp > 0.0 and limit_touched(tp, d, reach):
         price = limit_fill_price(tp, d, open_)
         qty = state[S_QTY]
         row = rows[n_rows]
@@ -604,6 +697,45 @@ def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, 
         close_fill(state, p, qty, price, qty * price * p[P_MAKER], R_TAKE_PROFIT, bar, row)
         n_rows += 1
     return n_rows
+
+
+@njit(cache=True, error_model="numpy")
+def protective_fill(state: np.ndarray, p: np.ndarray, kind: int, open_: float, ts: float, bar: float,
+                    row: np.ndarray) -> None:
+    """Close the whole position on its stop (at the stop, or the gapped open, less slippage, taker fee) or
+    by liquidation (taken over at the bankruptcy price, no fee: the position margin is lost)."""
+    d = state[S_DIR]
+    qty = state[S_QTY]
+    row[1] = ts
+    if kind == EXIT_LIQUIDATION:
+        close_fill(state, p, qty, bankruptcy_price(state[S_ENTRY], d, p[P_LEVERAGE]), 0.0, R_LIQUIDATION, bar, row)
+    else:
+        price = stop_fill_price(state[S_STOP], d, open_, p[P_SLIPPAGE])
+        close_fill(state, p, qty, price, qty * price * p[P_TAKER], int(state[S_STOP_KIND]), bar, row)
+
+
+@njit(cache=True, error_model="numpy")
+def resting_orders(state: np.ndarray, p: np.ndarray, open_: float, high: float, low: float, ts: float,
+                   bar: float, rows: np.ndarray, n_rows: int) -> int:
+    """Match the stop, liquidation, partial and final take-profits in one bar: the open first, then the path.
+
+    First the open: the take-profit levels it has crossed fill there (it cannot cross a stop on the
+    other side too). Then the pessimistic path: the extreme against the position (the stop or the
+    liquidation price, protective_exit), then the other extreme (the levels left). Writes trade rows
+    from ``rows[n_rows]`` on and returns the new count.
+    """
+    d = state[S_DIR]
+    if d == 0.0:
+        return n_rows
+    n_rows = fill_targets(state, p, open_, open_, ts, bar, rows, n_rows)
+    if state[S_DIR] == 0.0:
+        return n_rows
+    adverse = low if d > 0.0 else high
+    kind = protective_exit(state[S_STOP], state[S_LIQ], d, open_, adverse)
+    if kind != EXIT_NONE:
+        protective_fill(state, p, kind, open_, ts, bar, rows[n_rows])
+        return n_rows + 1
+    return fill_targets(state, p, open_, high if d > 0.0 else low, ts, bar, rows, n_rows)
 
 
 @njit(cache=True, error_model="numpy")
@@ -633,23 +765,26 @@ def may_fill(state: np.ndarray, high: float, low: float) -> bool:
 
 @njit(cache=True, error_model="numpy", inline="always")
 def venue_bar(state: np.ndarray, p: np.ndarray, bar: int, bar_ts: int, open_: float, high: float, low: float,
-              funding_rate: float, funding_count: int, rows: np.ndarray, n_rows: int) -> int:
+              funding_ts: np.ndarray, funding_rates: np.ndarray, next_event: int, rows: np.ndarray,
+              n_rows: int) -> tuple[int, int]:
     """What the simulated venue does in one bar, in DESIGN.md's order, before the decision at its close.
 
-    ``funding_count`` funding events (``funding_rate`` NaN = the params' constant), the market
-    order decided at the previous close, then the resting orders on the bar's path. ``rows`` must
-    have room for MAX_LEVELS + 2 more trade rows. Returns the new trade-row count.
+    Funding: every event from ``next_event`` on with a time at or before this open, each at its own
+    rate (NaN = the params' constant), on the position held at this open. Then the market order
+    decided at the previous close, then the resting orders (resting_orders). ``rows`` must have room
+    for MAX_LEVELS + 2 more trade rows. Returns (the new trade-row count, the next funding event).
     """
-    if state[S_DIR] != 0.0 and funding_count > 0:
-        rate = funding_rate if funding_rate == funding_rate else p[P_FUNDING_RATE]
-        for _ in range(funding_count):
-            pay_funding(state, rate, open_)
+    while next_event < funding_ts.shape[0] and funding_ts[next_event] <= bar_ts:
+        if state[S_DIR] != 0.0:
+            rate = funding_rates[next_event]
+            pay_funding(state, rate if rate == rate else p[P_FUNDING_RATE], open_)
+        next_event += 1
     if state[S_ORDER_ACTION] != A_NONE:
         if execute_market_order(state, p, open_, bar_ts, bar, rows[n_rows]):
             n_rows += 1
     if state[S_DIR] != 0.0 and may_fill(state, high, low):
         n_rows = resting_orders(state, p, open_, high, low, bar_ts, bar, rows, n_rows)
-    return n_rows
+    return n_rows, next_event
 
 
 @njit(cache=True, error_model="numpy")
@@ -667,30 +802,27 @@ def close_at_end(state: np.ndarray, p: np.ndarray, ts: np.ndarray, close: np.nda
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def run_loop(ts: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray,
-             atr: np.ndarray, signal: np.ndarray, funding: np.ndarray, p: np.ndarray, state: np.ndarray,
-             equity: np.ndarray, position: np.ndarray, end_close: bool) -> np.ndarray:
+             atr: np.ndarray, signal: np.ndarray, funding_ts: np.ndarray, funding_rates: np.ndarray, p: np.ndarray,
+             state: np.ndarray, equity: np.ndarray, position: np.ndarray, end_close: bool) -> np.ndarray:
     """The backtest bar loop; fills ``equity``/``position`` per bar close and returns the trade rows.
 
-    ``funding`` holds a rate per bar (NaN = the params' constant rate), charged only when the
-    bar holds a funding timestamp. With ``end_close`` an open position is closed at the last close.
+    ``funding_ts``/``funding_rates`` are the funding events (funding_schedule): each is charged at
+    the open of the first bar at or after its time, on the position held then, at its own rate, so
+    an event inside a data gap or inside a 12h/1d bar is charged once. With ``end_close`` an open
+    position is closed at the last close.
     """
     n = ts.shape[0]
     rows = np.empty((64, N_TRADE_COLS), dtype=np.float64)
     n_rows = 0
     prev_high = np.nan
     prev_low = np.nan
-    bar_ms = int(p[P_BAR_MS])
-    next_funding = -1
+    next_event = np.searchsorted(funding_ts, ts[0]) if n > 0 else 0
     for i in range(n):
         if state[S_DIR] != 0.0 or state[S_ORDER_ACTION] != A_NONE:
             if n_rows + MAX_LEVELS + 2 > rows.shape[0]:
                 rows = _grow(rows, n_rows + MAX_LEVELS + 2)
-            funding_count = 0
-            if ts[i] + bar_ms > next_funding:
-                funding_count = funding_events(ts[i], bar_ms)
-                next_funding = -((-(ts[i] + bar_ms)) // FUNDING_INTERVAL_MS) * FUNDING_INTERVAL_MS
-            n_rows = venue_bar(state, p, i, ts[i], open_[i], high[i], low[i], funding[i], funding_count, rows,
-                               n_rows)
+            n_rows, next_event = venue_bar(state, p, i, ts[i], open_[i], high[i], low[i], funding_ts, funding_rates,
+                                           next_event, rows, n_rows)
         if state[S_DIR] != 0.0:
             state[S_ORDER_ACTION] = A_NONE
             manage(state, p, ts[i], high[i], low[i], close[i], atr[i], signal[i])

@@ -48,6 +48,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", default=None, help="last day to use, e.g. 2019-06-30 (UTC, inclusive)")
     parser.add_argument("--days", type=int, default=None,
                         help="use only the last N days of the data (bybit: download depth)")
+    parser.add_argument("--tick", type=float, default=None,
+                        help="price tick of the instrument (needed for a symbol without cached Bybit info or a "
+                             "config.INSTRUMENTS entry, e.g. a CSV source); overrides both")
+    parser.add_argument("--qty-step", type=float, default=None,
+                        help="quantity step of the instrument (also its minimum quantity); see --tick")
 
 
 def add_strategy_args(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +85,7 @@ def load_market(args: argparse.Namespace, params: dict[str, Any]) -> Any:
 
     symbol = params["symbol"]
     timeframe = params["timeframe"]
+    instrument = config.instrument_for(symbol, args.tick, args.qty_step) if args.source != "bybit" else None
     if args.source == "bybit":
         candles = load_candles(args.source, symbol, timeframe, start=args.start, end=args.end, days=args.days)
     else:
@@ -91,7 +97,9 @@ def load_market(args: argparse.Namespace, params: dict[str, Any]) -> Any:
         from data_fetcher import load_funding
         funding = load_funding(symbol, int(candles.index[0].value // 1_000_000),
                                int(candles.index[-1].value // 1_000_000))
-    return MarketData(candles, symbol, timeframe, funding=funding)
+    if instrument is None:  # the download has just cached Bybit's instruments-info
+        instrument = config.instrument_for(symbol, args.tick, args.qty_step)
+    return MarketData(candles, symbol, timeframe, funding=funding, instrument=instrument)
 
 
 def symbols_of(args: argparse.Namespace) -> list[str]:
@@ -148,7 +156,8 @@ def run_spec(args: argparse.Namespace, kind: str) -> Any:
     config.strategy(args.strategy)  # an unknown strategy stops here, before any work
     return RunSpec(strategy=args.strategy, source=args.source, symbol=symbols_of(args)[0],
                    out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
-                   params_file=getattr(args, "params", None), timeframe=args.timeframe)
+                   params_file=getattr(args, "params", None), timeframe=args.timeframe,
+                   tick=args.tick, qty_step=args.qty_step)
 
 
 def check_counts(args: argparse.Namespace) -> None:

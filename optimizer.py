@@ -229,9 +229,10 @@ class Evaluation:
 class Datasets:
     """One MarketData per timeframe (resampled once) so that a timeframe in the grid costs nothing twice."""
 
-    def __init__(self, loader: Callable[[str], Any], symbol: str) -> None:
+    def __init__(self, loader: Callable[[str], Any], symbol: str, instrument: dict[str, float] | None = None) -> None:
         self._loader = loader
         self.symbol = symbol
+        self.instrument = instrument  # None: config.instrument_for(symbol) when first needed
         self._data: dict[str, backtester.MarketData] = {}
         self._lock = threading.Lock()
 
@@ -239,7 +240,8 @@ class Datasets:
         """The dataset at ``timeframe``."""
         with self._lock:
             if timeframe not in self._data:
-                self._data[timeframe] = backtester.MarketData(self._loader(timeframe), self.symbol, timeframe)
+                self._data[timeframe] = backtester.MarketData(self._loader(timeframe), self.symbol, timeframe,
+                                                              instrument=self.instrument)
             return self._data[timeframe]
 
 
@@ -279,8 +281,11 @@ def evaluate(datasets: Datasets | DatasetGroup, params: dict[str, Any], split_cf
         return datasets.combine([evaluate(member, params, split_cfg, filters) for member in datasets.members])
     data = datasets.get(params["timeframe"])
     split = train_test_split(len(data), *split_cfg)
-    train = backtester.simulate(data, params, *split.train).metrics
-    test = backtester.simulate(data, params, *split.test).metrics
+    try:
+        train = backtester.simulate(data, params, *split.train).metrics
+        test = backtester.simulate(data, params, *split.test).metrics
+    except backtester.TickSizeError as exc:  # this trial's stops or targets are finer than the tick
+        return Evaluation(SCORE_CONSTRAINT, f"constraint: {exc}", 0)
     months = _months(test, split.test[1] - split.test[0], data.bar_ms)
     score, fail_reason, tier = evaluate_filters(train, test, months, filters)
     return Evaluation(score, fail_reason, tier, train, test)

@@ -44,6 +44,8 @@ class RunSpec:
     params_file: str | None = None
     timeframe: str | None = None
     export_dir: Path | None = None  # where an export writes prod_config_*.py (default: the repository)
+    tick: float | None = None      # --tick / --qty-step: the instrument's precision when no info is cached
+    qty_step: float | None = None
 
 
 def base_params(spec: RunSpec) -> dict[str, Any]:
@@ -59,8 +61,16 @@ def base_params(spec: RunSpec) -> dict[str, Any]:
 
 def datasets_for(spec: RunSpec) -> optimizer.Datasets:
     """Datasets of the run's symbol, loaded once per timeframe."""
-    return optimizer.Datasets(lambda tf: load_candles(spec.source, spec.symbol, tf, start=spec.start, end=spec.end),
-                              spec.symbol)
+    def load(timeframe: str) -> pd.DataFrame:
+        candles = load_candles(spec.source, spec.symbol, timeframe, start=spec.start, end=spec.end)
+        if datasets.instrument is None:  # after the candles: a Bybit download caches the instrument info
+            datasets.instrument = config.instrument_for(spec.symbol, spec.tick, spec.qty_step)
+        return candles
+
+    datasets = optimizer.Datasets(load, spec.symbol)
+    if spec.source != "bybit":
+        datasets.instrument = config.instrument_for(spec.symbol, spec.tick, spec.qty_step)  # fail before loading
+    return datasets
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,14 +115,18 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     candles = resample(load_csv(args.replay), timeframe)
     history = args.history_bars or min(2000, len(candles) // 3)
     out = Path(args.out or args.dir or "results/paper")
+    instrument = config.instrument_for(symbol, args.tick, args.qty_step)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "state.sqlite").exists():
         raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
-    with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL, lockstep=True) as sim:
+    # each side trades its own capital, as in its backtest: the account holds both in hedge mode
+    with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL * len(configs),
+                     lockstep=True, instrument=instrument) as sim:
         os.environ["BYBIT_REST_URL"] = sim.rest_url
         os.environ["BYBIT_WS_URL"] = sim.ws_url
         session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
-        trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL)
+        trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
+                        keep_state_history=True)
         days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
         trader.start(history_days=days)
         feed = MarketFeed(symbol, timeframe)
@@ -134,7 +138,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     print(f"paper replay: {stats['bars_played']} bars, {stats['orders']} orders, {stats['executions']} executions; "
           f"wrote {', '.join(str(p) for p in written)}")
     if args.compare:
-        return 0 if compare_with_backtest(out, configs, candles, history) else 1
+        return 0 if compare_with_backtest(out, configs, candles, history, instrument) else 1
     return 0
 
 
@@ -182,29 +186,51 @@ def write_paper_outputs(out: Path, configs: list[SideConfig], candles: Any, hist
     return [out / "trades.csv", out / "equity.csv", out / "metrics.json"]
 
 
-def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, history: int) -> bool:
-    """The paper trades against the backtest of the same file, trade by trade; prints any difference."""
+def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, history: int,
+                          instrument: dict[str, float] | None = None) -> bool:
+    """The paper trades against the backtest of the same file, trade by trade; prints any difference.
+
+    On a difference it also prints the first differing trade with its bar's OHLC and the state each
+    side traded that bar from (the trader's, kept per bar by a paper run, and the backtest's), the
+    report a user can file.
+    """
     store = Store(out / "state.sqlite")
     paper = store.trade_rows()
-    store.close()
     ok = True
-    for cfg in configs:
-        data = backtester.MarketData(candles, cfg.params["symbol"], cfg.params["timeframe"])
-        expected = backtester.simulate(data, cfg.params, start=history).rows
-        expected = expected[expected[:, 9] != core.R_END]
-        d = 1.0 if cfg.side == "long" else -1.0
-        mine = paper[paper[:, 2] == d]
-        tick = config.instrument_for(cfg.params["symbol"])["tick_size"]
-        problems = trade_differences(mine, expected, tick)
-        total_gap = abs(mine[:, 8].sum() - expected[:, 8].sum())
-        if total_gap > 1e-4 * config.CAPITAL:
-            problems.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
-        print(f"{cfg.side}: {len(mine)} paper trades, {len(expected)} backtest trades: "
-              f"{'EQUAL' if not problems else 'DIFFERENT'}")
-        for line in problems[:50]:
-            print("  " + line)
-        ok = ok and not problems
+    try:
+        for cfg in configs:
+            data = backtester.MarketData(candles, cfg.params["symbol"], cfg.params["timeframe"], instrument=instrument)
+            expected = backtester.simulate(data, cfg.params, start=history).rows
+            expected = expected[expected[:, 9] != core.R_END]
+            d = 1.0 if cfg.side == "long" else -1.0
+            mine = paper[paper[:, 2] == d]
+            tick = data.instrument["tick_size"]
+            problems = trade_differences(mine, expected, tick)
+            total_gap = abs(mine[:, 8].sum() - expected[:, 8].sum())
+            if total_gap > 1e-4 * config.CAPITAL:
+                problems.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
+            print(f"{cfg.side}: {len(mine)} paper trades, {len(expected)} backtest trades: "
+                  f"{'EQUAL' if not problems else 'DIFFERENT'}")
+            for line in problems[:50]:
+                print("  " + line)
+            if problems:
+                print(first_difference_report(cfg, data, history, mine, expected, store, tick))
+            ok = ok and not problems
+    finally:
+        store.close()
     return ok
+
+
+def trades_differ(a: np.ndarray, b: np.ndarray, tick: float) -> bool:
+    """True when two trade rows differ in times, side or quantity, or in a price by more than a tick."""
+    return ((a[0], a[1], a[2]) != (b[0], b[1], b[2]) or abs(a[3] - b[3]) > 1e-9
+            or abs(a[4] - b[4]) > tick or abs(a[5] - b[5]) > tick)
+
+
+def trade_text(row: np.ndarray) -> str:
+    """One trade row in a line."""
+    return (f"entry {_iso(row[0])} exit {_iso(row[1])} qty {row[3]:g} prices {row[4]:.6g}/{row[5]:.6g} "
+            f"{core.EXIT_REASONS[int(row[9])]}")
 
 
 def trade_differences(paper: np.ndarray, expected: np.ndarray, tick: float) -> list[str]:
@@ -213,12 +239,45 @@ def trade_differences(paper: np.ndarray, expected: np.ndarray, tick: float) -> l
     if len(paper) != len(expected):
         problems.append(f"trade count {len(paper)} vs backtest {len(expected)}")
     for k, (a, b) in enumerate(zip(paper, expected, strict=False)):
-        if (a[0], a[1], a[2]) != (b[0], b[1], b[2]) or abs(a[3] - b[3]) > 1e-9 \
-                or abs(a[4] - b[4]) > tick or abs(a[5] - b[5]) > tick:
-            problems.append(f"trade {k}: paper entry {a[0]:.0f} exit {a[1]:.0f} qty {a[3]:g} prices {a[4]:.6g}/"
-                            f"{a[5]:.6g} {core.EXIT_REASONS[int(a[9])]}; backtest entry {b[0]:.0f} exit {b[1]:.0f} "
-                            f"qty {b[3]:g} prices {b[4]:.6g}/{b[5]:.6g} {core.EXIT_REASONS[int(b[9])]}")
+        if trades_differ(a, b, tick):
+            problems.append(f"trade {k}: paper {trade_text(a)}; backtest {trade_text(b)}")
     return problems
+
+
+REPORT_SLOTS = ("dir", "qty", "entry_price", "stop", "stop_kind", "tp", "level_1", "level_2", "level_3", "level_4",
+                "levels_done", "breakeven_set", "trailing_active", "extreme", "max_pnl", "stagnation_armed",
+                "liq_price", "wallet", "acc_fees", "acc_funding", "order_action", "order_qty", "order_stop")
+
+
+def first_difference_report(cfg: SideConfig, data: backtester.MarketData, history: int, paper: np.ndarray,
+                            expected: np.ndarray, store: Store, tick: float) -> str:
+    """The first differing trade, the bar where the two part, and both states at the close before it."""
+    k = next((j for j, (a, b) in enumerate(zip(paper, expected, strict=False)) if trades_differ(a, b, tick)),
+             min(len(paper), len(expected)))
+    rows = [r[k] for r in (paper, expected) if k < len(r)]
+    entries = {r[0] for r in rows}
+    when = min(entries) if len(entries) > 1 else min(r[1] for r in rows)  # where the two part
+    bar = int(np.searchsorted(data.ts, when, side="right") - 1)
+    lines = [f"first difference ({cfg.side}), trade {k}:",
+             f"  paper:    {trade_text(paper[k]) if k < len(paper) else 'none'}",
+             f"  backtest: {trade_text(expected[k]) if k < len(expected) else 'none'}",
+             f"  bar {_iso(data.ts[bar])} (index {bar}): open {data.open[bar]:.10g} high {data.high[bar]:.10g} "
+             f"low {data.low[bar]:.10g} close {data.close[bar]:.10g}"]
+    mine = store.state_before(cfg.side, int(data.ts[bar]))
+    theirs = backtester.state_at(data, cfg.params, history, bar) if bar > history else None
+    if mine is None or theirs is None:
+        lines.append("  (no state recorded before that bar)")
+        return "\n".join(lines)
+    lines.append(f"  state decided at the close of {_iso(mine[0])} (paper / backtest; * differs):")
+    for name in REPORT_SLOTS:
+        a, b = mine[1][core.STATE_NAMES.index(name)], theirs[core.STATE_NAMES.index(name)]
+        mark = " " if np.isclose(a, b, rtol=1e-9, atol=1e-12) else "*"
+        lines.append(f"   {mark} {name:<17} {a:<20.10g} {b:.10g}")
+    return "\n".join(lines)
+
+
+def _iso(ms: float) -> str:
+    return np.datetime_as_string(np.datetime64(int(ms), "ms"), unit="m") + "Z"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bars of the file served as history in --paper (default: min(2000, a third))")
     parser.add_argument("--out", default=None, help="output folder of --paper (trader files and results)")
     parser.add_argument("--compare", action="store_true",
-                        help="with --paper: compare the trades with the backtest of the same file, trade by trade")
+                        help="with --paper: compare the trades with the backtest of the same file, trade by trade; "
+                             "a difference prints the first differing trade, its bar and both sides' state")
+    parser.add_argument("--tick", type=float, default=None,
+                        help="with --paper: the instrument's price tick (a symbol without cached Bybit info or a "
+                             "config.INSTRUMENTS entry)")
+    parser.add_argument("--qty-step", type=float, default=None, help="with --paper: the instrument's quantity step")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
     for name, default in config.TRADER_SETTINGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS",

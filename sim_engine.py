@@ -2,11 +2,13 @@
 
 It knows nothing of HTTP or WebSockets (bybit_sim.py serves it) and re-implements no fill rule:
 prices come from core.py's functions, so a trader fed by the sim and a backtest fed the same
-candles fill alike. Within a bar the price walks open, the extreme against an open position
-(low when a long is open, high when only a short is), the other extreme, then close; every
-resting order crossed on that path fills there. Once a bar has closed the price is the next
-bar's open: funding due at that open is charged first, and a market order placed between two
-bars fills at once at that open.
+candles fill alike. Within a bar each position meets the path the backtest gives it: first the
+open (every resting order the open has crossed fills there), then the extreme against that
+position (low for a long, high for a short; low for a flat slot), then the other extreme. The stop
+and the liquidation are decided by core.protective_exit; a liquidated position is taken over at
+core.bankruptcy_price without a fee. Once a bar has closed the price is the next bar's open: the
+funding events due by that open are charged first (each at its own rate), and a market order
+placed between two bars fills at once at that open.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class Engine:
     cursor: int
     leverage: float = 10.0
     hedge: bool = False
+    funding_ts: np.ndarray | None = None     # funding events (core.funding_schedule); None: the 8-hourly grid
+    funding_rates: np.ndarray | None = None  # their rates, NaN = costs["funding_rate"]
     positions: dict[int, Position] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
     link_ids: set[str] = field(default_factory=set)
@@ -109,6 +113,15 @@ class Engine:
     def __post_init__(self) -> None:
         for idx in (0, 1, 2):
             self.positions[idx] = Position(idx)
+        if self.funding_ts is None:
+            self.funding_ts, self.funding_rates = core.funding_schedule(self.ts, self.bar_ms)
+        self._next_event = int(np.searchsorted(self.funding_ts, self.ts[min(self.cursor, len(self.ts) - 1)],
+                                               side="right"))
+
+    def funding_rate(self, k: int) -> float:
+        """The rate of funding event ``k`` (the constant of the costs where the history has none)."""
+        rate = float(self.funding_rates[k])
+        return rate if rate == rate else self.costs["funding_rate"]
 
     # --- clock ------------------------------------------------------------------------------
     @property
@@ -265,8 +278,12 @@ class Engine:
         return slot
 
     # --- fills ------------------------------------------------------------------------------
-    def _fill(self, order: Order, price: float, taker: bool, qty: float | None = None) -> None:
-        """Execute ``order`` (or ``qty`` of it) at ``price``: position, wallet, execution, events."""
+    def _fill(self, order: Order, price: float, taker: bool, qty: float | None = None,
+              fee_rate: float | None = None) -> None:
+        """Execute ``order`` (or ``qty`` of it) at ``price``: position, wallet, execution, events.
+
+        The fee is the taker or maker fee, or ``fee_rate`` when given (a liquidation pays none).
+        """
         slot = self._slot_for(order.side, order.position_idx, order.reduce_only)
         qty = order.qty - order.filled if qty is None else qty
         d_order = 1.0 if order.side == "Buy" else -1.0
@@ -277,7 +294,9 @@ class Engine:
             order.status = "Cancelled"
             self._record("order", order)
             return
-        fee = qty * price * (self.costs["taker_fee"] if taker else self.costs["maker_fee"])
+        if fee_rate is None:
+            fee_rate = self.costs["taker_fee"] if taker else self.costs["maker_fee"]
+        fee = qty * price * fee_rate
         closed = 0.0
         pnl = 0.0
         if closing:
@@ -329,22 +348,25 @@ class Engine:
         self.orders[order.order_id] = order
         return order
 
-    def _walk_point(self, open_: float, extreme: float) -> None:
-        """Fill everything the price crosses on the way from the open to ``extreme``."""
+    def _walk_point(self, slot: Position, open_: float, extreme: float, mine: list[Order]) -> None:
+        """Fill what the price crosses from the open to ``extreme`` for ``slot`` and its orders ``mine``."""
         slip = self.costs["slippage"]
-        for slot in self.position_slots():
-            d = slot.direction
-            if d == 0 or (extreme - open_) * d >= 0:
-                continue
+        d = slot.direction
+        if d != 0 and (extreme - open_) * d <= 0:
             liq = core.liquidation_price(slot.avg_price, d, self.leverage, self.costs["maintenance_margin_rate"])
-            stop = slot.stop_loss
-            if stop and (stop - liq) * d > 0 and core.stop_touched(stop, d, extreme):
-                self._fill(self._position_stop_order(slot, "StopLoss"),
-                           core.stop_fill_price(stop, d, open_, slip), taker=True)
-            elif core.stop_touched(liq, d, extreme):
+            kind = core.protective_exit(slot.stop_loss, liq, d, open_, extreme)
+            if kind == core.EXIT_LIQUIDATION:  # docs: v5/enum.mdx (taken over, closed at the bankruptcy price)
                 self._fill(self._position_stop_order(slot, "Liquidation"),
-                           core.liquidation_fill_price(liq, d, open_), taker=True)
-        for order in sorted(self.open_orders(), key=lambda o: abs((o.trigger_price or o.price) - open_)):
+                           core.bankruptcy_price(slot.avg_price, d, self.leverage), taker=True, fee_rate=0.0)
+            elif kind == core.EXIT_STOP:
+                self._fill(self._position_stop_order(slot, "StopLoss"),
+                           core.stop_fill_price(slot.stop_loss, d, open_, slip), taker=True)
+        # conditional orders in the order the price meets them; limits by price priority (the lowest
+        # sell, the highest buy first: all fill at the open when it has crossed several)
+        triggers = sorted((o for o in mine if o.trigger_price), key=lambda o: abs(o.trigger_price - open_))
+        limits = sorted((o for o in mine if not o.trigger_price),
+                        key=lambda o: o.price if o.side == "Sell" else -o.price)
+        for order in triggers + limits:
             if order.status not in ("New", "Untriggered"):
                 continue
             d_order = 1.0 if order.side == "Buy" else -1.0
@@ -360,14 +382,13 @@ class Engine:
                 self._fill(order, core.limit_fill_price(order.price, -d_order, open_), taker=False)
 
     def _charge_funding(self) -> None:
-        """Funding due at the open of the forming bar, on the positions held at that instant."""
-        events = core.funding_events(int(self.ts[self.cursor]), self.bar_ms)
-        if not events:
-            return
+        """The funding events due by the open of the forming bar, on the positions held at that instant."""
+        now = int(self.ts[self.cursor])
         price = float(self.open_[self.cursor])
-        rate = self.costs["funding_rate"]
-        for _ in range(events):
-            self.funding_history.append((int(self.ts[self.cursor]), rate))
+        while self._next_event < len(self.funding_ts) and self.funding_ts[self._next_event] <= now:
+            rate = self.funding_rate(self._next_event)
+            self.funding_history.append((int(self.funding_ts[self._next_event]), rate))
+            self._next_event += 1
             for slot in self.position_slots():
                 if slot.size == 0:
                     continue
@@ -385,13 +406,14 @@ class Engine:
                 self._record("wallet", None)
 
     def play_bar(self) -> int:
-        """Walk the forming bar's path, close it, move to the next open; returns the closed bar's index."""
+        """Walk the forming bar's path for each position, close it, move to the next open; returns the closed bar."""
         k = self.cursor
         o, h, lo = float(self.open_[k]), float(self.high[k]), float(self.low[k])
-        directions = {s.direction for s in self.position_slots() if s.size}
-        first, second = (h, lo) if directions == {-1.0} else (lo, h)
-        self._walk_point(o, first)
-        self._walk_point(o, second)
+        for slot in self.position_slots():
+            adverse, favourable = (h, lo) if slot.direction < 0 else (lo, h)
+            mine = [order for order in self.open_orders() if order.position_idx == slot.idx]
+            for point in (o, adverse, favourable):
+                self._walk_point(slot, o, point, mine)
         exposed = any(s.size and not s.stop_loss for s in self.position_slots())
         self.unprotected_bars = self.unprotected_bars + 1 if exposed else 0
         self.longest_unprotected_bars = max(self.longest_unprotected_bars, self.unprotected_bars)

@@ -95,9 +95,9 @@ class _RedactFilter(logging.Filter):
 
 
 def fmt(value: float, step: float) -> str:
-    """A quantity or price as the exchange expects it: on its step, without float noise."""
-    decimals = max(0, -int(np.floor(np.log10(step)))) if step < 1 else 0
-    return f"{round(value / step) * step:.{decimals}f}"
+    """A quantity or price as the exchange expects it: the nearest step, with the step's decimals (0.0025: 4)."""
+    decimals = int(round(np.log10(core.step_scale(step))))
+    return f"{core.round_price(value, step):.{decimals}f}"
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Trader:
 
     def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
                  env: str, dry_run: bool = False, capital: float | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, keep_state_history: bool = False) -> None:
         self.http = http
         self.symbol = symbol
         self.timeframe = timeframe
@@ -145,6 +145,7 @@ class Trader:
         self.latencies_ms: list[float] = []
         self.retry = retry or RetryPolicy()
         self.recovering = False  # while catching up after a start: orders are looked up before they are sent
+        self.keep_state_history = keep_state_history  # each side's state per bar in SQLite (paper: --compare)
 
     # --- start-up ---------------------------------------------------------------------------
     def start(self, history_days: int) -> None:
@@ -178,6 +179,9 @@ class Trader:
                          params_file=None)
         logger.info("started %s %s on %s with %d bars of history", self.symbol, self.timeframe, self.env,
                     len(self.candles))
+        if config.STOP_TRIGGER_BY != "LastPrice":
+            logger.warning("stops trigger on %s while the backtest's stops trigger on last-price candles: fills "
+                           "can differ from the backtest's", config.STOP_TRIGGER_BY)
         for warning in warnings:
             logger.warning("API key: %s", warning)
             self.events.emit("security_warning", None, detail=warning)
@@ -302,8 +306,15 @@ class Trader:
             params = side.config.params
             signal = data.signals(params)
             atr = data.indicator("atr", params["atr_period"])
+            refusals = side.state[core.S_TICK_REFUSALS]
             core.decide(side.state, side.p, i, float(data.ts[i]), data.high[i], data.low[i], data.close[i], atr[i],
                         int(signal[i]), data.high[i - 1] if i else np.nan, data.low[i - 1] if i else np.nan)
+            if side.state[core.S_TICK_REFUSALS] > refusals:
+                self.events.emit("entry_skipped", side.name, bar_ts=int(data.ts[i]),
+                                 reason=f"its stop or a take-profit would be less than one tick "
+                                        f"({side.p[core.P_TICK]:g}) from the entry")
+            if self.keep_state_history:  # as decided at this close, before its orders fill: the backtest's moment
+                self.store.record_state_history(side.name, ts, side.state)
             self._act(side, data, i, paused, latest)
         self.last_bar_ts = ts
         equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
@@ -370,14 +381,18 @@ class Trader:
                 logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
             elif self._send_stop(side, "stop_moved"):
                 side.sent_stop = state[core.S_STOP]
-                kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing"}.get(
-                    int(state[core.S_STOP_KIND]), "profit_lock")
+                kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing", core.R_PROFIT_LOCK: "profit_lock",
+                        core.R_STOP_LOSS: "stop_loss"}[int(state[core.S_STOP_KIND])]
                 self.events.emit("stop_moved", side.name, old_stop=float(old), new_stop=float(state[core.S_STOP]),
                                  kind=kind)
-            elif self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
-                # The market already opened beyond the new stop: the stop is crossed, as a gapped-through stop
-                # in the backtest, so the position is closed at market now (reduce-only).
-                self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
+            else:
+                price = self._last_price()
+                if core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price,
+                                        price) == core.EXIT_STOP:
+                    # The market already opened beyond the new stop: the stop is crossed, as a gapped-through
+                    # stop in the backtest, so the position is closed at market now (reduce-only). Beyond the
+                    # liquidation price too, the exchange liquidates it (the backtest's rule): nothing to send.
+                    self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
         state[core.S_ORDER_ACTION] = core.A_NONE
 
     def _last_price(self) -> float:

@@ -2,7 +2,8 @@
 
 Tables: ``sides`` (each side's core state by slot name, so the layout can evolve), ``orders``
 (by orderLinkId), ``executions`` (by execId: each booked exactly once), ``trades`` (the source of
-trades.csv), ``equity`` (one row per bar close) and ``kv`` (the last bar processed and such).
+trades.csv), ``equity`` (one row per bar close), ``kv`` (the last bar processed and such) and, when
+the trader keeps it (paper replays), ``state_history`` (each side's state after each bar close).
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ CREATE TABLE IF NOT EXISTS trades (id INTEGER PRIMARY KEY, symbol TEXT, side TEX
     entry_ms INTEGER, exit_ms INTEGER, entry_bar INTEGER, exit_bar INTEGER);
 CREATE TABLE IF NOT EXISTS equity (ts_ms INTEGER PRIMARY KEY, equity REAL);
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS state_history (side TEXT, bar_ts INTEGER, state TEXT, PRIMARY KEY (side, bar_ts));
 """
+
+
+def _named_state(named: dict[str, float]) -> np.ndarray:
+    """A state vector from slots saved by name (slots missing from an older layout stay 0)."""
+    state = np.zeros(core.N_STATE)
+    for k, name in enumerate(core.STATE_NAMES):
+        state[k] = named.get(name, 0.0)
+    return state
 
 
 def _iso(ms: float) -> str:
@@ -64,16 +74,21 @@ class Store:
         named = {name: float(state[k]) for k, name in enumerate(core.STATE_NAMES)}
         self.db.execute("INSERT OR REPLACE INTO sides VALUES (?, ?, ?)", (side, json.dumps(named), now_ms))
 
+    def record_state_history(self, side: str, bar_ts: int, state: np.ndarray) -> None:
+        """A side's state as decided at the close of the bar opened at ``bar_ts`` (for --compare's report)."""
+        named = {name: float(state[k]) for k, name in enumerate(core.STATE_NAMES)}
+        self.db.execute("INSERT OR REPLACE INTO state_history VALUES (?, ?, ?)", (side, bar_ts, json.dumps(named)))
+
+    def state_before(self, side: str, bar_ts: int) -> tuple[int, np.ndarray] | None:
+        """(bar open time, state) of the last bar close recorded before the bar opened at ``bar_ts``, or None."""
+        row = self.db.execute("SELECT bar_ts, state FROM state_history WHERE side = ? AND bar_ts < ? "
+                              "ORDER BY bar_ts DESC LIMIT 1", (side, bar_ts)).fetchone()
+        return None if row is None else (int(row[0]), _named_state(json.loads(row[1])))
+
     def load_state(self, side: str) -> np.ndarray | None:
         """The saved state of ``side`` (slots missing from an older layout stay 0), or None."""
         row = self.db.execute("SELECT state FROM sides WHERE side = ?", (side,)).fetchone()
-        if row is None:
-            return None
-        named = json.loads(row[0])
-        state = np.zeros(core.N_STATE)
-        for k, name in enumerate(core.STATE_NAMES):
-            state[k] = named.get(name, 0.0)
-        return state
+        return None if row is None else _named_state(json.loads(row[0]))
 
     # orders and executions
     def record_order(self, link_id: str, side: str, action: str, payload: dict[str, Any], status: str,

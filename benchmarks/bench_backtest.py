@@ -93,8 +93,8 @@ def bench_ours(frame: pd.DataFrame, repeats: int) -> dict:
 
     def loop_only():
         state = core.new_state(p[core.P_CAPITAL])
-        return core.run_loop(data.ts, data.open, data.high, data.low, data.close, atr, signal, data.funding, p,
-                             state, equity, position, True)
+        return core.run_loop(data.ts, data.open, data.high, data.low, data.close, atr, signal, data.funding_ts,
+                             data.funding_rates, p, state, equity, position, True)
 
     def whole():
         fresh = backtester.MarketData(frame, "BTCUSDT", "1m")

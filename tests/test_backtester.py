@@ -44,11 +44,15 @@ def test_folds_use_indicators_from_the_whole_history(hourly):
     assert rows[:, 10].min() >= 5000 and rows[:, 11].max() <= 7999
 
 
-def test_funding_series_applies_at_funding_bars(hourly):
+def test_funding_history_becomes_the_events_the_loop_charges(hourly):
     ts = hourly.ts
-    series = pd.Series([0.001, -0.002], index=[ts[8], ts[16] + 1])  # the second inside bar 16
-    rates = backtester.funding_per_bar(ts, hourly.bar_ms, series)
-    assert rates[8] == 0.001 and rates[16] == -0.002 and np.isnan(rates[9])
+    series = pd.Series([0.001, -0.002], index=[ts[8], ts[16] + 1])  # the second between two bar opens
+    data = backtester.MarketData(hourly.candles, "BTCUSDT", "1h", funding=series)
+    span = (data.funding_ts >= ts[8]) & (data.funding_ts <= ts[16] + 1)
+    assert data.funding_ts[span].tolist() == [ts[8], ts[16] + 1]  # inside the history's span: its own events
+    assert data.funding_rates[span].tolist() == [0.001, -0.002]
+    assert np.isnan(data.funding_rates[data.funding_ts > ts[16] + 1]).all()  # after it: the 8h grid
+    assert (hourly.funding_ts % (8 * 3_600_000) == 0).all() and np.isnan(hourly.funding_rates).all()
 
 
 def test_params_vector_carries_instrument_and_costs():
@@ -57,7 +61,7 @@ def test_params_vector_carries_instrument_and_costs():
     assert p[core.P_QTY_STEP] == 0.1 and p[core.P_TAKER] == config.TAKER_FEE and p[core.P_N_LEVELS] == 3
     with pytest.raises(config.ConfigError, match="exceeds SOLUSDT's maximum"):
         backtester.build_core_params({**params, "leverage": 100.0}, 3_600_000, "SOLUSDT",
-                                     instrument={**config.INSTRUMENT_DEFAULT, "max_leverage": 50.0})
+                                     instrument={**config.INSTRUMENTS["SOLUSDT"], "max_leverage": 50.0})
 
 
 def test_cli_backtest_writes_the_files(tmp_path, capsys):
@@ -114,3 +118,49 @@ def test_cli_unknown_timeframe_exits_2():
     with pytest.raises(SystemExit) as info:
         main.main(["backtest", "--timeframe", "7m"])
     assert info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def micro_coin_csv(tmp_path_factory):
+    """The ETH sample's shape scaled to a coin priced around 1e-6 USDT, as a CSV of an unknown symbol."""
+    frame = load_sample("ETHUSDT", "1h").iloc[:4000]
+    scale = 1e-6 / frame["close"].iloc[0]
+    scaled = frame.assign(**{k: frame[k] * scale for k in ("open", "high", "low", "close")})
+    path = tmp_path_factory.mktemp("micro") / "micro.csv"
+    scaled.reset_index().assign(time=lambda d: d["time"].dt.as_unit("ms").astype("int64")).to_csv(path, index=False)
+    return path
+
+
+def test_unknown_symbol_needs_its_instrument(micro_coin_csv, capsys):
+    # Before: a silent 0.01 tick and 0.001 step for any symbol not in config.INSTRUMENTS.
+    code = main.main(["backtest", "--source", f"csv:{micro_coin_csv}", "--symbol", "MICROUSDT", "--timeframe", "1h"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no instrument info for 'MICROUSDT'" in err and "--tick and --qty-step" in err
+
+
+def test_a_tick_too_coarse_for_the_price_is_refused_in_one_line(micro_coin_csv, tmp_path, capsys):
+    # With a 0.01 tick every stop of a 1e-6 coin rounds to zero: refused, exit 2, one line.
+    argv = ["backtest", "--source", f"csv:{micro_coin_csv}", "--symbol", "MICROUSDT", "--timeframe", "1h",
+            "--qty-step", "1", "--out", str(tmp_path / "o")]
+    assert main.main([*argv, "--tick", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rounds onto it or to zero on the tick 0.01" in err
+    # The instrument's real tick: it trades.
+    assert main.main([*argv, "--tick", "1e-10"]) == 0
+    trades = pd.read_csv(tmp_path / "o" / "trades.csv")
+    assert len(trades) > 10
+
+
+def test_tick_flags_are_checked(capsys):
+    assert main.main(["backtest", "--tick", "-1"]) == 2
+    assert "--tick must be a positive number, got -1.0" in capsys.readouterr().err
+
+
+def test_a_trial_with_stops_finer_than_the_tick_is_a_constraint_not_a_crash():
+    import optimizer
+
+    frame = load_sample("BTCUSDT", "1h").iloc[:3000]
+    datasets = optimizer.Datasets(lambda tf: frame, "BTCUSDT", {**config.INSTRUMENTS["BTCUSDT"], "tick_size": 1000.0})
+    result = optimizer.evaluate(datasets, {**config.fixed_params("LONG"), "timeframe": "1h"}, (0.5, 0.15))
+    assert result.score == optimizer.SCORE_CONSTRAINT and "rounds onto it" in result.fail_reason

@@ -204,9 +204,9 @@ def backtest_rows(bars, stop_mult=2.0, tp_mult=0.0):
     state = core.new_state(10_000.0)
     signal = np.zeros(n, dtype=np.int8)
     signal[0] = 1
-    rows = core.run_loop(T0 + np.arange(n, dtype=np.int64) * HOUR, arr[:, 0].copy(), arr[:, 1].copy(),
-                         arr[:, 2].copy(), arr[:, 3].copy(), np.full(n, 2.0), signal, np.full(n, np.nan), p, state,
-                         np.empty(n), np.empty(n), False)
+    ts = T0 + np.arange(n, dtype=np.int64) * HOUR
+    rows = core.run_loop(ts, arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy(), np.full(n, 2.0),
+                         signal, *core.funding_schedule(ts, HOUR), p, state, np.empty(n), np.empty(n), False)
     return rows
 
 
@@ -215,6 +215,7 @@ def backtest_rows(bars, stop_mult=2.0, tp_mult=0.0):
     ("intrabar stop", [FLAT, FLAT, (100, 101, 95, 97), FLAT], 0.0),
     ("limit take-profit", [FLAT, FLAT, (100, 105, 97, 104), FLAT], 2.0),
     ("stop before take-profit", [FLAT, FLAT, (100, 105, 95, 100), FLAT], 2.0),
+    ("take-profit crossed at the open before a later stop", [FLAT, FLAT, (106, 107, 95, 100), FLAT], 2.0),
 ])
 def test_replay_fills_equal_the_backtester(env, name, bars, tp):
     expected = backtest_rows(bars, tp_mult=tp)

@@ -396,7 +396,7 @@ def three_sources(tmp_path_factory):
 @pytest.mark.slow
 def test_three_symbols_with_one_bad_source(user_folder, three_sources, tmp_path, capsys):
     flags = ["--strategy-path", str(user_folder), "--strategy", "donchian_breakout", "--symbols",
-             "AAAUSDT,BBBUSDT,CCCUSDT", "--source", three_sources]
+             "AAAUSDT,BBBUSDT,CCCUSDT", "--source", three_sources, "--tick", "0.01", "--qty-step", "0.001"]
     # validation in two worker processes (they load the user's strategy folder too)
     assert main.main(["validate", *flags, "--folds", "3", "--jobs", "2", "--out", str(tmp_path / "val")]) == 2
     rows = pd.read_csv(tmp_path / "val" / "summary.csv").set_index("symbol")

@@ -61,6 +61,10 @@ def test_entry_is_protected_from_its_first_fill_and_targets_rest(candles, tmp_pa
         targets = [o for o in sim.engine.orders.values() if "-tp" in o.link_id]
     assert stats["longest_unprotected_bars"] == 0  # never a bar with a position and no stop-loss
     assert entries and all(o.stop_loss > 0 for o in entries)  # the stop travels with the entry order
+    # the stop triggers on the last price, as the backtest's stop path on last-price candles does
+    assert config.STOP_TRIGGER_BY == "LastPrice"
+    sent = trader.store.order(entries[0].link_id)["payload"]
+    assert sent["slTriggerBy"] == "LastPrice"
     assert stats["requests"]["position/trading-stop"] > 0
     # after a partial fill the next level is resting: a newer version of the next level exists
     store = trader.store
