@@ -35,7 +35,7 @@ import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 from trader_store import Store
-from trader_utils import RetryPolicy, api_retry_wrapper, check_api_key, redact
+from trader_utils import RetryPolicy, UnknownSymbol, api_retry_wrapper, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
@@ -232,7 +232,11 @@ class Trader:
         return api_retry_wrapper(lambda: method(**kwargs), what, self.retry)["result"]["list"]
 
     def _instrument(self) -> dict[str, float]:
-        info = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)[0]
+        found = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)
+        if not found:  # Bybit answers an unknown symbol with an empty list
+            raise UnknownSymbol(f"Bybit {self.env} lists no linear instrument {self.symbol}: check --symbol or the "
+                                "params' symbol (a linear USDT perpetual such as BTCUSDT)")
+        info = found[0]
         return {"qty_step": float(info["lotSizeFilter"]["qtyStep"]),
                 "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
                 "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),

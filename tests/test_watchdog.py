@@ -93,7 +93,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 def fast(**overrides) -> Settings:
     values = dict(poll_interval_s=0.05, min_send_interval_s=0.0, retry_base_s=0.01, retry_max_s=0.05,
                   updates_timeout_s=0, request_timeout_s=5.0, daily_summary_hour_utc=None, merge_window_s=0.0,
-                  kill_grace_s=5.0)
+                  merge_edit_interval_s=0.0, kill_grace_s=5.0)
     values.update(overrides)
     return Settings.from_config(**values)
 
@@ -129,7 +129,9 @@ def processes():
 
 
 def make_dog(workdir, tg, clock, restart=False, **settings) -> Watchdog:
-    return Watchdog(workdir, TOKEN, CHAT, tg.url, restart=restart, settings=fast(**settings), clock=clock)
+    """A watchdog on ``workdir``; with ``restart``, its restarts run the fake trader."""
+    command = fake_trader_command(workdir) if restart else None
+    return Watchdog(workdir, TOKEN, CHAT, tg.url, restart_command=command, settings=fast(**settings), clock=clock)
 
 
 def deliver(dog: Watchdog, clock: Clock, steps: int = 500) -> None:
@@ -159,12 +161,16 @@ def write_heartbeat(workdir: Path, **fields) -> None:
     os.replace(workdir / "heartbeat.json.tmp", workdir / "heartbeat.json")
 
 
-def start_fake_trader(workdir: Path, processes: list[int], mode: str = "run", hold: bool = False
-                      ) -> subprocess.Popen:
+def fake_trader_command(workdir: Path, mode: str = "run") -> list[str]:
     script = workdir.parent / "fake_trader.py"
     script.write_text(FAKE_TRADER)
+    return [sys.executable, str(script), str(workdir), mode]
+
+
+def start_fake_trader(workdir: Path, processes: list[int], mode: str = "run", hold: bool = False
+                      ) -> subprocess.Popen:
     env = {**os.environ, "FAKE_TRADER_HOLD": "1"} if hold else None
-    proc = subprocess.Popen([sys.executable, str(script), str(workdir), mode], env=env,
+    proc = subprocess.Popen(fake_trader_command(workdir, mode), env=env,
                             stdin=subprocess.PIPE if hold else subprocess.DEVNULL)
     processes.append(proc.pid)
     return proc
