@@ -77,14 +77,17 @@ class Bound:
 
     def describe(self) -> str:
         """What is accepted, e.g. 'a number of seconds in (0, 3600]' or 'a whole number >= 1'."""
+        def text(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         kind = ("a whole number" if self.whole else "a number") + (f" of {self.unit}" if self.unit else "")
         if self.low is not None and self.high is not None:
             opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{kind} in {opening}{self.low:g}, {self.high:g}{closing}"
+            return f"{kind} in {opening}{text(self.low)}, {text(self.high)}{closing}"
         if self.low is not None:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+            return f"{kind} {'>' if self.low_open else '>='} {text(self.low)}"
         if self.high is not None:
-            return f"{kind} {'<' if self.high_open else '<='} {self.high:g}"
+            return f"{kind} {'<' if self.high_open else '<='} {text(self.high)}"
         return kind
 
     def accepts(self, value: Any) -> bool:

@@ -74,11 +74,24 @@ class EventLog:
             handle.flush()
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """trader.log; a line that cannot be written (a full disk) is reported once on stderr in one line, not as
+    logging's traceback for every line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); its lines are lost",
+                  file=sys.stderr)
+
+
 def setup_logging(workdir: Path) -> None:
     """logs/trader.log (rotating) with secrets redacted."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(logs / "trader.log", maxBytes=5_000_000, backupCount=3)
+    handler = _LogFile(logs / "trader.log", maxBytes=5_000_000, backupCount=3)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.addFilter(_RedactFilter())
     root = logging.getLogger("grtr")
