@@ -3,6 +3,7 @@
     python watchdog.py                         # watch the trader started by run_live.py in this folder
     python watchdog.py --dir results/paper1    # watch the trader whose heartbeat and logs are in that folder
     python watchdog.py --restart               # also restart the trader when it dies or hangs
+    python watchdog.py --restart -- --side long --mainnet --yes   # ... as run_live.py --dir . --side long ...
     python watchdog.py --test-message          # send one message and exit: checks the token and chat
 
 It reads the trader's files (``heartbeat.json``, ``logs/events.jsonl``, ``logs/trader.log`` and
@@ -394,6 +395,8 @@ class Watchdog:
         elif kind in ("stop", "fatal"):  # a fatal error is the trader's last word, in place of its stop event
             beat = read_heartbeat(self.workdir / "heartbeat.json")
             pid = event.get("pid") if isinstance(event.get("pid"), int) else None
+            if kind == "fatal" and pid is not None and pid != self.state.start_pid:
+                self.state.start_pid, self.state.start_ms = pid, event.get("ts_ms")  # it died before its start event
             self.state.stopped_pid = pid or self.state.start_pid or (beat or {}).get("pid")
             self.state.stopped_code = event.get("exit_code")
             tail = log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact)
