@@ -7,6 +7,7 @@ damaged state, a read-only folder or a full disk in one line; the watchdog resta
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from fake_telegram import FakeTelegram
 
+import run_live
 from bybit_sim import SimExchange
 from data_fetcher import load_sample
 from live_helpers import HISTORY, events, params_file
@@ -114,6 +116,14 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def in_process(argv: list[str], capsys) -> str:
+    """run_live's refusal of ``argv`` before any folder or network is touched: exit 2 and its one line."""
+    assert run_live.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err.strip()
+
+
 # ----------------------------------------------------------------------------------------------
 # One trader per account and symbol
 # ----------------------------------------------------------------------------------------------
@@ -160,12 +170,16 @@ def test_a_lease_of_another_host_holds_while_its_heartbeat_is_fresh(env, params,
 # ----------------------------------------------------------------------------------------------
 # Mainnet, unattended
 # ----------------------------------------------------------------------------------------------
-def test_mainnet_starts_unattended_only_with_the_accounts_uid(sim, env, params, tmp_path, processes):
+def test_mainnet_starts_unattended_only_with_the_accounts_uid(sim, env, params, tmp_path, processes, monkeypatch,
+                                                             capsys):
     folder = tmp_path / "main"
     mainnet = command(folder, params, "--mainnet")
-    no_terminal = one_error_line(run(mainnet, env))  # stdin at end of file, as under a supervisor
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # at end of file, as under a supervisor
+    no_terminal = in_process(mainnet[2:], capsys)
     assert "no terminal to type 'mainnet' in" in no_terminal and "GRTR_CONFIRM_MAINNET" in no_terminal
-    missing = one_error_line(run([*mainnet, "--yes"], env))
+    missing = in_process([*mainnet[2:], "--yes"], capsys)
     assert "--mainnet --yes needs GRTR_CONFIRM_MAINNET=<the UID" in missing
     wrong = one_error_line(run([*mainnet, "--yes"], {**env, "GRTR_CONFIRM_MAINNET": "123"}))
     assert "GRTR_CONFIRM_MAINNET='123' is not the UID of the account behind BYBIT_API_KEY" in wrong
@@ -340,10 +354,10 @@ def test_a_full_disk_is_one_line(env, params, tmp_path, full):
 # ----------------------------------------------------------------------------------------------
 # Silent edge cases
 # ----------------------------------------------------------------------------------------------
-def test_a_params_file_with_a_key_twice_is_refused(env, tmp_path):
+def test_a_params_file_with_a_key_twice_is_refused(tmp_path, capsys):
     path = tmp_path / "twice.json"
     path.write_text('{"mode": "long_only", "atr_period": 14, "atr_stop_multiplier": 3.0, "atr_period": 30}')
-    line = one_error_line(run(command(tmp_path / "t", path), env))
+    line = in_process(command(tmp_path / "t", path)[2:], capsys)
     assert f"params file {path}: key 'atr_period' appears twice (14 and 30)" in line
 
 
