@@ -371,10 +371,13 @@ def export_trades(args: argparse.Namespace) -> int:
     path = Path(args.dir or ".") / "state.sqlite"
     if not path.exists():
         raise UsageError(f"no trader database at {path}")
+    target = Path(args.export_trades)
+    if not target.parent.is_dir():
+        raise UsageError(f"--export-trades {target}: the folder {target.parent} does not exist")
     store = Store(path)
     rows = store.trade_rows()
     store.close()
-    reporting.write_trades_csv(Path(args.export_trades), backtester.trades_table(rows))
+    reporting.write_trades_csv(target, backtester.trades_table(rows))
     print(f"wrote {len(rows)} trades to {args.export_trades}")
     return 0
 

@@ -91,13 +91,18 @@ def setup_logging(workdir: Path) -> None:
     """logs/trader.log (rotating) with secrets redacted."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    handler = _LogFile(logs / "trader.log", maxBytes=5_000_000, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(_RedactFilter())
+    path = os.path.abspath(logs / "trader.log")
     root = logging.getLogger("grtr")
     root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.handlers.RotatingFileHandler) for h in root.handlers):
-        root.addHandler(handler)
+    for old in [h for h in root.handlers if isinstance(h, _LogFile)]:
+        if old.baseFilename == path:
+            return
+        root.removeHandler(old)  # another folder's trader ran in this process before
+        old.close()
+    handler = _LogFile(path, maxBytes=5_000_000, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_RedactFilter())
+    root.addHandler(handler)
 
 
 class _RedactFilter(logging.Filter):

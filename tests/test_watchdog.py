@@ -491,13 +491,19 @@ def test_restart_of_a_dead_then_a_hung_trader_until_the_hourly_limit(workdir, tg
     dog.close()
 
 
-def test_a_restart_runs_the_watchdogs_own_command_never_the_heartbeats(workdir, tg, clock, processes, tmp_path):
+def watched_then_killed(workdir, tg, clock, processes) -> tuple[Watchdog, subprocess.Popen]:
+    """A restarting watchdog that has seen a fake trader start, and that trader killed."""
     dog = make_dog(workdir, tg, clock, restart=True)
     first = start_fake_trader(workdir, processes)
     wait_until(lambda: started_pids(workdir) == [first.pid])
     dog.poll()
     first.kill()
     first.wait()
+    return dog, first
+
+
+def test_a_restart_runs_the_watchdogs_own_command_never_the_heartbeats(workdir, tg, clock, processes, tmp_path):
+    dog, first = watched_then_killed(workdir, tg, clock, processes)
     planted = tmp_path / "PLANTED"
     beat = json.loads((workdir / "heartbeat.json").read_text())
     beat["cmdline"], beat["cwd"] = ["/bin/sh", "-c", f"touch {planted}"], str(tmp_path)  # the file is the trader's
@@ -556,12 +562,7 @@ def test_a_burst_of_rejections_and_skips_is_one_message_each_with_a_count(workdi
 
 
 def test_no_restart_while_a_copy_started_by_hand_is_loading(workdir, tg, clock, processes):
-    dog = make_dog(workdir, tg, clock, restart=True)
-    first = start_fake_trader(workdir, processes)
-    wait_until(lambda: started_pids(workdir) == [first.pid])
-    dog.poll()
-    first.kill()
-    first.wait()
+    dog, first = watched_then_killed(workdir, tg, clock, processes)
     by_hand = start_fake_trader(workdir, processes, hold=True)  # same command line, no heartbeat yet
     wait_until(lambda: watchdog.running_copy(first.args, os.getcwd()) == by_hand.pid)
     dog.poll()
