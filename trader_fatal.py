@@ -80,8 +80,8 @@ def _file_line(error: OSError | sqlite3.Error, workdir: Path) -> str | None:
             return (f"no space left to write {where} ({error.strerror}): free space on that disk (or raise the "
                     "file size limit), then start the trader again; open positions stay under their exchange stops")
         if error.errno in NOT_WRITABLE:
-            return (f"cannot write {where} ({error.strerror}): the working folder must be writable; choose another "
-                    "--dir or fix its permissions")
+            return (f"cannot write {where} ({error.strerror}): the trader's folders must be writable; fix their "
+                    "permissions or choose another --dir")
         return None
     text = str(error).lower()
     if "disk is full" in text or "disk i/o error" in text:

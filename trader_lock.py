@@ -18,6 +18,7 @@ not reach: a lease of another host whose heartbeat is recent is respected.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -101,8 +102,8 @@ def lock_dir() -> Path:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):
                 return folder
-    raise OSError(f"no writable folder for the account locks ({', '.join(map(str, candidates))}); set "
-                  f"{LOCK_DIR_VARIABLE}")
+    raise PermissionError(errno.EACCES, f"no writable folder for the account locks; set {LOCK_DIR_VARIABLE}",
+                          str(candidates[0]))
 
 
 def account_tag(endpoint: str, api_key: str, symbol: str) -> str:

@@ -321,7 +321,7 @@ def test_a_read_only_folder_is_one_line(env, params, tmp_path):
         if mounted:
             subprocess.run(["umount", str(folder)], check=True)
         folder.chmod(0o755)
-    assert f"cannot write {folder}/trader.lock" in line and "the working folder must be writable" in line
+    assert f"cannot write {folder}/trader.lock" in line and "the trader's folders must be writable" in line
 
 
 @pytest.mark.parametrize("full", ["tmpfs", "rlimit"])
