@@ -74,6 +74,8 @@ def _s(value: float) -> str:
 class SimExchange:
     """The simulated exchange; a context manager that serves it on a free port in a thread."""
 
+    user_id = 100_000_001  # the account's UID, userID of GET /v5/user/query-api
+
     def __init__(self, candles: pd.DataFrame, symbol: str = "BTCUSDT", timeframe: str = "1h",
                  history_bars: int = 200, balance: float = 10_000.0, lockstep: bool = True,
                  speed: float | None = None, faults: FaultConfig | None = None, seed: int = 0,
@@ -504,7 +506,7 @@ class SimExchange:
             permissions = {"ContractTrade": ["Order", "Position"], "Wallet": [], "Spot": [], "Options": [],
                            "Derivatives": [], "Exchange": [], "NFT": []}
         return {"apiKey": self.api_key, "readOnly": int(self.api_read_only), "ips": list(self.api_ips),
-                "permissions": permissions}
+                "permissions": permissions, "userID": self.user_id}  # docs: v5/user/apikey-info.mdx (integer)
 
     ROUTES = {
         "market/time": _market_time, "market/kline": _market_kline, "market/tickers": _market_tickers,

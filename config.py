@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,69 @@ class UnknownParamError(ConfigError):
     """A parameter name that neither the common params nor any loaded strategy declares."""
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The numbers a setting or flag accepts: [low, high] (either end open, or absent), whole numbers when
+    ``whole``; ``unit`` names what is counted ("seconds") in the error."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    whole: bool = False
+    unit: str = ""
+
+    def describe(self) -> str:
+        """What is accepted, e.g. 'a number of seconds in (0, 3600]' or 'a whole number >= 1'."""
+        def text(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        kind = ("a whole number" if self.whole else "a number") + (f" of {self.unit}" if self.unit else "")
+        if self.low is not None and self.high is not None:
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {opening}{text(self.low)}, {text(self.high)}{closing}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {text(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {text(self.high)}"
+        return kind
+
+    def accepts(self, value: Any) -> bool:
+        """True when ``value`` is a finite number (not a bool) inside the bound."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.whole and float(value) != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def check(self, name: str, value: Any, where: str = "config.py") -> Any:
+        """``value`` (an int when ``whole``) or a ConfigError naming the setting, the value and what is accepted."""
+        if not self.accepts(value):
+            raise ConfigError(f"{where}: {name} = {value!r} is refused; accepted: {self.describe()}")
+        return int(value) if self.whole else value
+
+
+def check_mapping(name: str, values: Any, bounds: dict[str, Bound], where: str = "config.py") -> None:
+    """A dict setting: exactly the keys of ``bounds``, each value inside its bound."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {name} = {values!r} is refused; accepted: a dict with the keys "
+                          f"{', '.join(bounds)}")
+    for key in sorted(set(values) ^ set(bounds)):
+        state = "unknown" if key in values else "missing"
+        raise ConfigError(f"{where}: {name}['{key}'] is {state}; expected the keys {', '.join(bounds)}")
+    for key, bound in bounds.items():
+        bound.check(f"{name}['{key}']", values[key], where)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameter declarations
 # ---------------------------------------------------------------------------------------------
 TIMEFRAME_CHOICES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 MAX_PARTIAL_LEVELS = 4
 STRATEGY_PARAM_KINDS = ("int", "float", "bool", "choice")  # the kinds a strategy file may declare
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9]{2,25}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +179,7 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "mode": ParamSpec("strategy", "long_only", doc="the strategy: the NAME of a strategy file (strategies/, "
                                                     "--strategy-path, STRATEGY_PATHS)"),
     "timeframe": ParamSpec("choice", "1h", choices=TIMEFRAME_CHOICES, doc="bar length"),
-    "symbol": ParamSpec("str", SYMBOLS[0], doc="instrument, e.g. SOLUSDT"),
+    "symbol": ParamSpec("symbol", "BTCUSDT", doc="instrument, e.g. SOLUSDT"),
     # risk and position
     "leverage": _f(10.0, 1.0, 100.0, "position size cap: equity x leverage; isolated-margin liquidation"),
     "risk_per_trade": _f(0.02, 0.0005, 0.5, "share of the risk base lost if the initial stop is hit"),
@@ -182,6 +240,10 @@ def check_value(name: str, value: Any, spec: ParamSpec, where: str) -> Any:
     if spec.kind in ("str", "strategy"):
         if not isinstance(value, str) or not value:
             raise bad("must be a non-empty string")
+        return value
+    if spec.kind == "symbol":
+        if not isinstance(value, str) or not SYMBOL_PATTERN.fullmatch(value):
+            raise bad("is not a Bybit symbol: 2 to 25 capital letters and digits, e.g. BTCUSDT")
         return value
     if spec.kind == "levels":
         if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_PARTIAL_LEVELS:
@@ -268,16 +330,27 @@ def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> di
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"params file {path} is not valid JSON: {exc}") from None
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
         if raw.get("strategy_file"):
             _strategies().ensure_loaded(raw["params"].get("mode"), raw["strategy_file"], str(path))
         raw = raw["params"]
     return validate_params(raw, where=str(path), base=base)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object as a dict; a key given twice is an error (json would silently keep the last value)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ConfigError(f"params file {path}: key '{key}' appears twice ({seen[key]!r} and {value!r}); "
+                              "keep one")
+        seen[key] = value
+    return seen
 
 
 INSTRUMENT_FIELDS = ("qty_step", "min_qty", "tick_size", "min_notional", "max_leverage")
@@ -376,19 +449,89 @@ def _validate_library() -> None:
             raise ConfigError(f"STRATEGY_LIBRARY['{key}'] = {path!r} must be the path of a strategy file (.py)")
     if not isinstance(STRATEGY_PATHS, list) or not all(isinstance(p, str) for p in STRATEGY_PATHS):
         raise ConfigError(f"STRATEGY_PATHS = {STRATEGY_PATHS!r} must be a list of folder paths")
-    if not isinstance(SYMBOLS, list) or not SYMBOLS or not all(isinstance(x, str) and x for x in SYMBOLS):
-        raise ConfigError(f"SYMBOLS = {SYMBOLS!r} must be a non-empty list of symbols, e.g. ['BTCUSDT', 'ETHUSDT']")
     if SEARCH_SYMBOLS not in SEARCH_SYMBOLS_CHOICES:
         raise ConfigError(f"SEARCH_SYMBOLS = {SEARCH_SYMBOLS!r}; accepted: {', '.join(SEARCH_SYMBOLS_CHOICES)}")
     if AGGREGATE_OBJECTIVE not in AGGREGATE_CHOICES:
         raise ConfigError(f"AGGREGATE_OBJECTIVE = {AGGREGATE_OBJECTIVE!r}; accepted: {', '.join(AGGREGATE_CHOICES)}")
-    for threshold, factor in RISK_GOVERNOR:
-        if not (0 < threshold < 1 and 0 < factor <= 1):
-            raise ConfigError(f"RISK_GOVERNOR entry ({threshold}, {factor}) needs 0 < drawdown < 1, 0 < factor <= 1")
-    if len(RISK_GOVERNOR) > 4:
-        raise ConfigError("RISK_GOVERNOR holds at most 4 (drawdown, factor) rows")
+    for name, spec in PARAM_SPECS.items():
+        check_value(name, spec.default, spec, "PARAM_SPECS default")
 
 
+def check_grid_entry(name: str, entry: Any, where: str, mode: str | None = None) -> ParamSpec:
+    """One entry of a search grid of strategy ``mode``: (low, high) a range, a list the choices, a scalar a
+    fixed value; each value inside the parameter's own range. Returns the parameter's spec."""
+    spec = check_param_name(name, where, mode)
+    if isinstance(entry, tuple):
+        if len(entry) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry):
+            raise ConfigError(f"{where}: '{name}' = {entry!r}: a range must be a 2-tuple of numbers")
+        if entry[0] > entry[1]:
+            raise ConfigError(f"{where}: '{name}' = {entry!r}: low is above high")
+        for bound in entry:
+            check_param(name, bound, where, mode)
+        if spec.kind == "int" and not all(isinstance(v, int) for v in entry):
+            raise ConfigError(f"{where}: '{name}' is a whole-number parameter; range {entry!r} must hold ints")
+        if spec.kind not in ("int", "float"):
+            raise ConfigError(f"{where}: '{name}' is a {spec.kind} parameter and cannot take a range")
+    elif isinstance(entry, list):
+        if not entry:
+            raise ConfigError(f"{where}: '{name}' has an empty list of choices")
+        for value in entry:
+            check_param(name, value, where, mode)
+    else:
+        check_param(name, entry, where, mode)
+    return spec
+
+
+_INSTRUMENT_BOUNDS = {"qty_step": Bound(0, 1e6, low_open=True), "min_qty": Bound(0, 1e9, low_open=True),
+                      "tick_size": Bound(0, 1e6, low_open=True), "min_notional": Bound(0, 1e9),
+                      "max_leverage": Bound(1, 200)}
+# the defaults hold no precision: a symbol's tick and step must be known (INSTRUMENTS, Bybit's info or flags)
+_INSTRUMENT_DEFAULT_BOUNDS = {k: _INSTRUMENT_BOUNDS[k] for k in ("min_notional", "max_leverage")}
+_MONEY_BOUNDS = {
+    "CAPITAL": Bound(0, low_open=True), "TAKER_FEE": Bound(0, 0.05), "MAKER_FEE": Bound(0, 0.05),
+    "SLIPPAGE": Bound(0, 0.1), "FUNDING_RATE": Bound(-0.05, 0.05), "MAINTENANCE_MARGIN_RATE": Bound(0, 0.5),
+    "DATA_DAYS_DEPTH": Bound(1, 36_500, whole=True, unit="days"),
+}
+
+
+def _validate_basics() -> None:
+    """Paths, switches, symbols, data source, money and instruments: each setting's type and range."""
+    for name in ("BASE_DIR", "DATA_DIR", "CACHE_DIR", "RESULTS_DIR"):
+        if not isinstance(globals()[name], Path):
+            raise ConfigError(f"config.py: {name} = {globals()[name]!r} is refused; accepted: a pathlib.Path")
+    for name in ("ENABLE_FIXED_PARAMS", "ENABLE_OPTUNA"):
+        if not isinstance(globals()[name], bool):
+            raise ConfigError(f"config.py: {name} = {globals()[name]!r} is refused; accepted: True or False")
+    if not isinstance(SYMBOLS, list) or not SYMBOLS:
+        raise ConfigError(f"config.py: SYMBOLS = {SYMBOLS!r} is refused; accepted: a non-empty list of symbols")
+    for symbol in SYMBOLS:
+        check_param("symbol", symbol, "config.py: SYMBOLS")
+    if not isinstance(DEFAULT_SOURCE, str) or not (DEFAULT_SOURCE in ("sample", "bybit")
+                                                   or (DEFAULT_SOURCE.startswith("csv:") and len(DEFAULT_SOURCE) > 4)):
+        raise ConfigError(f"config.py: DEFAULT_SOURCE = {DEFAULT_SOURCE!r} is refused; accepted: 'sample', 'bybit' "
+                          "or 'csv:PATH'")
+    for name, bound in _MONEY_BOUNDS.items():
+        bound.check(name, globals()[name])
+    check_mapping("INSTRUMENT_DEFAULT", INSTRUMENT_DEFAULT, _INSTRUMENT_DEFAULT_BOUNDS)
+    if not isinstance(INSTRUMENTS, dict):
+        raise ConfigError(f"config.py: INSTRUMENTS = {INSTRUMENTS!r} is refused; accepted: a dict of symbols")
+    for symbol, spec in INSTRUMENTS.items():
+        check_param("symbol", symbol, "config.py: INSTRUMENTS")
+        check_mapping(f"INSTRUMENTS['{symbol}']", spec, _INSTRUMENT_BOUNDS)
+    rows = RISK_GOVERNOR if isinstance(RISK_GOVERNOR, (tuple, list)) else None
+    if rows is None or len(rows) > 4 or not all(isinstance(r, (tuple, list)) and len(r) == 2 for r in rows):
+        raise ConfigError(f"config.py: RISK_GOVERNOR = {RISK_GOVERNOR!r} is refused; accepted: at most 4 "
+                          "(drawdown, factor) pairs")
+    for threshold, factor in rows:
+        Bound(0, 1, low_open=True, high_open=True).check("RISK_GOVERNOR drawdown", threshold)
+        Bound(0, 1, low_open=True).check("RISK_GOVERNOR factor", factor)
+    thresholds = [row[0] for row in rows]
+    if thresholds != sorted(thresholds, reverse=True) or len(set(thresholds)) != len(thresholds):
+        raise ConfigError(f"config.py: RISK_GOVERNOR = {RISK_GOVERNOR!r} is refused; accepted: rows from the "
+                          "deepest drawdown down, each drawdown smaller than the one before")
+
+
+_validate_basics()
 _validate_library()
 
 
@@ -426,15 +569,44 @@ VALIDATE_TOP = 5               # best trials validated walk-forward after a sear
 PBO_TOP_TRIALS = 10            # trials compared by the Probability of Backtest Overfitting
 
 
+_OPTUNA_BOUNDS = {
+    "n_trials": Bound(1, 10**8, whole=True), "n_jobs": Bound(1, 1024, whole=True),
+    "seed": Bound(0, 2**32 - 1, whole=True),
+    "n_startup_trials": Bound(0, 10**6, whole=True), "window_best": Bound(1, 10**6, whole=True),
+    "window_recent": Bound(1, 10**6, whole=True), "refine_share": Bound(0, 1, high_open=True),
+}
+_FILTER_BOUNDS = {
+    "min_trades_train": Bound(0, 10**6), "min_trades_test": Bound(0, 10**6), "min_profit_factor": Bound(0, 100),
+    # the tiers divide by these to tell how close a result came, so they cannot be 0
+    "min_sharpe_ratio": Bound(0, 100, low_open=True), "max_sharpe_ratio": Bound(0, 100, low_open=True),
+    "max_drawdown": Bound(-1, 0, high_open=True), "min_cagr": Bound(-1, 1000),
+    "min_calmar": Bound(0, 1000, low_open=True), "min_trades_per_month": Bound(0, 10**4, low_open=True),
+    "max_sharpe": Bound(0, 1000, low_open=True), "max_profit_factor": Bound(0, 10**6, low_open=True),
+    "exit_mix_bonus": Bound(0, 100), "exit_mix_penalty": Bound(0, 100),
+}
+_SEARCH_BOUNDS = {
+    "DEFAULT_PIPELINE_TRIALS": Bound(1, 10**8, whole=True),
+    "TRAIN_FRACTION": Bound(0, 1, low_open=True, high_open=True),
+    "GAP_FRACTION": Bound(0, 1, high_open=True), "WF_FOLDS": Bound(2, 1000, whole=True),
+    "WF_TRAIN_RATIO": Bound(0, 1000, low_open=True), "WF_MIN_PROFITABLE_FOLDS": Bound(0, 1),
+    "VALIDATE_TOP": Bound(1, 10**4, whole=True), "PBO_TOP_TRIALS": Bound(2, 10**4, whole=True),
+}
+
+
 def _validate_optimization() -> None:
-    for name in ("TRAIN_FRACTION", "GAP_FRACTION", "WF_MIN_PROFITABLE_FOLDS"):
-        value = globals()[name]
-        if not 0 <= value < 1:
-            raise ConfigError(f"{name} = {value!r} must be in [0, 1)")
+    for name, bound in _SEARCH_BOUNDS.items():
+        bound.check(name, globals()[name])
     if TRAIN_FRACTION + GAP_FRACTION >= 0.95:
         raise ConfigError(f"TRAIN_FRACTION + GAP_FRACTION = {TRAIN_FRACTION + GAP_FRACTION} leaves no test period")
-    if OPTUNA_SETTINGS["sampler"] not in ("tpe", "random", "cmaes"):
-        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS['sampler']!r}; accepted: tpe, random, cmaes")
+    if not isinstance(OPTUNA_SETTINGS, dict):
+        raise ConfigError(f"config.py: OPTUNA_SETTINGS = {OPTUNA_SETTINGS!r} is refused; accepted: a dict")
+    check_mapping("OPTUNA_SETTINGS", {k: v for k, v in OPTUNA_SETTINGS.items() if k != "sampler"}, _OPTUNA_BOUNDS)
+    if OPTUNA_SETTINGS.get("sampler") not in ("tpe", "random", "cmaes"):
+        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS.get('sampler')!r}; accepted: tpe, random, "
+                          "cmaes")
+    check_mapping("OBJECTIVE_FILTERS", OBJECTIVE_FILTERS, _FILTER_BOUNDS)
+    if OBJECTIVE_FILTERS["max_sharpe_ratio"] < OBJECTIVE_FILTERS["min_sharpe_ratio"]:
+        raise ConfigError("config.py: OBJECTIVE_FILTERS['max_sharpe_ratio'] must be >= min_sharpe_ratio")
 
 
 _validate_optimization()
@@ -452,12 +624,31 @@ TRADER_SETTINGS = {
     "tick_grace_seconds": 5.0,   # a crossed stop still open this long after the first tick: closed at market
     "price_max_age": 10.0,       # a price older than this is never used for a decision
 }
+TRADER_SETTING_BOUNDS = {  # what each setting (and its flag) accepts
+    "http_timeout": Bound(0, 300, low_open=True, unit="seconds"),
+    "stale_seconds": Bound(1, 3600, unit="seconds"),
+    "reconcile_seconds": Bound(1, 86_400, unit="seconds"),
+    "tick_grace_seconds": Bound(0, 3600, low_open=True, unit="seconds"),
+    "price_max_age": Bound(0, 3600, low_open=True, unit="seconds"),
+}
 # The price that triggers the exchange-side stop-loss: "LastPrice" (as the backtest's candles),
 # "MarkPrice" (immune to wicks on the last price) or "IndexPrice".
 STOP_TRIGGER_BY = "LastPrice"
 STOP_TRIGGER_CHOICES = ("LastPrice", "MarkPrice", "IndexPrice")
-if STOP_TRIGGER_BY not in STOP_TRIGGER_CHOICES:
-    raise ConfigError(f"STOP_TRIGGER_BY = {STOP_TRIGGER_BY!r}; accepted: {', '.join(STOP_TRIGGER_CHOICES)}")
+# One trader per account and symbol: a lease in state.sqlite written by a trader on another host (a shared
+# folder, where file locks may not reach) counts as held while its heartbeat is younger than this.
+LEASE_STALE_SECONDS = 300.0
+
+
+def _validate_trader() -> None:
+    check_mapping("TRADER_SETTINGS", TRADER_SETTINGS, TRADER_SETTING_BOUNDS)
+    if STOP_TRIGGER_BY not in STOP_TRIGGER_CHOICES:
+        raise ConfigError(f"config.py: STOP_TRIGGER_BY = {STOP_TRIGGER_BY!r} is refused; accepted: "
+                          f"{', '.join(STOP_TRIGGER_CHOICES)}")
+    Bound(10, 86_400, unit="seconds").check("LEASE_STALE_SECONDS", LEASE_STALE_SECONDS)
+
+
+_validate_trader()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,6 +664,7 @@ WATCHDOG_ALERT_LEVELS = {
     "entry_skipped": "on", "security_warning": "on",
     "heartbeat_stale": "on", "heartbeat_recovered": "on",
     "restart": "on",                               # each restart, the restart limit, a failed restart
+    "fatal": "on",                                 # the trader stopped on an error: its reason and what to do
     "daily": "on",                                 # the daily summary
     "other": "on",                                 # event types the watchdog does not know
 }
@@ -483,7 +675,9 @@ WATCHDOG_SETTINGS = {
     "updates_timeout_s": 30,          # getUpdates long-polling timeout (whole seconds)
     "request_timeout_s": 15.0,        # HTTP timeout of one Bot API call (added to the long-polling timeout)
     "daily_summary_hour_utc": 8,      # hour (UTC) of the daily summary; None = no summary
-    "merge_window_s": 300.0,          # identical alerts within this window become one message ("x5"); 0 = off
+    "merge_window_s": 300.0,          # repeats of an alert (same type and subject) less than this apart become
+                                      # one message with a count ("x93"); 0 = off
+    "merge_edit_interval_s": 10.0,    # a sent message's count is updated (edited) at most this often
     "min_send_interval_s": 1.0,       # at most one message per this many seconds per chat
     "retry_base_s": 2.0,              # delivery retry backoff: base, doubling ...
     "retry_max_s": 300.0,             # ... up to this
@@ -493,29 +687,27 @@ WATCHDOG_SETTINGS = {
     "kill_grace_s": 15.0,             # a hung trader gets this long to exit on SIGTERM before SIGKILL
     "log_tail_lines": 15,             # lines of logs/trader.log in the "trader stopped" alert
 }
-_WATCHDOG_RANGES = {
-    "heartbeat_stale_s": (1.0, 86_400.0), "startup_grace_s": (1.0, 86_400.0), "poll_interval_s": (0.01, 600.0),
-    "updates_timeout_s": (0, 600), "request_timeout_s": (0.1, 600.0), "merge_window_s": (0.0, 86_400.0),
-    "min_send_interval_s": (0.0, 60.0), "retry_base_s": (0.01, 3600.0), "retry_max_s": (0.01, 86_400.0),
-    "restart_max_per_hour": (0, 100), "restart_backoff_s": (0.0, 86_400.0),
-    "restart_backoff_max_s": (0.0, 86_400.0), "kill_grace_s": (0.1, 600.0), "log_tail_lines": (0, 50),
+_WATCHDOG_BOUNDS = {
+    "heartbeat_stale_s": Bound(1, 86_400), "startup_grace_s": Bound(1, 86_400), "poll_interval_s": Bound(0.01, 600),
+    "updates_timeout_s": Bound(0, 600, whole=True), "request_timeout_s": Bound(0.1, 600),
+    "merge_window_s": Bound(0, 86_400), "merge_edit_interval_s": Bound(0, 3600), "min_send_interval_s": Bound(0, 60),
+    "retry_base_s": Bound(0.01, 3600), "retry_max_s": Bound(0.01, 86_400),
+    "restart_max_per_hour": Bound(0, 100, whole=True),
+    "restart_backoff_s": Bound(0, 86_400), "restart_backoff_max_s": Bound(0, 86_400), "kill_grace_s": Bound(0.1, 600),
+    "log_tail_lines": Bound(0, 50, whole=True),
 }
-_WATCHDOG_INTS = ("updates_timeout_s", "restart_max_per_hour", "log_tail_lines")
 
 
-def validate_watchdog(settings: dict[str, Any], levels: dict[str, str], where: str = "config.py") -> None:
-    """Check watchdog settings and alert levels; the error names the bad key or value."""
-    expected = set(_WATCHDOG_RANGES) | {"daily_summary_hour_utc"}
+def validate_watchdog(settings: dict[str, Any], levels: dict[str, str], where: str = "config.py") -> dict[str, Any]:
+    """Check watchdog settings and alert levels; the error names the bad key or value. Returns the
+    settings with whole numbers as ints."""
+    expected = set(_WATCHDOG_BOUNDS) | {"daily_summary_hour_utc"}
     for name in sorted(set(settings) ^ expected):
         state = "unknown" if name in settings else "missing"
         raise ConfigError(f"{where}: watchdog setting '{name}' is {state}; expected: {', '.join(sorted(expected))}")
-    for name, (low, high) in _WATCHDOG_RANGES.items():
-        value = settings[name]
-        whole = name in _WATCHDOG_INTS
-        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
-                or not low <= value <= high:
-            raise ConfigError(f"{where}: watchdog setting '{name}' = {value!r} must be a "
-                              f"{'whole ' if whole else ''}number in [{low}, {high}]")
+    checked = dict(settings)
+    for name, bound in _WATCHDOG_BOUNDS.items():
+        checked[name] = bound.check(f"watchdog setting '{name}'", settings[name], where)
     hour = settings["daily_summary_hour_utc"]
     if hour is not None and (isinstance(hour, bool) or not isinstance(hour, int) or not 0 <= hour <= 23):
         raise ConfigError(f"{where}: watchdog setting 'daily_summary_hour_utc' = {hour!r} must be None or 0..23")
@@ -528,6 +720,7 @@ def validate_watchdog(settings: dict[str, Any], levels: dict[str, str], where: s
         if level not in WATCHDOG_LEVEL_CHOICES:
             raise ConfigError(f"{where}: alert level of '{kind}' = {level!r} is not one of "
                               f"{', '.join(WATCHDOG_LEVEL_CHOICES)}")
+    return checked
 
 
 validate_watchdog(WATCHDOG_SETTINGS, WATCHDOG_ALERT_LEVELS)

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
 import backtester
 import config
 import optimizer

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
 import config
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 

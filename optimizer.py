@@ -65,36 +65,15 @@ def grid_to_space(grid: dict[str, Any], where: str = "grid", mode: str | None = 
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
     for name, entry in grid.items():
-        spec = config.check_param_name(name, where, mode)
+        spec = config.check_grid_entry(name, entry, where, mode)
         if isinstance(entry, tuple):
-            if len(entry) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry):
-                raise config.ConfigError(f"{where}: '{name}' = {entry!r}: a range must be a 2-tuple of numbers")
             low, high = entry
-            if low > high:
-                raise config.ConfigError(f"{where}: '{name}' = {entry!r}: low is above high")
-            for bound in entry:
-                config.check_param(name, bound, where, mode)
-            if spec.kind == "int":
-                if not all(isinstance(v, int) for v in entry):
-                    raise config.ConfigError(f"{where}: '{name}' is a whole-number parameter; range {entry!r} "
-                                             "must hold ints")
-                space[name] = IntDistribution(low, high)
-            elif spec.kind == "float":
-                space[name] = FloatDistribution(float(low), float(high))
-            else:
-                raise config.ConfigError(f"{where}: '{name}' is a {spec.kind} parameter and cannot take a range")
-        elif isinstance(entry, list):
-            if not entry:
-                raise config.ConfigError(f"{where}: '{name}' has an empty list of choices")
-            for value in entry:
-                config.check_param(name, value, where, mode)
-            if len(entry) == 1:
-                fixed[name] = entry[0]
-            else:
-                space[name] = CategoricalDistribution(entry)
+            space[name] = IntDistribution(low, high) if spec.kind == "int" else FloatDistribution(float(low),
+                                                                                                   float(high))
+        elif isinstance(entry, list) and len(entry) > 1:
+            space[name] = CategoricalDistribution(entry)
         else:
-            config.check_param(name, entry, where, mode)
-            fixed[name] = entry
+            fixed[name] = entry[0] if isinstance(entry, list) else entry
     return space, fixed
 
 

@@ -3,6 +3,7 @@
     python run_live.py                                  # testnet, prod_config_long.py and prod_config_short.py
     python run_live.py --side long --symbol SOLUSDT
     python run_live.py --mainnet                        # real money: refuses without the flag, asks to confirm
+    GRTR_CONFIRM_MAINNET=<account UID> python run_live.py --mainnet --yes   # unattended (a watchdog restart)
     python run_live.py --paper --replay data.csv --symbol SOLUSDT --timeframe 1h --params my_long.json \\
         --out results/paper1 [--compare]
     python run_live.py --export-trades trades.csv       # the trade history from the trader's database
@@ -11,36 +12,42 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib.util
 import json
+import logging
 import os
 import queue
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import cli  # first: a bad config.py ends here in one line, exit 2
 import backtester
 import config
 import core
 import metrics as metrics_mod
 import reporting
 import strategy_loader
-from data_fetcher import TIMEFRAMES, DataError, load_csv, resample
+import trader_fatal
+import trader_lock
+import trader_store
+from cli import UsageError
+from data_fetcher import TIMEFRAMES, load_csv, resample
 from market_feed import FillFeed, MarketFeed
-from trader import SideConfig, Trader
+from trader import SideConfig, Trader, setup_logging
 from trader_store import Store
-from trader_utils import ExchangeUnavailable, KeyPermissionError, bybit_env, install_redacting_excepthook, make_http
+from trader_utils import ExchangeUnavailable, bybit_env, confirm_account, install_redacting_excepthook, make_http
 
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A refused command line, reported in one line with exit code 2."""
+EXIT_USAGE = cli.EXIT_USAGE
+MAINNET_CONFIRM_VARIABLE = cli.MAINNET_CONFIRM_VARIABLE
+logger = logging.getLogger("grtr.trader")
 
 
 def load_prod_params(side: str) -> dict[str, Any] | None:
@@ -88,7 +95,7 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
                 raise UsageError(f"no prod_config_{side}.py: run `python main.py` (it exports strategies that pass) "
                                  "or give --params FILE")
         if args.symbol:
-            params["symbol"] = args.symbol
+            params["symbol"] = config.check_param("symbol", args.symbol, "--symbol")
         if args.timeframe:
             params["timeframe"] = args.timeframe
         configs.append(SideConfig(side, params))
@@ -114,27 +121,30 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     symbol = configs[0].params["symbol"]
     candles = resample(load_csv(args.replay), timeframe)
     history = args.history_bars or min(2000, len(candles) // 3)
+    if not 0 < history < len(candles):
+        raise UsageError(f"--history-bars {history} is refused; accepted: 1 to {len(candles) - 1} "
+                         f"(the file has {len(candles)} {timeframe} bars)")
     out = Path(args.out or args.dir or "results/paper")
     instrument = config.instrument_for(symbol, args.tick, args.qty_step)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "state.sqlite").exists():
-        raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
-    # each side trades its own capital, as in its backtest: the account holds both in hedge mode
-    with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL * len(configs),
-                     lockstep=True, instrument=instrument) as sim:
-        os.environ["BYBIT_REST_URL"] = sim.rest_url
-        os.environ["BYBIT_WS_URL"] = sim.ws_url
-        session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
-        trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
-                        keep_state_history=True)
-        days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
-        trader.start(history_days=days)
-        feed = MarketFeed(symbol, timeframe)
-        drive_lockstep(trader, sim, feed.bars)
-        feed.close()
-        stats = sim.stats()
-    trader.stop("replay finished")
-    written = write_paper_outputs(out, configs, candles, history, timeframe)
+    with holding(out, symbol):  # the paper exchange is private to this process: only the folder is locked
+        if (out / "state.sqlite").exists():
+            raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
+        # each side trades its own capital, as in its backtest: the account holds both in hedge mode
+        with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL * len(configs),
+                         lockstep=True, instrument=instrument) as sim:
+            os.environ["BYBIT_REST_URL"] = sim.rest_url
+            os.environ["BYBIT_WS_URL"] = sim.ws_url
+            session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
+            trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
+                            keep_state_history=True)
+            days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
+            trader.start(history_days=days)
+            feed = MarketFeed(symbol, timeframe)
+            drive_lockstep(trader, sim, feed.bars)
+            feed.close()
+            stats = sim.stats()
+        trader.stop("replay finished")
+        written = write_paper_outputs(out, configs, candles, history, timeframe)
     print(f"paper replay: {stats['bars_played']} bars, {stats['orders']} orders, {stats['executions']} executions; "
           f"wrote {', '.join(str(p) for p in written)}")
     if args.compare:
@@ -283,42 +293,113 @@ def _iso(ms: float) -> str:
 # ----------------------------------------------------------------------------------------------
 # Live
 # ----------------------------------------------------------------------------------------------
+class Fatal(Exception):
+    """A run that ended on an error while it held its folder; already recorded in the folder's log and events."""
+
+    def __init__(self, failure: trader_fatal.Failure, problem: str | None) -> None:
+        super().__init__(failure.line)
+        self.failure = failure
+        self.problem = problem
+
+
+@contextlib.contextmanager
+def holding(workdir: Path, symbol: str, account: str | None = None) -> Iterator[trader_lock.TraderLock]:
+    """The folder (and the account-and-symbol) lock for the run inside; an error inside it is written to
+    logs/trader.log and events.jsonl (a ``fatal`` event) and raised again as Fatal.
+
+    A refused lock (another trader holds it) raises LockHeld and writes nothing: the folder is not ours.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"{workdir} is a file; the trader's working folder must be a folder")
+    lock = trader_lock.TraderLock(workdir, account, symbol)
+    warnings = lock.acquire()
+    try:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        setup_logging(workdir)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        yield lock
+    except trader_lock.LockHeld:
+        raise  # a lease held from another host: its folder, its log
+    except Exception as exc:
+        failure = trader_fatal.describe(exc, workdir, symbol)
+        raise Fatal(failure, trader_fatal.report(workdir, symbol, failure, exc)) from exc
+    finally:
+        lock.release()
+
+
 def confirm_mainnet(args: argparse.Namespace) -> None:
-    """Mainnet needs --mainnet and a typed confirmation (or --yes)."""
+    """Mainnet needs --mainnet and a typed confirmation, or --yes with GRTR_CONFIRM_MAINNET set to the account's
+    UID (checked against the account once the key is known: see run_live)."""
     env = bybit_env()
     if env == "mainnet" and not args.mainnet:
         raise UsageError("BYBIT_ENV is mainnet: real money needs the --mainnet flag")
-    if args.mainnet:
-        os.environ["BYBIT_ENV"] = "mainnet"
-        if not args.yes:
-            answer = input("Trade REAL money on Bybit mainnet? Type 'mainnet' to confirm: ")
-            if answer.strip() != "mainnet":
-                raise UsageError("not confirmed; nothing was started")
+    if not args.mainnet:
+        return
+    os.environ["BYBIT_ENV"] = "mainnet"
+    if args.yes:
+        if not os.environ.get(MAINNET_CONFIRM_VARIABLE, "").strip():
+            raise UsageError(f"--mainnet --yes needs {MAINNET_CONFIRM_VARIABLE}=<the UID of the account behind "
+                             "BYBIT_API_KEY> in the environment: the confirmation nobody is there to type")
+        return
+    try:
+        answer = input("Trade REAL money on Bybit mainnet? Type 'mainnet' to confirm: ")
+    except EOFError:
+        raise UsageError("mainnet not confirmed: no terminal to type 'mainnet' in; unattended (watchdog.py "
+                         f"--restart) use --mainnet --yes with {MAINNET_CONFIRM_VARIABLE}=<account UID>") from None
+    if answer.strip() != "mainnet":
+        raise UsageError("not confirmed; nothing was started")
+
+
+def prepare_state(workdir: Path, fresh: bool) -> None:
+    """With --fresh-state, the old state.sqlite (sound or not) is moved aside, never deleted; without it a
+    state file that is empty, unreadable or damaged stops the start (StateError)."""
+    path = workdir / "state.sqlite"
+    if not (path.exists() or path.is_symlink()):
+        return
+    if fresh:
+        kept = trader_store.move_aside(path)
+        print(f"warning: --fresh-state: {path} moved aside to {kept}; a new state starts", file=sys.stderr)
+        logger.warning("--fresh-state: %s moved aside to %s; a new state starts", path, kept)
+    else:
+        trader_store.check_state_file(path)
 
 
 def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     """The trader on Bybit (or whatever BYBIT_REST_URL/BYBIT_WS_URL point at) until Ctrl-C or SIGTERM."""
     confirm_mainnet(args)
     env = bybit_env()
-    if not os.environ.get("BYBIT_API_KEY") or not os.environ.get("BYBIT_API_SECRET"):
+    api_key = os.environ.get("BYBIT_API_KEY", "")
+    if not api_key or not os.environ.get("BYBIT_API_SECRET"):
         raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
     workdir = Path(args.dir or ".")
-    trader = Trader(make_http(env=env, timeout=args.http_timeout), configs[0].params["symbol"],
-                    configs[0].params["timeframe"], configs, workdir, env=env, dry_run=args.dry_run)
-    stopping: list[str] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
-    try:
-        trader.start(history_days=config.DATA_DAYS_DEPTH)
-        feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
-        fills = FillFeed()
-        live_loop(trader, feed, fills, args, stopping)
-        feed.close()
-        fills.close()
-    except KeyboardInterrupt:
-        stopping.append("Ctrl-C")
-    if args.close_on_exit:
-        trader.close_all()
-    trader.stop(stopping[0] if stopping else "stopped")
+    symbol, timeframe = configs[0].params["symbol"], configs[0].params["timeframe"]
+    session = make_http(env=env, timeout=args.http_timeout)
+    with holding(workdir, symbol, trader_lock.account_tag(session.endpoint, api_key, symbol)) as lock:
+        prepare_state(workdir, args.fresh_state)
+        if args.mainnet and args.yes:
+            confirm_account(session, os.environ[MAINNET_CONFIRM_VARIABLE], MAINNET_CONFIRM_VARIABLE)
+        trader = Trader(session, symbol, timeframe, configs, workdir, env=env, dry_run=args.dry_run)
+        stale = trader_lock.claim_lease(trader.store, lock.me, workdir / "heartbeat.json",
+                                        config.LEASE_STALE_SECONDS)
+        if stale:
+            print(f"warning: {stale}", file=sys.stderr)
+            logger.warning("%s", stale)
+        stopping: list[str] = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
+        try:
+            trader.start(history_days=config.DATA_DAYS_DEPTH)
+            feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
+            fills = FillFeed()
+            live_loop(trader, feed, fills, args, stopping)
+            feed.close()
+            fills.close()
+        except KeyboardInterrupt:
+            stopping.append("Ctrl-C")
+        if args.close_on_exit:
+            trader.close_all()
+        trader.stop(stopping[0] if stopping else "stopped")
     return 0
 
 
@@ -362,17 +443,20 @@ def export_trades(args: argparse.Namespace) -> int:
     path = Path(args.dir or ".") / "state.sqlite"
     if not path.exists():
         raise UsageError(f"no trader database at {path}")
+    target = Path(args.export_trades)
+    if not target.parent.is_dir():
+        raise UsageError(f"--export-trades {target}: the folder {target.parent} does not exist")
     store = Store(path)
     rows = store.trade_rows()
     store.close()
-    reporting.write_trades_csv(Path(args.export_trades), backtester.trades_table(rows))
+    reporting.write_trades_csv(target, backtester.trades_table(rows))
     print(f"wrote {len(rows)} trades to {args.export_trades}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag, explained in --help."""
-    parser = argparse.ArgumentParser(prog="run_live.py", description="GrTr's live trader (testnet by default).")
+    """Every flag, explained in --help; a bad value is refused in one line with exit code 2."""
+    parser = cli.Parser(prog="run_live.py", description="GrTr's live trader (testnet by default).")
     parser.add_argument("--side", choices=("long", "short", "both"), default="both",
                         help="which strategy sides to run (both = hedge mode; default: both)")
     parser.add_argument("--symbol", default=None, help="override the prod config's symbol")
@@ -387,10 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="close open positions when stopping (default: leave them under their exchange stops)")
     parser.add_argument("--dry-run", action="store_true", help="log the orders it would send without sending them")
     parser.add_argument("--mainnet", action="store_true", help="trade real money on Bybit mainnet")
-    parser.add_argument("--yes", action="store_true", help="skip the typed mainnet confirmation")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"with --mainnet: no typed confirmation; needs {MAINNET_CONFIRM_VARIABLE}=<the account's "
+                             "UID> in the environment, checked against the account")
+    parser.add_argument("--fresh-state", action="store_true",
+                        help="start from a new state: the old state.sqlite is moved aside (never deleted); needed "
+                             "when it is empty, unreadable or damaged")
     parser.add_argument("--paper", action="store_true", help="replay --replay on an in-process bybit_sim (lockstep)")
     parser.add_argument("--replay", default=None, help="candle file for --paper")
-    parser.add_argument("--history-bars", type=int, default=None,
+    parser.add_argument("--history-bars", type=cli.bounded(config.Bound(1, 10**7, whole=True)), default=None,
                         help="bars of the file served as history in --paper (default: min(2000, a third))")
     parser.add_argument("--out", default=None, help="output folder of --paper (trader files and results)")
     parser.add_argument("--compare", action="store_true",
@@ -402,27 +491,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qty-step", type=float, default=None, help="with --paper: the instrument's quantity step")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
     for name, default in config.TRADER_SETTINGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS",
-                            help=f"live loop setting (config.TRADER_SETTINGS; default: {default:g})")
+        bound = config.TRADER_SETTING_BOUNDS[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=cli.bounded(bound), default=default,
+                            metavar="SECONDS", help=f"live loop setting (config.TRADER_SETTINGS; default: "
+                                                    f"{default:g}; accepted: {bound.describe()})")
     return parser
 
 
+def check_combination(args: argparse.Namespace) -> None:
+    """Flags that make no sense together are refused, not ignored."""
+    paper_only = [flag for flag, value in (("--replay", args.replay), ("--history-bars", args.history_bars),
+                                           ("--out", args.out), ("--compare", args.compare)) if value]
+    if args.paper and not args.replay:
+        raise UsageError("--paper needs --replay FILE")
+    if paper_only and not args.paper:
+        raise UsageError(f"{', '.join(paper_only)} only work with --paper")
+    if args.paper and (args.mainnet or args.fresh_state):
+        raise UsageError("--paper replays on a private simulator in an empty --out: --mainnet and --fresh-state "
+                         "do not apply")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; user errors become one line on stderr and exit code 2."""
+    """Run the command line; every user error becomes one line on stderr and exit code 2.
+
+    An error once the trader holds its folder is also written to logs/trader.log and events.jsonl
+    (a ``fatal`` event, for the watchdog); its exit code is 2 when the user must fix something, 1
+    when a restart may help.
+    """
     args = build_parser().parse_args(argv)
     install_redacting_excepthook()
     try:
+        check_combination(args)
         if args.export_trades:
             return export_trades(args)
-        if args.paper and not args.replay:
-            raise UsageError("--paper needs --replay FILE")
         for path in args.strategy_path:
             strategy_loader.add_path(path)
         configs = side_configs(args)
         return run_paper(args, configs) if args.paper else run_live(args, configs)
-    except (UsageError, config.ConfigError, DataError, ValueError, KeyPermissionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Fatal as stop:
+        print(f"error: {stop.failure.line}" + (f"; {stop.problem}" if stop.problem else ""), file=sys.stderr)
+        return stop.failure.exit_code
+    except (*trader_fatal.USER_ERRORS, ValueError, OSError) as exc:  # before the folder was ours: nothing recorded
+        failure = trader_fatal.describe(exc, Path(args.dir or args.out or "."))
+        if failure.exit_code != EXIT_USAGE:
+            raise
+        print(f"error: {failure.line}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -185,10 +185,12 @@ def log_block(title: str, lines: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Alert:
-    """One message to send: its alert type (which sets its level) and its HTML text."""
+    """One message to send: its alert type (which sets its level), its HTML text and what makes two alerts
+    repeats of each other (``merge_key``; None: the same text)."""
 
     kind: str
     text: str
+    merge_key: str | None = None
 
 
 def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
@@ -223,9 +225,10 @@ def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
     if kind == "stop_moved":
         return Alert(kind, f"↕️ <b>Stop moved {who}</b> ({esc(g('kind'))}): {num(g('old_stop'))} → "
                            f"{num(g('new_stop'))}")
-    if kind == "order_rejected":
+    if kind == "order_rejected":  # repeats: the same call refused for the same reason, whatever the order id
         return Alert(kind, f"⛔ <b>Order rejected {who}</b>: {esc(g('action'))} {esc(g('order_link_id'))}\n"
-                           f"{esc(g('ret_code'))}: {esc(g('ret_msg'))}")
+                           f"{esc(g('ret_code'))}: {esc(g('ret_msg'))}",
+                     f"{kind}|{g('symbol')}|{g('side')}|{g('action')}|{g('ret_code')}|{g('ret_msg')}")
     if kind == "desync":
         return Alert(kind, f"⚠️ <b>Desync {who}</b>\n{esc(g('detail'))}")
     if kind == "rescue":
@@ -239,7 +242,14 @@ def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
         return Alert(kind, f"🚨 <b>Tick guard {who}</b>: price {num(g('price'))} crossed the stop {num(g('stop'))} "
                            f"with the position open; closing {num(g('qty'))} at market")
     if kind == "entry_skipped":
-        return Alert(kind, f"⏭ <b>Entry skipped {who}</b>: {esc(g('reason'))}")
+        return Alert(kind, f"⏭ <b>Entry skipped {who}</b>: {esc(g('reason'))}",
+                     f"{kind}|{g('symbol')}|{g('side')}|{g('reason')}")
+    if kind == "fatal":
+        code = g("exit_code")
+        after = "\nnot restarted: the cause needs your fix, then start it again" if code == 2 else ""
+        ret = f"retCode {esc(g('ret_code'))} · " if g("ret_code") is not None else ""
+        return Alert(kind, f"💥 <b>Trader stopped on an error</b> {symbol}, pid {esc(g('pid'))}\n{esc(g('message'))}\n"
+                           f"{ret}exit code {esc(code)}{after}" + log_block("last lines of trader.log", tail))
     if kind == "security_warning":
         return Alert(kind, f"🔐 <b>Security warning</b> {symbol}\n{esc(g('detail'))}")
     rest = {k: v for k, v in event.items() if k not in ("time", "ts_ms", "event", "symbol", "side")}
@@ -271,15 +281,21 @@ class Store:
     CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT NOT NULL,
         text TEXT NOT NULL, silent INTEGER NOT NULL, mergeable INTEGER NOT NULL, count INTEGER NOT NULL,
         sent_count INTEGER NOT NULL DEFAULT 0, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
-        sent_ms INTEGER, message_id INTEGER, failed INTEGER NOT NULL DEFAULT 0);
-    CREATE INDEX IF NOT EXISTS outbox_text ON outbox (text);
+        sent_ms INTEGER, message_id INTEGER, failed INTEGER NOT NULL DEFAULT 0, merge_key TEXT, updated_ms INTEGER);
     CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """
+    ADDED_COLUMNS = {"merge_key": "TEXT", "updated_ms": "INTEGER"}  # absent from a database of an older watchdog
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(self.SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        for column, kind in self.ADDED_COLUMNS.items():
+            if column not in present:
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+        self.db.execute("UPDATE outbox SET merge_key = text WHERE merge_key IS NULL")
+        self.db.execute("CREATE INDEX IF NOT EXISTS outbox_merge_key ON outbox (merge_key)")
         self.lock = threading.RLock()
 
     def close(self) -> None:
@@ -312,34 +328,39 @@ class Store:
 
     @staticmethod
     def enqueue(db: sqlite3.Connection, chat_id: str, text: str, silent: bool, now_ms: int,
-                merge_window_ms: int | None) -> None:
-        """Add a message inside a transaction; an identical alert not yet sent, or sent within the
-        merge window, absorbs it instead (``merge_window_ms`` None or 0: never merged)."""
+                merge_window_ms: int | None, merge_key: str | None = None) -> None:
+        """Add a message inside a transaction. A repeat (same ``merge_key``, by default the same text) of a
+        message not yet sent, or whose latest repeat is less than the merge window old, is absorbed by it
+        instead: its count grows and it shows the latest text (``merge_window_ms`` None or 0: never merged)."""
+        key = merge_key or text
         if merge_window_ms:
-            row = db.execute("SELECT id FROM outbox WHERE mergeable = 1 AND failed = 0 AND chat_id = ? AND text = ? "
-                             "AND silent = ? AND (sent_ms IS NULL OR first_ms >= ?) ORDER BY id DESC LIMIT 1",
-                             (chat_id, text, int(silent), now_ms - merge_window_ms)).fetchone()
+            row = db.execute("SELECT id FROM outbox WHERE mergeable = 1 AND failed = 0 AND chat_id = ? AND "
+                             "merge_key = ? AND silent = ? AND (sent_ms IS NULL OR last_ms >= ?) ORDER BY id DESC "
+                             "LIMIT 1", (chat_id, key, int(silent), now_ms - merge_window_ms)).fetchone()
             if row is not None:
-                db.execute("UPDATE outbox SET count = count + 1, last_ms = ? WHERE id = ?", (now_ms, row[0]))
+                db.execute("UPDATE outbox SET count = count + 1, last_ms = ?, text = ? WHERE id = ?",
+                           (now_ms, text, row[0]))
                 return
-        db.execute("INSERT INTO outbox (chat_id, text, silent, mergeable, count, first_ms, last_ms) "
-                   "VALUES (?, ?, ?, ?, 1, ?, ?)", (chat_id, text, int(silent), int(bool(merge_window_ms)),
-                                                     now_ms, now_ms))
+        db.execute("INSERT INTO outbox (chat_id, text, silent, mergeable, count, first_ms, last_ms, merge_key) "
+                   "VALUES (?, ?, ?, ?, 1, ?, ?, ?)", (chat_id, text, int(silent), int(bool(merge_window_ms)),
+                                                        now_ms, now_ms, key))
 
-    def next_due(self) -> OutboxRow | None:
-        """The oldest message to send, or a sent one whose merge count must be updated."""
+    def next_due(self, now_ms: int = 0, edit_interval_ms: int = 0) -> OutboxRow | None:
+        """The oldest message to send, or a sent one whose merge count must be updated (an update at most
+        every ``edit_interval_ms``)."""
         with self.lock:
             row = self.db.execute(
                 "SELECT id, chat_id, text, silent, count, sent_count, first_ms, last_ms, message_id FROM outbox "
-                "WHERE failed = 0 AND (sent_ms IS NULL OR (message_id IS NOT NULL AND count > sent_count)) "
-                "ORDER BY id LIMIT 1").fetchone()
+                "WHERE failed = 0 AND (sent_ms IS NULL OR (message_id IS NOT NULL AND count > sent_count AND "
+                "COALESCE(updated_ms, sent_ms) <= ?)) ORDER BY id LIMIT 1",
+                (now_ms - edit_interval_ms if edit_interval_ms else 2**62,)).fetchone()
         return None if row is None else OutboxRow(row[0], row[1], row[2], bool(row[3]), *row[4:])
 
     def mark_sent(self, row_id: int, now_ms: int, message_id: int | None, count: int) -> None:
         """A message (or its merge count) reached Telegram."""
         with self.transaction() as db:
             db.execute("UPDATE outbox SET sent_ms = COALESCE(sent_ms, ?), message_id = COALESCE(?, message_id), "
-                       "sent_count = ? WHERE id = ?", (now_ms, message_id, count, row_id))
+                       "sent_count = ?, updated_ms = ? WHERE id = ?", (now_ms, message_id, count, now_ms, row_id))
             db.execute("DELETE FROM outbox WHERE sent_ms IS NOT NULL AND sent_ms < ? AND count = sent_count",
                        (now_ms - 7 * 24 * HOUR_MS,))
 
@@ -373,6 +394,8 @@ class DeliverySettings(Protocol):
     @property
     def min_send_interval_s(self) -> float: ...
     @property
+    def merge_edit_interval_s(self) -> float: ...
+    @property
     def retry_base_s(self) -> float: ...
     @property
     def retry_max_s(self) -> float: ...
@@ -396,7 +419,7 @@ class Sender:
         now = self.clock()
         if now < self.blocked_until:
             return self.blocked_until - now
-        row = self.store.next_due()
+        row = self.store.next_due(int(now * 1000), int(self.settings.merge_edit_interval_s * 1000))
         if row is None:
             return self.settings.poll_interval_s
         wait = self.last_sent.get(row.chat_id, -math.inf) + self.settings.min_send_interval_s - now

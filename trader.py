@@ -35,7 +35,7 @@ import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 from trader_store import Store
-from trader_utils import RetryPolicy, api_retry_wrapper, check_api_key, redact
+from trader_utils import RetryPolicy, UnknownSymbol, api_retry_wrapper, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
@@ -74,17 +74,35 @@ class EventLog:
             handle.flush()
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """trader.log; a line that cannot be written (a full disk) is reported once on stderr in one line, not as
+    logging's traceback for every line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); its lines are lost",
+                  file=sys.stderr)
+
+
 def setup_logging(workdir: Path) -> None:
     """logs/trader.log (rotating) with secrets redacted."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(logs / "trader.log", maxBytes=5_000_000, backupCount=3)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.addFilter(_RedactFilter())
+    path = os.path.abspath(logs / "trader.log")
     root = logging.getLogger("grtr")
     root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.handlers.RotatingFileHandler) for h in root.handlers):
-        root.addHandler(handler)
+    for old in [h for h in root.handlers if isinstance(h, _LogFile)]:
+        if old.baseFilename == path:
+            return
+        root.removeHandler(old)  # another folder's trader ran in this process before
+        old.close()
+    handler = _LogFile(path, maxBytes=5_000_000, backupCount=3)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.addFilter(_RedactFilter())
+    root.addHandler(handler)
 
 
 class _RedactFilter(logging.Filter):
@@ -236,7 +254,11 @@ class Trader:
         return api_retry_wrapper(lambda: method(**kwargs), what, self.retry)["result"]["list"]
 
     def _instrument(self) -> dict[str, float]:
-        info = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)[0]
+        found = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)
+        if not found:  # Bybit answers an unknown symbol with an empty list
+            raise UnknownSymbol(f"Bybit {self.env} lists no linear instrument {self.symbol}: check --symbol or the "
+                                "params' symbol (a linear USDT perpetual such as BTCUSDT)")
+        info = found[0]
         return {"qty_step": float(info["lotSizeFilter"]["qtyStep"]),
                 "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
                 "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),

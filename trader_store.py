@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,50 @@ def _named_state(named: dict[str, float]) -> np.ndarray:
     return state
 
 
+class StateError(ValueError):
+    """state.sqlite exists but cannot be used (empty, unreadable, not a database, damaged); nothing was changed."""
+
+
+FRESH_STATE_HINT = ("nothing was changed; if the state is lost, start with --fresh-state: the file is moved aside "
+                    "(never deleted) and a new state starts, adopting an open position from the exchange")
+
+
+def check_state_file(path: Path) -> None:
+    """Refuse an existing state file that is empty, unreadable or not a sound SQLite database (StateError).
+
+    SQLite would take an empty file for a new database and start from scratch without a word.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise StateError(f"{path} cannot be read ({exc.strerror}); {FRESH_STATE_HINT}") from None
+    if path.is_dir():
+        raise StateError(f"{path} is a folder, not the trader's database; {FRESH_STATE_HINT}")
+    if size == 0:
+        raise StateError(f"{path} is empty (0 bytes): the trader's state is gone; {FRESH_STATE_HINT}")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"{path} is not a readable trader database ({exc}); {FRESH_STATE_HINT}") from None
+    if verdict != "ok":
+        raise StateError(f"{path} is damaged (SQLite quick_check: {verdict[:200]}); {FRESH_STATE_HINT}")
+
+
+def move_aside(path: Path, now: float | None = None) -> Path:
+    """Rename ``path`` and its -wal/-shm companions to ``<path>.aside-<UTC time>`` (openable as they were)."""
+    stamp = pd.Timestamp(time.time() if now is None else now, unit="s", tz="UTC").strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.aside-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists() or companion.is_symlink():
+            companion.rename(target.with_name(target.name + suffix))
+    return target
+
+
 def _iso(ms: float) -> str:
     return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -50,6 +95,8 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            check_state_file(self.path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from dotenv import load_dotenv
+from dotenv import dotenv_values, find_dotenv, load_dotenv
 from pybit import _helpers, unified_trading
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 
@@ -32,7 +32,19 @@ RETRYABLE_CODES = {10002: "request timestamp outside recv_window", 10006: "rate 
 DUPLICATE_ORDER = 110072  # orderLinkId already used: the order went through before
 logger = logging.getLogger("grtr.api")
 
-load_dotenv(override=False)
+# The .env python-dotenv finds (searched upwards from this file's folder); its path is what the
+# permission check of check_api_key looks at. None: there is none, the keys come from the environment.
+_FOUND_DOTENV = find_dotenv()
+DOTENV_FILE: Path | None = Path(_FOUND_DOTENV).resolve() if _FOUND_DOTENV else None
+if DOTENV_FILE is not None:
+    load_dotenv(DOTENV_FILE, override=False)
+
+
+def key_source(name: str = "BYBIT_API_KEY") -> str:
+    """Where the variable ``name`` was read from: the .env file's path, or the environment."""
+    if DOTENV_FILE is not None and name in os.environ and dotenv_values(DOTENV_FILE).get(name) == os.environ[name]:
+        return str(DOTENV_FILE)
+    return "the environment"
 
 
 def bybit_env() -> str:
@@ -232,7 +244,12 @@ KEY_EXPIRY_WARNING = timedelta(days=7)
 
 
 class KeyPermissionError(RuntimeError):
-    """The API key must not be used by the trader: it can withdraw funds, or it cannot trade."""
+    """The API key must not be used by the trader: it can withdraw funds, or it cannot trade, or it is not the
+    account the user confirmed for mainnet."""
+
+
+class UnknownSymbol(ValueError):
+    """The exchange lists no linear instrument of that symbol."""
 
 
 def _expiry_warning(expired_at: str) -> str | None:
@@ -251,16 +268,38 @@ def _expiry_warning(expired_at: str) -> str | None:
     return None
 
 
-def check_api_key(http: Any, env_file: Path | None = Path(".env")) -> list[str]:
+def _key_info(http: Any) -> dict[str, Any]:
+    """GET /v5/user/query-api: what Bybit says of the key behind ``http``."""
+    return api_retry_wrapper(http.get_api_key_information, "user/query-api").get("result") or {}
+
+
+def confirm_account(http: Any, expected_uid: str, variable: str) -> None:
+    """Raise KeyPermissionError unless the key behind ``http`` belongs to account ``expected_uid``.
+
+    The UID is ``userID`` of /v5/user/query-api (docs: v5/user/apikey-info.mdx). The error never shows
+    the account's real UID: the confirmation must come from the user, not be copied from an error.
+    """
+    uid = str(_key_info(http).get("userID") or "")
+    if not uid:
+        raise KeyPermissionError("Bybit did not report the account's UID (userID of user/query-api); cannot check "
+                                 f"{variable}")
+    if expected_uid.strip() != uid:
+        raise KeyPermissionError(f"{variable}={expected_uid.strip()!r} is not the UID of the account behind "
+                                 "BYBIT_API_KEY; set it to the UID Bybit shows for that account to confirm trading "
+                                 "real money on it")
+
+
+def check_api_key(http: Any, env_file: Path | None = DOTENV_FILE) -> list[str]:
     """Vet the key behind ``http`` (GET /v5/user/query-api) and the ``.env`` holding it; returns warnings.
 
     Raises KeyPermissionError when the key can withdraw (any permission named Withdraw..., V5 lists
     it as ``permissions["Wallet"] = [..., "Withdraw"]``) or is read-only (the trader could not place
     orders). Warns when the key is not bound to IPs (``ips`` empty or ``["*"]``), when its
-    ``expiredAt`` is less than 7 days away and when ``env_file`` is readable or writable by
-    group/others. No message ever contains the key or the secret.
+    ``expiredAt`` is less than 7 days away and when ``env_file`` (by default the .env the keys were
+    loaded from, wherever it is) is readable or writable by group/others. No message ever contains
+    the key or the secret.
     """
-    info = api_retry_wrapper(http.get_api_key_information, "user/query-api").get("result") or {}
+    info = _key_info(http)
     permissions = info.get("permissions") or {}
     withdraw = sorted(f"{group}.{name}" for group, names in permissions.items() for name in names or ()
                       if "withdraw" in str(name).lower())

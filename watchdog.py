@@ -3,6 +3,7 @@
     python watchdog.py                         # watch the trader started by run_live.py in this folder
     python watchdog.py --dir results/paper1    # watch the trader whose heartbeat and logs are in that folder
     python watchdog.py --restart               # also restart the trader when it dies or hangs
+    python watchdog.py --restart -- --side long --mainnet --yes   # ... as run_live.py --dir . --side long ...
     python watchdog.py --test-message          # send one message and exit: checks the token and chat
 
 It reads the trader's files (``heartbeat.json``, ``logs/events.jsonl``, ``logs/trader.log`` and
@@ -39,14 +40,16 @@ from typing import Any
 import psutil
 from dotenv import load_dotenv
 
+import cli  # first: a bad config.py ends here in one line, exit 2
 import config
+from trader_lock import process_alive
 from telegram_outbox import (DEFAULT_API_URL, HOUR_MS, Alert, BotApi, Sender, Store, TelegramError,
                              TelegramUnreachable, backoff_delay, duration, esc, event_alert, finite_or_none,
                              log_block, num, redact, send_test_message, telegram_settings, usdt, utc_text)
 
 logger = logging.getLogger("grtr.watchdog")
 EXIT_TELEGRAM = 1
-EXIT_USAGE = 2
+EXIT_USAGE = cli.EXIT_USAGE
 MAX_TRADES_LISTED = 30
 COMMANDS_HELP = (
     "/status: positions, stops, unrealized PnL, last bar, heartbeat age\n"
@@ -72,6 +75,7 @@ class Settings:
     request_timeout_s: float
     daily_summary_hour_utc: int | None
     merge_window_s: float
+    merge_edit_interval_s: float
     min_send_interval_s: float
     retry_base_s: float
     retry_max_s: float
@@ -87,8 +91,8 @@ class Settings:
         """config.py's values with ``overrides`` and ``levels`` applied, validated (errors name the key)."""
         values = {**config.WATCHDOG_SETTINGS, **overrides}
         all_levels = {**config.WATCHDOG_ALERT_LEVELS, **(levels or {})}
-        config.validate_watchdog(values, all_levels, where="watchdog settings")
-        return cls(levels=all_levels, **values)
+        checked = config.validate_watchdog(values, all_levels, where="watchdog settings")
+        return cls(levels=all_levels, **checked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,20 +229,6 @@ def read_heartbeat(path: Path) -> dict[str, Any] | None:
     return beat
 
 
-def process_alive(pid: int, started_ms: int | None) -> bool:
-    """True when ``pid`` runs and is not a zombie nor a newer process that reused the pid."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        created_ms = process.create_time() * 1000
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    return started_ms is None or created_ms <= started_ms + 2000
-
-
 def running_copy(cmdline: list[str], cwd: str | None) -> int | None:
     """The pid of a live process running exactly ``cmdline`` (in ``cwd`` when known), or None."""
     for process in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
@@ -354,8 +344,6 @@ class MonitorState:
     stopped_code: int | None = None
     dead_pid: int | None = None           # pid whose end was handled (alerted, restart decided)
     stale_pid: int | None = None          # pid whose stale heartbeat was alerted
-    cmdline: list[str] = field(default_factory=list)   # from the heartbeat: what a restart runs
-    cwd: str | None = None
     restarts: list[int] = field(default_factory=list)  # restart times (ms) within the last hour
     gave_up: bool = False                 # the restart limit was hit
     daily: str | None = None              # date of the last daily summary
@@ -365,11 +353,15 @@ class Watchdog:
     """Heartbeat, process and event-log checks, alerts into the outbox, restarts, and commands."""
 
     def __init__(self, workdir: Path, token: str, chat_id: str, api_url: str = DEFAULT_API_URL,
-                 restart: bool = False, settings: Settings | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 restart_command: list[str] | None = None, settings: Settings | None = None,
+                 clock: Callable[[], float] = time.time, restart_cwd: str | None = None) -> None:
+        """``restart_command``: what a restart runs (None: no restarts), fixed here, in ``restart_cwd`` (default:
+        this process's folder). Nothing the trader writes can change it."""
         self.workdir = Path(workdir)
         self.chat_id = str(chat_id)
-        self.restart = restart
+        self.restart_command = list(restart_command) if restart_command else None
+        self.restart_cwd = restart_cwd or os.getcwd()
+        self.restart = self.restart_command is not None
         self.settings = settings or Settings.from_config()
         self.clock = clock
         self._token = token
@@ -450,7 +442,7 @@ class Watchdog:
         logger.info("alert %s (%s): %s", alert.kind, level, self.redact(alert.text.replace("\n", " | ")[:300]))
         if level != "off":
             Store.enqueue(db, self.chat_id, self.redact(alert.text), level == "silent", now_ms,
-                          int(self.settings.merge_window_s * 1000))
+                          int(self.settings.merge_window_s * 1000), alert.merge_key)
 
     def _on_event(self, event: dict[str, Any]) -> Alert:
         kind = event.get("event")
@@ -460,9 +452,12 @@ class Watchdog:
             for name in ("stopped_pid", "dead_pid", "stale_pid"):  # a reused pid starts with a clean slate
                 if getattr(self.state, name) == event["pid"]:
                     setattr(self.state, name, None)
-        elif kind == "stop":
+        elif kind in ("stop", "fatal"):  # a fatal error is the trader's last word, in place of its stop event
             beat = read_heartbeat(self.workdir / "heartbeat.json")
-            self.state.stopped_pid = self.state.start_pid or (beat or {}).get("pid")
+            pid = event.get("pid") if isinstance(event.get("pid"), int) else None
+            if kind == "fatal" and pid is not None and pid != self.state.start_pid:
+                self.state.start_pid, self.state.start_ms = pid, event.get("ts_ms")  # it died before its start event
+            self.state.stopped_pid = pid or self.state.start_pid or (beat or {}).get("pid")
             self.state.stopped_code = event.get("exit_code")
             tail = log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact)
         return event_alert(event, tail)
@@ -487,9 +482,7 @@ class Watchdog:
         return process_alive(pid, started_ms)
 
     def _check_trader(self, now_ms: int) -> list[Alert]:
-        beat = read_heartbeat(self.workdir / "heartbeat.json")
-        if beat and isinstance(beat.get("cmdline"), list) and beat["cmdline"]:
-            self.state.cmdline, self.state.cwd = [str(a) for a in beat["cmdline"]], beat.get("cwd")
+        beat = read_heartbeat(self.workdir / "heartbeat.json")  # its pid and times only: never a command
         current = self._current(beat)
         if current is None:
             return []
@@ -514,22 +507,31 @@ class Watchdog:
         return alerts
 
     def _on_dead(self, pid: int, now_ms: int) -> list[Alert]:
+        """A trader that ended: alerted (unless its stop or fatal event was), restarted unless it ended on
+        purpose (exit code 0) or on a cause the user must fix (exit code 2)."""
         alerts = []
-        clean = self.state.stopped_pid == pid
+        announced = self.state.stopped_pid == pid  # by its stop or fatal event, alerted already
+        code = self.state.stopped_code if announced else self._child_code(pid)
         if self.state.dead_pid != pid:
             self.state.dead_pid, self.state.stale_pid = pid, None
-            if not clean:  # a clean stop was announced by its stop event
+            if not announced:
                 alerts.append(self._died_alert(pid))
-        if self.restart and not (clean and self.state.stopped_code == 0):
+        if self.restart and code not in (0, EXIT_USAGE):
             alerts += self._maybe_restart(now_ms)
         return alerts
+
+    def _child_code(self, pid: int) -> int | None:
+        """The exit code of a trader this watchdog started, or None (not its child, or still running)."""
+        return self.child.returncode if self.child is not None and self.child.pid == pid else None
 
     def _died_alert(self, pid: int) -> Alert:
         status = "unknown: no stop event (killed or crashed)"
         extra = []
-        if self.child is not None and self.child.pid == pid and self.child.returncode is not None:
-            code = self.child.returncode
+        code = self._child_code(pid)
+        if code is not None:
             status = f"{code}" + (f" (killed by {signal.Signals(-code).name})" if code < 0 else "")
+            if code == EXIT_USAGE:
+                status += "; not restarted: the cause needs your fix (see its output)"
             extra = log_tail(self.workdir / "logs" / "trader.restart.log", self.settings.log_tail_lines, self.redact)
         tail = log_tail(self.workdir / "logs" / "trader.log", self.settings.log_tail_lines, self.redact)
         return Alert("stop", f"🛑 <b>Trader stopped</b>, pid {pid}: exit status {esc(status)}"
@@ -599,22 +601,19 @@ class Watchdog:
                                      f"last hour (limit {limit}). Not restarting any more: start the trader by hand.")]
         if not self._restart_allowed(now_ms):
             return []  # backoff: a later pass restarts it
-        if not self.state.cmdline:
-            self.state.gave_up = True
-            return [Alert("restart", "⛔ <b>Cannot restart the trader</b>: no heartbeat ever told its command line")]
-        running = running_copy(self.state.cmdline, self.state.cwd)
+        running = running_copy(self.restart_command, self.restart_cwd)
         if running is not None:
             if running != self._copy_logged:
                 self._copy_logged = running
                 logger.warning("not restarting: pid %d already runs the trader's command line", running)
             return []  # started by hand: its start event and heartbeat will make it the watched trader
         self.state.restarts.append(now_ms)
-        command = " ".join(self.state.cmdline)
+        command = " ".join(self.restart_command)
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         try:
             with (logs / "trader.restart.log").open("ab") as output:
-                self.child = subprocess.Popen(self.state.cmdline, cwd=self.state.cwd or None, stdin=subprocess.DEVNULL,
+                self.child = subprocess.Popen(self.restart_command, cwd=self.restart_cwd, stdin=subprocess.DEVNULL,
                                               stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             return [Alert("restart", f"⛔ <b>Restart failed</b>: {esc(self.redact(str(exc)))}\n"
@@ -850,15 +849,41 @@ def setup_logging(workdir: Path, token: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag, explained in --help."""
-    parser = argparse.ArgumentParser(prog="watchdog.py", description="Watches GrTr's live trader; Telegram alerts "
-                                     "and commands (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID in the environment or .env).")
+    """Every flag, explained in --help; a bad value is refused in one line with exit code 2."""
+    parser = cli.Parser(prog="watchdog.py", description="Watches GrTr's live trader; Telegram alerts and commands "
+                        "(TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID in the environment or .env).")
     parser.add_argument("--dir", default=".", help="the trader's folder (heartbeat.json, logs/, state.sqlite); "
                                                    "default: the current folder")
     parser.add_argument("--restart", action="store_true",
-                        help="restart the trader when it dies or hangs (same command line, limited per hour)")
+                        help="restart the trader when it dies or hangs, limited per hour: it runs this checkout's "
+                             "run_live.py --dir DIR plus the run_live flags given after --, in this folder (never "
+                             "a command read from a file)")
     parser.add_argument("--test-message", action="store_true", help="send one message and exit: checks token and chat")
+    parser.add_argument("trader_args", nargs=argparse.REMAINDER, metavar="-- RUN_LIVE_FLAGS",
+                        help="with --restart: the trader's flags, e.g. -- --side long --mainnet --yes")
     return parser
+
+
+def restart_command(workdir: Path, trader_args: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The one command a restart runs: this Python, this checkout's run_live.py, ``--dir`` and the given flags.
+
+    Flags that cannot work unattended are refused now, not at the first restart: --mainnet needs --yes
+    and GRTR_CONFIRM_MAINNET (no one types a confirmation), and --dir is the watchdog's own.
+    """
+    args = trader_args[1:] if trader_args[:1] == ["--"] else list(trader_args)
+    for flag in ("--dir", "--paper", "--export-trades"):
+        if any(a == flag or a.startswith(flag + "=") for a in args):
+            raise cli.UsageError(f"{flag} cannot be a restarted trader's flag (the trader's folder is the "
+                                 "watchdog's --dir)")
+    if "--mainnet" in args:
+        if "--yes" not in args:
+            raise cli.UsageError("a restarted mainnet trader cannot be asked to type its confirmation: give "
+                                 f"-- --mainnet --yes and set {cli.MAINNET_CONFIRM_VARIABLE}=<account UID>")
+        if not environ.get(cli.MAINNET_CONFIRM_VARIABLE, "").strip():
+            raise cli.UsageError(f"--mainnet --yes needs {cli.MAINNET_CONFIRM_VARIABLE}=<account UID> in the "
+                                 "watchdog's environment (its restarts inherit it)")
+    return [sys.executable, str(Path(__file__).resolve().with_name("run_live.py")), "--dir", str(workdir.resolve()),
+            *args]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -868,7 +893,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         token, chat_id, api_url = telegram_settings(os.environ)
         settings = Settings.from_config()
-    except config.ConfigError as exc:
+        if args.trader_args and not args.restart:
+            raise cli.UsageError("flags after -- are the restarted trader's: they need --restart")
+        command = restart_command(Path(args.dir), args.trader_args, os.environ) if args.restart else None
+    except (config.ConfigError, cli.UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.test_message:
@@ -881,8 +909,14 @@ def main(argv: list[str] | None = None) -> int:
     if not workdir.is_dir():
         print(f"error: --dir {workdir} is not a folder", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(workdir, token)
-    dog = Watchdog(workdir, token, chat_id, api_url, restart=args.restart, settings=settings)
+    try:
+        setup_logging(workdir, token)
+        dog = Watchdog(workdir, token, chat_id, api_url, restart_command=command, settings=settings)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: cannot use {workdir / 'watchdog.sqlite'} or {workdir / 'logs'} ({exc}): the folder must be "
+              "writable and watchdog.sqlite a database (move a damaged one aside: it holds undelivered alerts)",
+              file=sys.stderr)
+        return EXIT_USAGE
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

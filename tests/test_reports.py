@@ -160,7 +160,8 @@ def test_every_importance_bar_is_named_and_labelled():
 def test_equity_png_has_title_strategy_and_drawdown(sample_run, tmp_path):
     fig = reporting.equity_png_figure(sample_run.equity, "LONG BTCUSDT 1h")
     top, bottom = fig.axes
-    assert top.get_title().startswith("LONG BTCUSDT 1h") and "max drawdown -71.3%" in top.get_title()
+    deepest = (sample_run.equity["equity"] / sample_run.equity["equity"].cummax() - 1).min()
+    assert top.get_title().startswith("LONG BTCUSDT 1h") and f"max drawdown {deepest:.1%}" in top.get_title()
     assert bottom.get_ylabel() == "drawdown %" and bottom.collections  # the filled drawdown
     path = reporting.write_equity_png(tmp_path / "equity.png", sample_run.equity, "LONG BTCUSDT 1h")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

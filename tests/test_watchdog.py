@@ -59,6 +59,11 @@ emit("start", env="paper", pid=os.getpid(), sides=["long"], params_file=None)
 if mode == "clean-exit":
     emit("stop", reason="Ctrl-C", exit_code=0)
     sys.exit(0)
+if mode.startswith("fatal"):  # fatal1: a restart may help; fatal2: the user must fix the cause
+    code = int(mode[-1])
+    emit("fatal", pid=os.getpid(), error="InvalidRequestError", ret_code=10004, exit_code=code,
+         message="Bybit refused the request signature (retCode 10004): put the new secret in .env")
+    sys.exit(code)
 threading.Event().wait()
 '''
 
@@ -93,7 +98,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 def fast(**overrides) -> Settings:
     values = dict(poll_interval_s=0.05, min_send_interval_s=0.0, retry_base_s=0.01, retry_max_s=0.05,
                   updates_timeout_s=0, request_timeout_s=5.0, daily_summary_hour_utc=None, merge_window_s=0.0,
-                  kill_grace_s=5.0)
+                  merge_edit_interval_s=0.0, kill_grace_s=5.0)
     values.update(overrides)
     return Settings.from_config(**values)
 
@@ -129,7 +134,9 @@ def processes():
 
 
 def make_dog(workdir, tg, clock, restart=False, **settings) -> Watchdog:
-    return Watchdog(workdir, TOKEN, CHAT, tg.url, restart=restart, settings=fast(**settings), clock=clock)
+    """A watchdog on ``workdir``; with ``restart``, its restarts run the fake trader."""
+    command = fake_trader_command(workdir) if restart else None
+    return Watchdog(workdir, TOKEN, CHAT, tg.url, restart_command=command, settings=fast(**settings), clock=clock)
 
 
 def deliver(dog: Watchdog, clock: Clock, steps: int = 500) -> None:
@@ -159,12 +166,16 @@ def write_heartbeat(workdir: Path, **fields) -> None:
     os.replace(workdir / "heartbeat.json.tmp", workdir / "heartbeat.json")
 
 
-def start_fake_trader(workdir: Path, processes: list[int], mode: str = "run", hold: bool = False
-                      ) -> subprocess.Popen:
+def fake_trader_command(workdir: Path, mode: str = "run") -> list[str]:
     script = workdir.parent / "fake_trader.py"
     script.write_text(FAKE_TRADER)
+    return [sys.executable, str(script), str(workdir), mode]
+
+
+def start_fake_trader(workdir: Path, processes: list[int], mode: str = "run", hold: bool = False
+                      ) -> subprocess.Popen:
     env = {**os.environ, "FAKE_TRADER_HOLD": "1"} if hold else None
-    proc = subprocess.Popen([sys.executable, str(script), str(workdir), mode], env=env,
+    proc = subprocess.Popen(fake_trader_command(workdir, mode), env=env,
                             stdin=subprocess.PIPE if hold else subprocess.DEVNULL)
     processes.append(proc.pid)
     return proc
@@ -508,13 +519,78 @@ def test_restart_of_a_dead_then_a_hung_trader_until_the_hourly_limit(workdir, tg
     dog.close()
 
 
-def test_no_restart_while_a_copy_started_by_hand_is_loading(workdir, tg, clock, processes):
+def watched_then_killed(workdir, tg, clock, processes) -> tuple[Watchdog, subprocess.Popen]:
+    """A restarting watchdog that has seen a fake trader start, and that trader killed."""
     dog = make_dog(workdir, tg, clock, restart=True)
     first = start_fake_trader(workdir, processes)
     wait_until(lambda: started_pids(workdir) == [first.pid])
     dog.poll()
     first.kill()
     first.wait()
+    return dog, first
+
+
+def test_a_restart_runs_the_watchdogs_own_command_never_the_heartbeats(workdir, tg, clock, processes, tmp_path):
+    dog, first = watched_then_killed(workdir, tg, clock, processes)
+    planted = tmp_path / "PLANTED"
+    beat = json.loads((workdir / "heartbeat.json").read_text())
+    beat["cmdline"], beat["cwd"] = ["/bin/sh", "-c", f"touch {planted}"], str(tmp_path)  # the file is the trader's
+    (workdir / "heartbeat.json").write_text(json.dumps(beat))
+    dog.poll()
+    processes.append(dog.child.pid)
+    assert dog.child.args == fake_trader_command(workdir)
+    wait_until(lambda: len(started_pids(workdir)) == 2)
+    assert not planted.exists()
+    dog.close()
+
+
+@pytest.mark.parametrize(("mode", "restarted"), [("fatal1", True), ("fatal2", False)])
+def test_a_fatal_error_is_alerted_with_its_reason_and_restarted_unless_it_needs_a_fix(workdir, tg, clock, processes,
+                                                                                      mode, restarted):
+    dog = make_dog(workdir, tg, clock, restart=True)
+    trader = start_fake_trader(workdir, processes, mode=mode)
+    trader.wait()
+    dog.poll()
+    dog.poll()
+    if dog.child is not None:
+        processes.append(dog.child.pid)
+    assert (dog.child is not None) == restarted
+    deliver(dog, clock)
+    texts = tg.plain(CHAT)
+    crash = next(t for t in texts if "Trader stopped" in t)
+    assert crash.startswith(f"💥 Trader stopped on an error BTCUSDT, pid {trader.pid}\nBybit refused the request "
+                            "signature (retCode 10004): put the new secret in .env")
+    assert f"exit code {mode[-1]}" in crash and "exit status unknown" not in "".join(texts)
+    assert ("not restarted: the cause needs your fix" in crash) != restarted
+    assert sum("Trader stopped" in t for t in texts) == 1
+    dog.close()
+
+
+def test_a_burst_of_rejections_and_skips_is_one_message_each_with_a_count(workdir, tg, clock):
+    """93 rejected orders (each its own orderLinkId) and 93 skipped entries, 4.5 s apart: 418 s, more than the
+    300 s merge window, but no repeat is more than 300 s after the previous one."""
+    dog = make_dog(workdir, tg, clock, merge_window_s=300.0, merge_edit_interval_s=10.0)
+    for k in range(93):
+        emit(workdir, "order_rejected", side="long", action="open", order_link_id=f"long-{1000 + k}-open",
+             ret_code=110007, ret_msg="ab not enough for new order")
+        emit(workdir, "entry_skipped", side="long", reason="margin 120.00 USDT needed, 80.00 USDT available")
+        dog.poll()
+        for _ in range(3):
+            clock.advance(1.5)
+            dog.sender.step()
+    clock.advance(10)
+    deliver(dog, clock)
+    assert len(tg.messages) == 2
+    rejected, skipped = (m["plain"] for m in tg.messages)
+    assert rejected.startswith("⛔ Order rejected LONG BTCUSDT: open long-1092-open") and "×93 between" in rejected
+    assert skipped.startswith("⏭ Entry skipped LONG BTCUSDT") and "×93 between" in skipped
+    edits = sum(m["edits"] for m in tg.messages)
+    assert edits <= 2 * (93 * 4.5 / 10 + 2)  # counts updated at most every merge_edit_interval_s
+    dog.close()
+
+
+def test_no_restart_while_a_copy_started_by_hand_is_loading(workdir, tg, clock, processes):
+    dog, first = watched_then_killed(workdir, tg, clock, processes)
     by_hand = start_fake_trader(workdir, processes, hold=True)  # same command line, no heartbeat yet
     wait_until(lambda: watchdog.running_copy(first.args, os.getcwd()) == by_hand.pid)
     dog.poll()
