@@ -30,10 +30,18 @@ import core
 import metrics as metrics_mod
 import reporting
 from data_fetcher import TIMEFRAMES, DataError, load_csv, resample
+from exchange import ExchangeRefused
 from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader
 from trader_store import Store
-from trader_utils import ExchangeUnavailable, KeyPermissionError, bybit_env, install_redacting_excepthook, make_http
+from trader_utils import (
+    ExchangeUnavailable,
+    KeyPermissionError,
+    bybit_env,
+    install_redacting_excepthook,
+    make_http,
+    make_ws,
+)
 
 EXIT_USAGE = 2
 
@@ -92,8 +100,12 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
 # ----------------------------------------------------------------------------------------------
 # Paper replay
 # ----------------------------------------------------------------------------------------------
-def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
-    """Replay a candle file on an in-process bybit_sim (lockstep) with the real trader, then write results."""
+def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: Any = None) -> int:
+    """Replay a candle file on an in-process bybit_sim (lockstep) with the real trader, then write results.
+
+    ``behaviour`` (a bybit_sim.Behaviour) picks what the docs leave open: when fills reach the
+    private stream and execution/list, partial fills, the mark price's offset.
+    """
     from bybit_sim import SimExchange
 
     timeframe = configs[0].params["timeframe"]
@@ -104,16 +116,21 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "state.sqlite").exists():
         raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
-    with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL, lockstep=True) as sim:
+    balance = config.CAPITAL * len(configs)  # each side trades its own capital; hedge mode shares one wallet
+    with SimExchange(candles, symbol, timeframe, history_bars=history, balance=balance, lockstep=True,
+                     behaviour=behaviour) as sim:
         os.environ["BYBIT_REST_URL"] = sim.rest_url
         os.environ["BYBIT_WS_URL"] = sim.ws_url
         session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
         trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL)
         days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
+        fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
+            kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
         trader.start(history_days=days)
         feed = MarketFeed(symbol, timeframe)
         drive_lockstep(trader, sim, feed.bars)
         feed.close()
+        fills.close()
         stats = sim.stats()
     trader.stop("replay finished")
     written = write_paper_outputs(out, configs, candles, history, timeframe)
@@ -223,6 +240,29 @@ def confirm_mainnet(args: argparse.Namespace) -> None:
                 raise UsageError("not confirmed; nothing was started")
 
 
+def run_check(args: argparse.Namespace, configs: list[SideConfig]) -> int:
+    """--check: the preflight table against the exchange (no order is placed); 0 when every row passes, else 1."""
+    import preflight
+    from exchange import Bybit
+
+    env = bybit_env()
+    if env == "mainnet" and not args.mainnet:
+        raise UsageError("BYBIT_ENV is mainnet: checking it needs the --mainnet flag")
+    if args.mainnet:
+        env = "mainnet"
+    if not os.environ.get("BYBIT_API_KEY") or not os.environ.get("BYBIT_API_SECRET"):
+        raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
+    session = make_http(env=env, timeout=args.http_timeout)
+    symbol, timeframe = configs[0].params["symbol"], configs[0].params["timeframe"]
+    plan = preflight.Plan(symbol, timeframe, {c.side: c.params for c in configs})
+    heading = (f"GrTr preflight on Bybit {env} ({session.endpoint}), {symbol} {timeframe}, "
+               f"sides {', '.join(plan.sides)}; no order is placed")
+    table, ok = preflight.check(Bybit(session, symbol, preflight.quick_retry()), plan,
+                                lambda kind: make_ws(kind, env=env), heading)
+    print(table)
+    return 0 if ok else 1
+
+
 def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     """The trader on Bybit (or whatever BYBIT_REST_URL/BYBIT_WS_URL point at) until Ctrl-C or SIGTERM."""
     confirm_mainnet(args)
@@ -235,14 +275,17 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     stopping: list[str] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
     try:
+        fills = FillFeed(trader.exchange.on_stream)  # before the start: the catch-up's fills arrive on it too
         trader.start(history_days=config.DATA_DAYS_DEPTH)
         feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
-        fills = FillFeed()
         live_loop(trader, feed, fills, args, stopping)
         feed.close()
         fills.close()
     except KeyboardInterrupt:
         stopping.append("Ctrl-C")
+    except ExchangeRefused as exc:  # a cause the user must fix (key, permission, account mode): one line
+        trader.stop(str(exc), EXIT_USAGE)
+        raise
     if args.close_on_exit:
         trader.close_all()
     trader.stop(stopping[0] if stopping else "stopped")
@@ -254,8 +297,9 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
     """Bar closes from the feed; between them fills as announced, the tick guard, staleness checks and
     periodic reconciliation.
 
-    A call Bybit does not answer after every retry (ExchangeUnavailable) rolls its bar back; the
-    loop reports it and carries on, and the bar is handled again from REST.
+    A call Bybit does not answer after every retry (ExchangeUnavailable), or fills that stay
+    invisible (FillsPending), roll the bar back; the loop reports it and carries on, and the bar is
+    handled again from REST at the next reconcile (or the next bar close).
     """
     clock = time.monotonic
     next_reconcile = clock() + settings.reconcile_seconds
@@ -275,6 +319,7 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
             if price is not None:
                 trader.tick_guard(price, clock(), settings.tick_grace_seconds)
             if clock() >= next_reconcile:
+                trader.catch_up()  # a bar rolled back since is handled again first
                 trader.reconcile()
                 next_reconcile = clock() + settings.reconcile_seconds
             if clock() >= next_beat:
@@ -321,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", action="store_true",
                         help="with --paper: compare the trades with the backtest of the same file, trade by trade")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="preflight against the exchange (no order placed): key, clock, wallet, instrument, "
+                             "mode, klines, executions, streams; exit 1 when a check fails")
     for name, default in config.TRADER_SETTINGS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, metavar="SECONDS",
                             help=f"live loop setting (config.TRADER_SETTINGS; default: {default:g})")
@@ -337,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.paper and not args.replay:
             raise UsageError("--paper needs --replay FILE")
         configs = side_configs(args)
+        if args.check:
+            return run_check(args, configs)
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except (UsageError, config.ConfigError, DataError, ValueError, KeyPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -497,12 +497,14 @@ class Engine:
                                qty=slot.size, price=0.0, reduce_only=True, position_idx=slot.idx,
                                create_type=create_type, time_in_force="IOC", status="New")
 
-    def auto_deleverage(self, position_idx: int, qty: float) -> None:
-        """An ADL (tests): ``qty`` of the position closed at the mark price, execType AdlTrade (docs: v5/enum.mdx)."""
+    def take_over(self, position_idx: int, qty: float, exec_type: str = "AdlTrade") -> None:
+        """Tests: ``qty`` of the position closed at the mark price by the exchange itself, as an ADL
+        (execType AdlTrade) or a takeover liquidation (BustTrade) (docs: v5/enum.mdx execType, createType)."""
         slot = self.positions[position_idx]
-        order = self._takeover_order(slot, "CreateByAdl_PassThrough")
+        create = {"AdlTrade": "CreateByAdl_PassThrough", "BustTrade": "CreateByTakeOver_PassThrough"}[exec_type]
+        order = self._takeover_order(slot, create)
         order.qty = min(qty, slot.size)
-        self._fill(order, self.mark_price(), taker=True, exec_type="AdlTrade")
+        self._fill(order, self.mark_price(), taker=True, exec_type=exec_type)
 
     def _walk_point(self, open_: float, extreme: float, slot: Position | None) -> None:
         """Fill everything of ``slot`` (None: orders of no position) the price crosses from the open to ``extreme``."""
