@@ -16,9 +16,10 @@ API): ``GET /sim/status`` (cursor, finished), ``GET /sim/stats`` (orders, execut
 orderLinkIds refused, faults injected, longest time a position had no stop-loss).
 
 Every answer has the fields, string-or-number types, sort order, page sizes, time windows and error
-codes of Bybit's V5 docs (the ``# docs:`` comments name the page; tests/fixtures/bybit holds each
-page's example response and a test holds every answer to it). Where the docs are silent the
-behaviour is a choice (:class:`Behaviour`) and the trader's tests run under each: when a fill reaches
+codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py builds the records;
+tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
+the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
+each: when a fill reaches
 the private stream and ``execution/list``, whether market orders fill partly, the mark price's
 offset from the last price, which end of a range a kline page holds.
 """
@@ -48,34 +49,23 @@ from aiohttp import WSMsgType, web
 import config
 import core
 from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_csv, resample, to_arrays
-from sim_engine import ACCOUNT_UID, Engine, ExchangeError, FillStyle, Order, Position
+import sim_shapes as shape
+from sim_engine import Engine, ExchangeError, FillStyle, Order, Position
+from sim_shapes import (
+    PERMISSION_GROUPS,
+    POSITION_REST_DROP,
+    POSITION_WS_DROP,
+    TICKER_REST_DROP,
+    TICKER_WS_DROP,
+    TRADE_ONLY,
+    num,
+)
 
 DEFAULT_API_KEY = "sim-key"
 DEFAULT_API_SECRET = "sim-secret"
 INTERVAL_TO_TIMEFRAME = {v: k for k, v in BYBIT_INTERVALS.items()}
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
-IP_BAN_PAUSE_SECONDS = 600  # docs: v5/rate-limit/rate-limit.mdx: after a 403, wait at least 10 minutes
-# docs: v5/user/apikey-info.mdx: the permission groups the example response lists
-PERMISSION_GROUPS = ("ContractTrade", "Spot", "Wallet", "Options", "Derivatives", "CopyTrading", "BlockTrade",
-                     "Exchange", "NFT", "Affiliate", "Earn", "FiatP2P", "FiatConvertBroker", "FiatGlobalPay",
-                     "FiatBitPay", "BitCard", "ByXPost")
-TRADE_ONLY = {"ContractTrade": ["Order", "Position"], "Derivatives": ["DerivativesTrade"]}
-# Fields one record type has on one channel but not on another, from each page's example response
-EXECUTION_REST_DROP = {"category", "createType", "execPnl", "isLeverage", "marketUnit"}  # docs: v5/order/execution.mdx
-ORDER_DROP = {  # docs: v5/order/open-order.mdx, v5/order/order-list.mdx, v5/websocket/private/order.mdx
-    "realtime": {"category", "closedPnl", "extraFees", "feeCurrency", "rpiMatchedQty", "rpiTakerAccess",
-                 "slippageTolerance", "slippageToleranceType"},
-    "history": {"category", "closedPnl", "feeCurrency"},
-    "ws": {"extraFees", "isLeverage", "slippageTolerance", "slippageToleranceType"},
-}
-# docs: v5/position/position.mdx (REST: avgPrice, openTime; the example spells mmrSysUpdateTime) and
-# v5/websocket/private/position.mdx (stream: entryPrice, mmrSysUpdatedTime)
-POSITION_REST_DROP = {"category", "entryPrice", "mmrSysUpdatedTime"}
-POSITION_WS_DROP = {"avgPrice", "mmrSysUpdateTime", "openTime"}
-# docs: v5/market/tickers.mdx and v5/websocket/public/ticker.mdx
-TICKER_REST_DROP = {"tickDirection"}
-TICKER_WS_DROP = {"basis", "basisRate", "basisRateYear", "deliveryFeeRate", "deliveryTime", "predictedDeliveryPrice"}
 
 
 @dataclass
@@ -120,12 +110,6 @@ class Behaviour:
         """A preset of fill delivery (ws_first, rest_first, rest_late, sync) with other choices as given."""
         ws, rest_fills = cls.PRESETS[name]
         return cls(ws_fills=ws, rest_fills=rest_fills, **rest)
-
-
-def _s(value: float) -> str:
-    """Bybit's string numbers (the shortest text that reads back as the same float)."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 def _page(rows: list[Any], params: dict[str, Any], default: int, most: int) -> tuple[list[Any], str]:
@@ -469,56 +453,19 @@ class SimExchange:
         rows = rows.iloc[::-1]
         values = rows.to_numpy()
         stamps = rows.index.as_unit("ms").asi8
-        out = [[str(t), *(_s(v) for v in row), _s(row[3] * row[4])] for t, row in zip(stamps, values, strict=True)]
+        out = [[str(t), *(num(v) for v in row), num(row[3] * row[4])] for t, row in zip(stamps, values, strict=True)]
         return {"symbol": engine.symbol, "category": "linear", "list": out}
 
     def _market_tickers(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/market/tickers.mdx."""
         self._check_symbol(params)
-        return {"category": "linear", "list": [self._ticker(TICKER_REST_DROP)]}
-
-    def _ticker(self, drop: set[str]) -> dict[str, Any]:
-        engine = self.engine
-        price, mark = engine.last_price(), engine.mark_price()
-        day = max(0, engine.cursor - DAY_MS // engine.bar_ms)
-        hour = max(0, engine.cursor - max(1, 3_600_000 // engine.bar_ms))
-        prev = float(engine.open_[min(day, len(engine.ts) - 1)])
-        past = slice(day, max(day + 1, engine.cursor))
-        now = engine.now_ms()
-        funding = core.FUNDING_INTERVAL_MS
-        full = {"symbol": engine.symbol, "tickDirection": "ZeroPlusTick", "lastPrice": _s(price),
-                "indexPrice": _s(mark), "markPrice": _s(mark), "prevPrice24h": _s(prev),
-                "price24hPcnt": _s(price / prev - 1), "highPrice24h": _s(float(engine.high[past].max())),
-                "lowPrice24h": _s(float(engine.low[past].min())),
-                "prevPrice1h": _s(float(engine.open_[min(hour, len(engine.ts) - 1)])), "openInterest": "0",
-                "openInterestValue": "0", "turnover24h": _s(float((engine.volume[past] * engine.close[past]).sum())),
-                "volume24h": _s(float(engine.volume[past].sum())), "fundingRate": _s(engine.costs["funding_rate"]),
-                "nextFundingTime": str((now // funding + 1) * funding), "predictedDeliveryPrice": "", "basisRate": "",
-                "deliveryFeeRate": "", "deliveryTime": "0", "ask1Size": "1", "bid1Price": _s(price),
-                "ask1Price": _s(price), "bid1Size": "1", "basis": "", "preOpenPrice": "", "preQty": "",
-                "curPreListingPhase": "", "fundingIntervalHour": "8", "basisRateYear": "", "fundingCap": "0.005"}
-        return {k: v for k, v in full.items() if k not in drop}
+        return {"category": "linear", "list": [shape.ticker(self.engine, TICKER_REST_DROP)]}
 
     def _market_instruments(self, params: dict[str, Any]) -> dict[str, Any]:
-        """docs: v5/market/instrument.mdx (the Linear example's fields)."""
+        """docs: v5/market/instrument.mdx."""
         self._check_symbol(params)
-        inst = self.engine.instrument
-        tick = inst["tick_size"]
-        decimals = max(0, -int(np.floor(np.log10(tick)))) if tick < 1 else 0
-        return {"category": "linear", "list": [{
-            "symbol": self.engine.symbol, "symbolId": 5, "contractType": "LinearPerpetual",
-            "status": self.instrument_status, "baseCoin": self.engine.symbol.removesuffix("USDT"), "quoteCoin": "USDT",
-            "launchTime": str(int(self.engine.ts[0])), "deliveryTime": "0", "deliveryFeeRate": "",
-            "priceScale": str(decimals),
-            "leverageFilter": {"minLeverage": "1", "maxLeverage": _s(inst["max_leverage"]), "leverageStep": "0.01"},
-            "priceFilter": {"minPrice": _s(tick), "maxPrice": "1999999.8", "tickSize": _s(tick)},
-            "lotSizeFilter": {"maxOrderQty": "1000000", "minOrderQty": _s(inst["min_qty"]),
-                              "qtyStep": _s(inst["qty_step"]), "postOnlyMaxOrderQty": "1000000",
-                              "maxMktOrderQty": "100000", "minNotionalValue": _s(inst["min_notional"])},
-            "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin": "USDT", "copyTrading": "both",
-            "upperFundingRate": "0.00375", "lowerFundingRate": "-0.00375", "isPreListing": False,
-            "preListingInfo": None, "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
-            "symbolType": ""}], "nextPageCursor": ""}
+        return {"category": "linear", "list": [shape.instrument(self.engine, self.instrument_status)],
+                "nextPageCursor": ""}
 
     def _market_funding(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/market/history-fund-rate.mdx."""
@@ -531,71 +478,19 @@ class SimExchange:
         if "endTime" in params:
             times = [t for t in times if t <= int(params["endTime"])]
         limit = min(int(params.get("limit", 200)), 200)
-        rows = [{"symbol": engine.symbol, "fundingRate": _s(rate), "fundingRateTimestamp": str(t)}
+        rows = [{"symbol": engine.symbol, "fundingRate": num(rate), "fundingRateTimestamp": str(t)}
                 for t in reversed(times)][:limit]
         return {"category": "linear", "list": rows}
 
     # account and position
-    def _wallet(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """docs: v5/account/wallet-balance.mdx (and the wallet topic): the UNIFIED account, its USDT coin."""
-        params = params or {}
-        if params and params.get("accountType") != "UNIFIED":
-            raise ExchangeError(10001, "params error: accountType only support UNIFIED")
-        engine = self.engine
-        upl, im = engine.unrealised(), engine.used_margin()
-        mm = sum(p.size * engine.mark_price() * engine.costs["maintenance_margin_rate"]
-                 for p in engine.position_slots())
-        equity, margin_balance = engine.equity(), engine.balance + upl
-        realised = sum(p.realised for p in engine.positions.values())
-        coin = {"availableToBorrow": "", "bonus": "0", "accruedInterest": "0",
-                "availableToWithdraw": _s(max(0.0, margin_balance - im)), "totalOrderIM": "0", "equity": _s(equity),
-                "totalPositionMM": _s(mm), "usdValue": _s(equity), "spotHedgingQty": "0", "unrealisedPnl": _s(upl),
-                "collateralSwitch": True, "borrowAmount": "0", "totalPositionIM": _s(im),
-                "walletBalance": _s(engine.balance), "cumRealisedPnl": _s(realised), "locked": "0",
-                "marginCollateral": True, "coin": "USDT", "spotBorrow": "0"}
-        wanted = [c.strip() for c in str(params.get("coin") or "USDT").split(",")]
-        return {"list": [{
-            "totalEquity": _s(equity), "accountIMRate": _s(im / margin_balance if margin_balance else 0),
-            "accountIMRateByMp": _s(im / margin_balance if margin_balance else 0),
-            "totalMarginBalance": _s(margin_balance), "totalInitialMargin": _s(im), "totalInitialMarginByMp": _s(im),
-            "accountType": "UNIFIED", "totalAvailableBalance": _s(max(0.0, margin_balance - im)),
-            "accountMMRate": _s(mm / margin_balance if margin_balance else 0),
-            "accountMMRateByMp": _s(mm / margin_balance if margin_balance else 0), "totalPerpUPL": _s(upl),
-            "totalWalletBalance": _s(engine.balance), "accountLTV": "0", "totalMaintenanceMargin": _s(mm),
-            "totalMaintenanceMarginByMp": _s(mm), "coin": [coin] if "USDT" in wanted else []}]}
-
-    def _position_json(self, slot: Position, drop: set[str]) -> dict[str, Any]:
-        """docs: v5/position/position.mdx; createdTime: the first position ever on the symbol, openTime: this one's."""
-        engine = self.engine
-        mark = engine.mark_price()
-        d = slot.direction
-        upl = (mark - slot.avg_price) * slot.size * d
-        im = slot.size * slot.avg_price / engine.leverage
-        liq = core.liquidation_price(slot.avg_price, d, engine.leverage, engine.costs["maintenance_margin_rate"])
-        fee = max(engine.costs["taker_fee"], 0.00055)
-        breakeven = ((slot.avg_price * slot.size - slot.current_realised) / (slot.size * (1 - d * fee))
-                     if slot.size else 0.0)
-        full = {"positionIdx": slot.idx, "riskId": 1, "riskLimitValue": "2000000", "symbol": engine.symbol,
-                "side": slot.side, "size": _s(slot.size), "avgPrice": _s(slot.avg_price),
-                "entryPrice": _s(slot.avg_price), "positionValue": _s(slot.size * slot.avg_price), "tradeMode": 0,
-                "positionStatus": "Normal", "autoAddMargin": 0, "adlRankIndicator": 2 if slot.size else 0,
-                "leverage": _s(engine.leverage), "breakEvenPrice": _s(breakeven), "positionBalance": _s(im),
-                "markPrice": _s(mark), "liqPrice": _s(liq) if slot.size else "", "bustPrice": "",
-                "positionMM": _s(slot.size * mark * engine.costs["maintenance_margin_rate"]),
-                "positionMMByMp": _s(slot.size * mark * engine.costs["maintenance_margin_rate"]),
-                "positionIM": _s(im), "positionIMByMp": _s(im), "tpslMode": "Full",
-                "takeProfit": _s(slot.take_profit), "stopLoss": _s(slot.stop_loss),
-                "trailingStop": _s(slot.trailing_stop), "unrealisedPnl": _s(upl),
-                "curRealisedPnl": _s(slot.current_realised), "cumRealisedPnl": _s(slot.realised), "seq": slot.seq,
-                "isReduceOnly": False, "mmrSysUpdateTime": "", "mmrSysUpdatedTime": "", "leverageSysUpdatedTime": "",
-                "sessionAvgPrice": "", "createdTime": str(engine.first_position_ms),
-                "updatedTime": str(slot.updated_ms), "openTime": slot.opened_ms, "category": "linear"}
-        return {k: v for k, v in full.items() if k not in drop}
+    def _wallet(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/account/wallet-balance.mdx."""
+        return shape.wallet(self.engine, params)
 
     def _position_list(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/position/position.mdx: with a symbol, every slot of the mode, open or not."""
         self._check_symbol(params)
-        rows = [self._position_json(s, POSITION_REST_DROP) for s in self.engine.position_slots()]
+        rows = [shape.position(self.engine, s, POSITION_REST_DROP) for s in self.engine.position_slots()]
         page, cursor = _page(rows, params, 20, 200)
         return {"list": page, "nextPageCursor": cursor, "category": "linear"}
 
@@ -640,44 +535,6 @@ class SimExchange:
         return {}
 
     # orders
-    def _order_json(self, order: Order, shape: str) -> dict[str, Any]:
-        """docs: v5/order/open-order.mdx (realtime), order-list.mdx (history), v5/websocket/private/order.mdx."""
-        full = {"orderId": order.order_id, "orderLinkId": order.link_id, "blockTradeId": "",
-                "symbol": self.engine.symbol, "price": _s(order.price), "qty": _s(order.qty), "side": order.side,
-                "isLeverage": "", "positionIdx": order.position_idx, "orderStatus": order.status,
-                "cancelType": order.cancel_type, "rejectReason": order.reject_reason,
-                "avgPrice": _s(order.avg_price) if order.filled else "",
-                "leavesQty": _s(order.qty - order.filled if order.is_open else 0.0),
-                "leavesValue": _s((order.qty - order.filled) * order.price if order.is_open else 0.0),
-                "cumExecQty": _s(order.filled), "cumExecValue": _s(order.cum_value), "cumExecFee": _s(order.cum_fee),
-                "timeInForce": order.time_in_force, "orderType": order.order_type,
-                "stopOrderType": order.stop_order_type, "orderIv": "", "triggerPrice": _s(order.trigger_price),
-                "takeProfit": _s(order.take_profit), "stopLoss": _s(order.stop_loss),
-                "tpTriggerBy": "LastPrice" if order.take_profit else "UNKNOWN", "slTriggerBy": order.sl_trigger_by,
-                "triggerDirection": order.trigger_direction, "triggerBy": order.trigger_by,
-                "lastPriceOnCreated": _s(order.last_price_on_created), "reduceOnly": order.reduce_only,
-                "closeOnTrigger": order.close_on_trigger, "smpType": "None", "smpGroup": 0, "smpOrderId": "",
-                "tpslMode": "Full" if order.stop_loss or order.take_profit or order.stop_order_type != "UNKNOWN"
-                else "", "tpLimitPrice": "", "slLimitPrice": "", "placeType": "", "slippageToleranceType": "UNKNOWN",
-                "slippageTolerance": "", "createdTime": str(order.created_ms), "updatedTime": str(order.updated_ms),
-                "extraFees": "", "cumFeeDetail": {"USDT": _s(order.cum_fee)}, "rpiTakerAccess": False,
-                "rpiMatchedQty": "0", "closedPnl": _s(order.closed_pnl), "category": "linear", "feeCurrency": ""}
-        return {k: v for k, v in full.items() if k not in ORDER_DROP[shape]}
-
-    def _execution_json(self, e: dict[str, Any], ws: bool) -> dict[str, Any]:
-        """docs: v5/order/execution.mdx (REST) and v5/websocket/private/execution.mdx: no positionIdx on either."""
-        full = {"category": "linear", "symbol": self.engine.symbol, "isLeverage": "0", "orderId": e["orderId"],
-                "orderLinkId": e["orderLinkId"], "side": e["side"], "orderPrice": _s(e["orderPrice"]),
-                "orderQty": _s(e["orderQty"]), "leavesQty": _s(e["leavesQty"]), "createType": e["createType"],
-                "orderType": e["orderType"], "stopOrderType": e["stopOrderType"], "execFee": _s(e["execFee"]),
-                "execId": e["execId"], "execPrice": _s(e["execPrice"]), "execQty": _s(e["execQty"]),
-                "execPnl": _s(e["execPnl"]), "execType": e["execType"], "execValue": _s(e["execValue"]),
-                "execTime": str(e["execTime"]), "isMaker": e["isMaker"], "feeRate": _s(e["feeRate"]), "tradeIv": "",
-                "markIv": "", "markPrice": _s(e["markPrice"]), "indexPrice": "", "underlyingPrice": "",
-                "blockTradeId": "", "closedSize": _s(e["closedSize"]), "extraFees": "", "seq": e["seq"],
-                "feeCurrency": "USDT", "marketUnit": ""}
-        return full if ws else {k: v for k, v in full.items() if k not in EXECUTION_REST_DROP}
-
     def _create(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/order/create-order.mdx: the answer is the ids only; the fill follows asynchronously."""
         order = self.engine.create_order(params)
@@ -712,7 +569,7 @@ class SimExchange:
             closed = int(params.get("openOnly", 0) or 0) == 1
             found = [o for o in orders if o.is_open != closed]
             found = found[-500:] if closed else found
-        page, cursor = _page([self._order_json(o, "realtime") for o in reversed(found)], params, 20, 50)
+        page, cursor = _page([shape.order(self.engine, o, "realtime") for o in reversed(found)], params, 20, 50)
         return {"list": page, "nextPageCursor": cursor, "category": "linear"}
 
     def _history(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -732,7 +589,8 @@ class SimExchange:
             unfilled_end = o.status in ("Cancelled", "Rejected", "Deactivated") and o.filled == 0
             return not unfilled_end or now - o.updated_ms <= DAY_MS
 
-        page, cursor = _page([self._order_json(o, "history") for o in reversed(found) if listed(o)], params, 20, 50)
+        rows = [shape.order(self.engine, o, "history") for o in reversed(found) if listed(o)]
+        page, cursor = _page(rows, params, 20, 50)
         return {"list": page, "nextPageCursor": cursor, "category": "linear"}
 
     def _executions(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -752,7 +610,7 @@ class SimExchange:
             if params.get("execType"):
                 rows = [e for e in rows if e["execType"] == params["execType"]]
         rows.sort(key=lambda e: (e["execTime"], e["seq"]), reverse=True)
-        page, cursor = _page([self._execution_json(e, ws=False) for e in rows], params, 50, 100)
+        page, cursor = _page([shape.execution(self.engine, e, ws=False) for e in rows], params, 50, 100)
         for exec_id, (kind, left) in list(self._rest_hidden.items()):  # this request did not show them
             if kind == "lag":
                 if left <= 1:
@@ -764,17 +622,8 @@ class SimExchange:
     def _query_api(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/user/apikey-info.mdx: an IP-bound key never expires and reports expiredAt 1970-01-01."""
         bound = bool(self.api_ips) and "*" not in self.api_ips
-        created = int(self.engine.ts[0])
         expires = 0 if bound else (self.api_expires_ms or int(time.time() * 1000) + 90 * DAY_MS)
-        iso = pd.Timestamp(expires, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
-        days_left = -2 if bound else int((expires - time.time() * 1000) // DAY_MS)
-        return {"id": "2208369", "note": "bybit_sim", "apiKey": self.api_key, "readOnly": int(self.api_read_only),
-                "secret": "", "permissions": self._permissions(), "ips": list(self.api_ips), "type": 1,
-                "deadlineDay": days_left, "expiredAt": iso,
-                "createdAt": pd.Timestamp(created, unit="ms", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ"), "unified": 0,
-                "uta": 1, "userID": ACCOUNT_UID, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0",
-                "affiliateID": 0, "rsaPublicKey": "", "isMaster": True, "parentUid": "0", "kycLevel": "LEVEL_1",
-                "kycRegion": "", "userIDInt64": str(ACCOUNT_UID), "inviterIDInt64": "0", "affiliateIDInt64": "0"}
+        return shape.api_key(self.engine, self.api_key, self._permissions(), self.api_ips, self.api_read_only, expires)
 
     ROUTES = {
         "market/time": _market_time, "market/kline": _market_kline, "market/tickers": _market_tickers,
@@ -814,7 +663,7 @@ class SimExchange:
     async def _send_ticker(self, ws: web.WebSocketResponse, topic: str, kind: str) -> None:
         """docs: v5/websocket/public/ticker.mdx: a snapshot on subscription, deltas after it."""
         self._ticker_sent.add(ws)
-        await ws.send_json({"topic": topic, "type": kind, "data": self._ticker(TICKER_WS_DROP),
+        await ws.send_json({"topic": topic, "type": kind, "data": shape.ticker(self.engine, TICKER_WS_DROP),
                             "cs": self.engine.now_ms(), "ts": self.engine.now_ms()})
 
     async def _ws_private(self, request: web.Request) -> web.WebSocketResponse:
@@ -872,9 +721,9 @@ class SimExchange:
                 slots[payload.idx] = payload
             else:
                 wallet = True
-        return [("execution", now_rows), ("order", [self._order_json(o, "ws") for o in orders.values()]),
-                ("position", [self._position_json(s, POSITION_WS_DROP) for s in slots.values()]),
-                ("wallet", self._wallet()["list"] if wallet else [])]
+        return [("execution", now_rows), ("order", [shape.order(self.engine, o, "ws") for o in orders.values()]),
+                ("position", [shape.position(self.engine, s, POSITION_WS_DROP) for s in slots.values()]),
+                ("wallet", shape.wallet(self.engine)["list"] if wallet else [])]
 
     def _deliver(self, execution: dict[str, Any], now_rows: list[dict[str, Any]]) -> None:
         """Schedule one execution on both channels as Behaviour says."""
@@ -883,7 +732,7 @@ class SimExchange:
             self._rest_hidden[execution["execId"]] = ["lag", b.rest_lag]
         elif b.rest_fills == "bar":
             self._rest_hidden[execution["execId"]] = ["bar", self.bars_played]
-        row = self._execution_json(execution, ws=True)
+        row = shape.execution(self.engine, execution, ws=True)
         if b.ws_fills == "now":
             now_rows.append(row)
         elif b.ws_fills == "bar":
@@ -906,9 +755,9 @@ class SimExchange:
         engine = self.engine
         kline_topic = f"kline.{self.interval}.{engine.symbol}"
         bar = {"start": int(engine.ts[k]), "end": int(engine.ts[k] + engine.bar_ms - 1), "interval": self.interval,
-               "open": _s(engine.open_[k]), "close": _s(engine.close[k]), "high": _s(engine.high[k]),
-               "low": _s(engine.low[k]), "volume": _s(engine.volume[k]),
-               "turnover": _s(engine.volume[k] * engine.close[k]), "confirm": True,
+               "open": num(engine.open_[k]), "close": num(engine.close[k]), "high": num(engine.high[k]),
+               "low": num(engine.low[k]), "volume": num(engine.volume[k]),
+               "turnover": num(engine.volume[k] * engine.close[k]), "confirm": True,
                "timestamp": int(engine.ts[k] + engine.bar_ms)}
         ticker_topic = f"tickers.{engine.symbol}"
         for ws, topics in list(self.public.items()):

@@ -391,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, config.ConfigError, DataError, ValueError, KeyPermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ExchangeUnavailable as exc:  # Bybit did not answer (or fills stayed invisible) at start-up: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

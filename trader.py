@@ -374,8 +374,10 @@ class Trader(Reconciliation):
         state[core.S_ORDER_ACTION] = core.A_NONE
 
     def _beyond_market(self, stop: float, direction: float) -> bool:
-        """True when the last price has already crossed ``stop`` for a position of ``direction``."""
-        return (self.exchange.last_price() - stop) * direction <= 0
+        """True when the price the stop triggers by (config.STOP_TRIGGER_BY) has already crossed ``stop``."""
+        last, mark = self.exchange.prices()
+        price = last if config.STOP_TRIGGER_BY == "LastPrice" else mark  # the index follows the mark closely
+        return (price - stop) * direction <= 0
 
     def _order(self, owner: Side, link_id: str, action: str, place: Any, **request: Any) -> bool:
         """Send one order through the adapter's ``place`` method, never twice: a known orderLinkId is not
