@@ -19,9 +19,8 @@ Every answer has the fields, string-or-number types, sort order, page sizes, tim
 codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py builds the records;
 tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
 the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
-each: when a fill reaches
-the private stream and ``execution/list``, whether market orders fill partly, the mark price's
-offset from the last price, which end of a range a kline page holds.
+each: when a fill reaches the private stream and ``execution/list``, whether market orders fill
+partly, the mark price's offset from the last price, which end of a range a kline page holds.
 """
 
 from __future__ import annotations
