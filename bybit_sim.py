@@ -7,7 +7,7 @@ resting orders are matched by sim_engine.py with the backtester's fill rules.
     python bybit_sim.py --replay data.csv --symbol SOLUSDT --timeframe 1h --port 8765 --balance 10000 \\
         --history-bars 2000 --speed 20
     python bybit_sim.py --replay data.csv --symbol SOLUSDT --timeframe 1h --port 8765 --faults 0.1 \\
-        --ws-drop-every 50 --seed 7
+        --ws-drop-every 50 --seed 7 --fills rest_late --partial-rate 0.2
 
 Two clocks: ``--speed N`` plays N bars a second; ``--lockstep`` advances to the next bar only after
 the client acknowledges the bar close with the sim-only ``POST /sim/ack``, so replays are
@@ -15,10 +15,12 @@ deterministic and as fast as the client goes. Other sim-only endpoints (not part
 API): ``GET /sim/status`` (cursor, finished), ``GET /sim/stats`` (orders, executions, duplicate
 orderLinkIds refused, faults injected, longest time a position had no stop-loss).
 
-Bybit's conventions kept: the envelope ``retCode, retMsg, result, retExtInfo, time``, string
-numbers, klines newest first, HMAC-SHA256 signatures over timestamp + key + recv_window +
-payload (checked, with 10002/10003/10004 on failure), ``req_id`` echoed on the WebSocket, pongs
-in Bybit's shape, a tickers snapshot before any delta. Mark price = last price here.
+Every answer has the fields, string-or-number types, sort order, page sizes, time windows and error
+codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py builds the records;
+tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
+the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
+each: when a fill reaches the private stream and ``execution/list``, whether market orders fill
+partly, the mark price's offset from the last price, which end of a range a kline page holds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import socket
 import sys
 import threading
@@ -45,36 +48,102 @@ from aiohttp import WSMsgType, web
 import config
 import core
 from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_csv, resample, to_arrays
-from sim_engine import Engine, ExchangeError, Order, Position
+import sim_shapes as shape
+from sim_engine import ACCOUNT_UID, Engine, ExchangeError, FillStyle, Order, Position
+from sim_shapes import (
+    PERMISSION_GROUPS,
+    POSITION_REST_DROP,
+    POSITION_WS_DROP,
+    TICKER_REST_DROP,
+    TICKER_WS_DROP,
+    TRADE_ONLY,
+    num,
+)
 
 DEFAULT_API_KEY = "sim-key"
 DEFAULT_API_SECRET = "sim-secret"
 INTERVAL_TO_TIMEFRAME = {v: k for k, v in BYBIT_INTERVALS.items()}
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
 
 
 @dataclass
 class FaultConfig:
-    """Seeded fault injection: a share of REST calls fail in the ways real exchanges fail."""
+    """Seeded fault injection: a share of REST calls fail in the ways Bybit documents (docs: v5/error.mdx)."""
 
     rate: float = 0.0                 # share of REST calls that fail
     timeout_seconds: float = 3.0      # how long a "timeout" holds its answer
     ws_drop_every: int = 0            # drop WebSocket connections every N bars (0 = never)
     acted_timeout_share: float = 0.3  # share of failed order/create calls that act, then time out
     reject_stops: bool = False        # refuse trading-stop requests (a stop the exchange rejects)
-    kinds: tuple[str, ...] = ("http_500", "http_502", "rate_limit", "busy", "timeout")  # the failures drawn
+    # drawn from: http_500/http_502 (gateway), http_429 (system frequency protection), http_403 (IP ban),
+    # rate_limit (10006), busy (10016), server_timeout (10000), permission_denied (10005), timeout (no answer)
+    kinds: tuple[str, ...] = ("http_500", "http_502", "rate_limit", "busy", "timeout")
     max_faults: int | None = None     # stop injecting after this many (None: never stop)
 
 
-def _s(value: float) -> str:
-    """Bybit's string numbers (the shortest text that reads back as the same float)."""
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
+@dataclass
+class Behaviour:
+    """Choices where the docs are silent; the trader must be right under each.
+
+    ``ws_fills``: when an execution reaches the private stream: ``now``, ``bar`` (with the next bar
+    close) or ``never``. ``rest_fills``: when it shows on ``execution/list``: ``now``, ``lag``
+    (after ``rest_lag`` more execution/list requests) or ``bar`` (once the next bar has been played).
+    Presets: :meth:`delivery` ``ws_first``, ``rest_first``, ``rest_late``.
+    """
+
+    ws_fills: str = "now"
+    rest_fills: str = "lag"
+    rest_lag: int = 1
+    partial_rate: float = 0.0   # share of market orders (IOC) that fill only partly
+    partial_share: float = 0.5  # the share of such an order that fills
+    split_fills: int = 1        # executions per market fill
+    mark_offset: float = 0.0    # mark (and index) price = last price x (1 + mark_offset)
+    kline_page: str = "end"     # a start+end+limit page holds the range's newest bars ("end") or oldest ("start")
+
+    PRESETS = {"ws_first": ("now", "lag"), "rest_first": ("bar", "now"), "rest_late": ("now", "bar"),
+               "sync": ("now", "now")}
+
+    @classmethod
+    def delivery(cls, name: str, **rest: Any) -> Behaviour:
+        """A preset of fill delivery (ws_first, rest_first, rest_late, sync) with other choices as given."""
+        ws, rest_fills = cls.PRESETS[name]
+        return cls(ws_fills=ws, rest_fills=rest_fills, **rest)
+
+
+def _page(rows: list[Any], params: dict[str, Any], default: int, most: int) -> tuple[list[Any], str]:
+    """One page of ``rows`` by ``limit`` (docs: [1, most], default ``default``) and ``cursor``; the next cursor."""
+    try:
+        limit = int(params.get("limit", default))
+        offset = int(re.search(r"(\d+)", str(params.get("cursor") or "0")).group(1))
+    except (ValueError, AttributeError):
+        raise ExchangeError(10001, "params error: limit or cursor invalid") from None
+    if not 1 <= limit <= most:
+        raise ExchangeError(10001, f"params error: limit must be within [1, {most}]")
+    page = rows[offset:offset + limit]
+    return page, (f"page_token%3D{offset + limit}%26" if offset + limit < len(rows) else "")
+
+
+def _window(params: dict[str, Any], now: int) -> tuple[int, int]:
+    """The [start, end] a 7-day-window endpoint answers for (docs: v5/order/execution.mdx, order-list.mdx)."""
+    start, end = params.get("startTime"), params.get("endTime")
+    start = int(start) if start not in (None, "") else None
+    end = int(end) if end not in (None, "") else None
+    if start is None and end is None:
+        return now - WEEK_MS, now
+    if end is None:
+        return start, start + WEEK_MS
+    if start is None:
+        return end - WEEK_MS, end
+    if end - start > WEEK_MS or end < start:
+        raise ExchangeError(10001, "params error: endTime - startTime must be between 0 and 7 days")
+    return start, end
 
 
 class SimExchange:
     """The simulated exchange; a context manager that serves it on a free port in a thread."""
 
-    user_id = 100_000_001  # the account's UID, userID of GET /v5/user/query-api
+    user_id = ACCOUNT_UID  # the account's UID, userID of GET /v5/user/query-api (docs: v5/user/apikey-info.mdx)
 
     def __init__(self, candles: pd.DataFrame, symbol: str = "BTCUSDT", timeframe: str = "1h",
                  history_bars: int = 200, balance: float = 10_000.0, lockstep: bool = True,
@@ -82,20 +151,25 @@ class SimExchange:
                  api_key: str = DEFAULT_API_KEY, api_secret: str = DEFAULT_API_SECRET, port: int = 0,
                  costs: dict[str, float] | None = None, instrument: dict[str, float] | None = None,
                  api_permissions: dict[str, list[str]] | None = None, api_ips: list[str] | None = None,
-                 api_read_only: bool = False, funding: pd.Series | None = None) -> None:
+                 api_read_only: bool = False, api_expires_ms: int | None = None,
+                 behaviour: Behaviour | None = None, instrument_status: str = "Trading",
+                 funding: pd.Series | None = None) -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         if not 0 < history_bars < len(candles):
             raise ValueError(f"history_bars must be between 1 and {len(candles) - 1}, got {history_bars}")
+        self.behaviour = behaviour or Behaviour()
         arrays = to_arrays(candles)
         history = (None, None) if funding is None or len(funding) == 0 else (
             np.asarray(funding.index, dtype=np.int64), np.asarray(funding.values, dtype=np.float64))
         # the funding events the backtest charges: the history's (funding time -> rate), else the 8h grid
         funding_ts, funding_rates = core.funding_schedule(arrays["ts"], TIMEFRAMES[timeframe], *history)
+        style = FillStyle(self.behaviour.partial_rate, self.behaviour.partial_share, self.behaviour.split_fills, seed)
         self.engine = Engine(arrays["ts"], arrays["open"], arrays["high"], arrays["low"], arrays["close"],
                              arrays["volume"], TIMEFRAMES[timeframe], symbol, balance,
                              costs or config.costs(), instrument or config.instrument_for(symbol), history_bars,
-                             funding_ts=funding_ts, funding_rates=funding_rates)
+                             funding_ts=funding_ts, funding_rates=funding_rates,
+                             mark_offset=self.behaviour.mark_offset, fill_style=style)
         self.timeframe = timeframe
         self.interval = BYBIT_INTERVALS[timeframe]
         self.lockstep = lockstep and not speed
@@ -104,22 +178,24 @@ class SimExchange:
         self.random = random.Random(seed)
         self.api_key = api_key
         self.api_secret = api_secret
-        self.api_permissions = api_permissions  # what GET /v5/user/query-api reports (None: trade-only key)
+        self.api_permissions = api_permissions  # what GET /v5/user/query-api reports (None: a trade-only key)
         self.api_ips = api_ips if api_ips is not None else ["*"]
         self.api_read_only = api_read_only
+        self.api_expires_ms = api_expires_ms
+        self.instrument_status = instrument_status
         self.port = port
         self.fault_counts: dict[str, int] = {}
         self.requests: dict[str, int] = {}
         self.public: dict[web.WebSocketResponse, set[str]] = {}
         self.private: dict[web.WebSocketResponse, set[str]] = {}
-        self.acked = True
         self.bars_played = 0
         self.open_ms: int | None = None
         self.longest_unprotected_ms = 0
+        self._rest_hidden: dict[str, list[Any]] = {}  # execId -> ["lag", requests left] or ["bar", bars_played]
+        self._ws_later: list[dict[str, Any]] = []  # executions the stream sends with the next bar close
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._ack_event: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._ticker_sent: set[web.WebSocketResponse] = set()
         self.on_request: Callable[[str], None] | None = None  # called after each REST request is handled
@@ -160,7 +236,6 @@ class SimExchange:
         self._loop.close()
 
     async def _main(self, started: threading.Event) -> None:
-        self._ack_event = asyncio.Event()
         self._stop = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/v5/{path:.*}", self._rest)
@@ -184,6 +259,14 @@ class SimExchange:
             await asyncio.sleep(1.0 / self.speed)
             await self._advance()
 
+    def call(self, action: Callable[[], Any]) -> Any:
+        """Run ``action`` on the sim's event loop (tests acting on the engine by hand) and flush its events."""
+        async def run() -> Any:
+            result = action()
+            await self._send_all(self._collect())
+            return result
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=60)
+
     # --- replay -----------------------------------------------------------------------------
     def advance(self) -> int:
         """Play one bar from Python (tests): walk it, close it, publish; returns the closed bar."""
@@ -201,7 +284,11 @@ class SimExchange:
                                               time.monotonic_ns() // 1_000_000 - self.open_ms)
         else:
             self.open_ms = None
-        await self._flush_private()
+        for exec_id, (kind, bar) in list(self._rest_hidden.items()):
+            if kind == "bar" and self.bars_played > bar:
+                del self._rest_hidden[exec_id]
+        later, self._ws_later = self._ws_later, []
+        await self._send_all([("execution", later), *self._collect()])
         await self._publish_kline(k)
         if self.faults.ws_drop_every and self.bars_played % self.faults.ws_drop_every == 0:
             self._count("ws_drop")
@@ -237,10 +324,12 @@ class SimExchange:
 
     @staticmethod
     def _envelope(result: Any, code: int = 0, message: str = "OK") -> dict[str, Any]:
+        """docs: v5/guide.mdx "Common response parameters" (time: the current timestamp, ms)."""
         return {"retCode": code, "retMsg": message, "result": result if result is not None else {},
                 "retExtInfo": {}, "time": int(time.time() * 1000)}
 
     def _check_auth(self, request: web.Request, payload: str) -> None:
+        """docs: v5/guide.mdx: the HMAC signature, and server_time - recv_window <= timestamp < server_time + 1000."""
         key = request.headers.get("X-BAPI-API-KEY")
         if key != self.api_key:
             raise ExchangeError(10003, "API key is invalid.")
@@ -260,7 +349,19 @@ class SimExchange:
         if not hmac.compare_digest(expected, request.headers.get("X-BAPI-SIGN", "")):
             raise ExchangeError(10004, f"error sign! origin_string[{origin}]")
 
-    async def _rest(self, request: web.Request) -> web.Response:
+    def _permissions(self) -> dict[str, list[str]]:
+        granted = TRADE_ONLY if self.api_permissions is None else self.api_permissions
+        return {group: list(granted.get(group, [])) for group in dict.fromkeys([*PERMISSION_GROUPS, *granted])}
+
+    def _check_permission(self, path: str) -> None:
+        """A write needs a read-write key with ContractTrade Order or Position, else 10005 (docs: v5/error.mdx)."""
+        wanted = {"order/create": "Order", "order/cancel": "Order", "order/cancel-all": "Order",
+                  "position/set-leverage": "Position", "position/switch-mode": "Position",
+                  "position/trading-stop": "Position"}.get(path)
+        if wanted and (self.api_read_only or wanted not in self._permissions().get("ContractTrade", [])):
+            raise ExchangeError(10005, "Permission denied, please check your API key permissions.")
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
         if path in ("public/linear", "private"):
             return await (self._ws_public(request) if path == "public/linear" else self._ws_private(request))
@@ -269,23 +370,28 @@ class SimExchange:
         handler = self.ROUTES.get(path)
         self.requests[path] = self.requests.get(path, 0) + 1
         if handler is None:
-            return web.json_response(self._envelope(None, 10001, f"params error: unknown path /v5/{path}"))
+            return web.Response(status=404, text="Not Found")  # docs: v5/error.mdx HTTP 404: wrong path
         fault = self._pick_fault(path)
-        if fault in ("http_500", "http_502"):
-            return web.Response(status=int(fault[-3:]), text="upstream error")
-        if fault == "rate_limit":
-            resp = web.json_response(self._envelope(None, 10006, "Too many visits!"))
-            resp.headers["X-Bapi-Limit-Reset-Timestamp"] = str(int(time.time() * 1000) + 50)
+        if fault in ("http_500", "http_502", "http_403", "http_429"):
+            # docs: v5/error.mdx HTTP codes; 403: IP rate limit breached (v5/rate-limit/rate-limit.mdx)
+            return web.Response(status=int(fault[-3:]), text="access too frequent" if fault == "http_403" else "error")
+        coded = {"rate_limit": (10006, "Too many visits!"), "busy": (10016, "Server error."),
+                 "server_timeout": (10000, "Server Timeout"),
+                 "permission_denied": (10005, "Permission denied, please check your API key permissions.")}
+        if fault in coded:
+            resp = web.json_response(self._envelope(None, *coded[fault]))
+            if fault == "rate_limit":  # docs: v5/rate-limit/rate-limit.mdx X-Bapi-Limit-Reset-Timestamp
+                resp.headers["X-Bapi-Limit-Reset-Timestamp"] = str(int(time.time() * 1000) + 50)
             return resp
-        if fault == "busy":
-            return web.json_response(self._envelope(None, 10016, "Server error."))
         try:
             if not path.startswith("market/"):
                 self._check_auth(request, raw)
+                self._check_permission(path)
             result = handler(self, params)
             body = self._envelope(result)
         except ExchangeError as exc:
             body = self._envelope(None, exc.code, exc.message)
+        asyncio.ensure_future(self._send_all(self._collect()))
         if self.on_request is not None:
             self.on_request(path)  # tests: e.g. kill the client after the exchange acted, before it hears back
         if fault == "timeout":
@@ -308,7 +414,7 @@ class SimExchange:
 
     # market
     def _market_time(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The replay's clock: the forming bar's open (signatures still use the wall clock)."""
+        """The replay's clock: the forming bar's open (docs: v5/market/time.mdx; signatures use the wall clock)."""
         now_ms = self.engine.now_ms()
         return {"timeSecond": str(now_ms // 1000), "timeNano": str(now_ms * 1_000_000)}
 
@@ -319,11 +425,16 @@ class SimExchange:
             raise ExchangeError(10001, "params error: Symbol Invalid")
 
     def _market_kline(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/market/kline.mdx: newest first, limit [1, 1000] (default 200), a forming bar's close = last price.
+
+        Which ``limit`` bars of a longer start..end range a page holds is not documented:
+        ``Behaviour.kline_page`` picks the newest ("end") or the oldest ("start").
+        """
         self._check_symbol(params)
         interval = params.get("interval")
         if interval not in INTERVAL_TO_TIMEFRAME:
             raise ExchangeError(10001, f"params error: Invalid period; accepted: {', '.join(BYBIT_INTERVALS.values())}")
-        limit = min(int(params.get("limit", 200)), 1000)
+        limit = min(max(int(params.get("limit", 200)), 1), 1000)
         engine = self.engine
         stop = min(engine.cursor + 1, len(engine.ts))  # closed bars and the forming one
         frame = pd.DataFrame({"open": engine.open_[:stop], "high": engine.high[:stop], "low": engine.low[:stop],
@@ -344,35 +455,27 @@ class SimExchange:
             mask &= times >= int(params["start"])
         if "end" in params:
             mask &= times <= int(params["end"])
-        rows = frame[mask].iloc[::-1].iloc[:limit]
+        rows = frame[mask]
+        rows = rows.iloc[:limit] if self.behaviour.kline_page == "start" and "start" in params else rows.iloc[-limit:]
+        rows = rows.iloc[::-1]
         values = rows.to_numpy()
         stamps = rows.index.as_unit("ms").asi8
-        out = [[str(t), *(_s(v) for v in row), _s(row[3] * row[4])] for t, row in zip(stamps, values, strict=True)]
-        return {"category": "linear", "symbol": engine.symbol, "list": out}
+        out = [[str(t), *(num(v) for v in row), num(row[3] * row[4])] for t, row in zip(stamps, values, strict=True)]
+        return {"symbol": engine.symbol, "category": "linear", "list": out}
 
     def _market_tickers(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/market/tickers.mdx."""
         self._check_symbol(params)
-        return {"category": "linear", "list": [self._ticker()]}
-
-    def _ticker(self) -> dict[str, Any]:
-        price = self.engine.last_price()
-        return {"symbol": self.engine.symbol, "lastPrice": _s(price), "markPrice": _s(price), "indexPrice": _s(price),
-                "fundingRate": _s(self.engine.costs["funding_rate"]), "bid1Price": _s(price), "ask1Price": _s(price)}
+        return {"category": "linear", "list": [shape.ticker(self.engine, TICKER_REST_DROP)]}
 
     def _market_instruments(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/market/instrument.mdx."""
         self._check_symbol(params)
-        inst = self.engine.instrument
-        return {"category": "linear", "list": [{
-            "symbol": self.engine.symbol, "status": "Trading", "contractType": "LinearPerpetual",
-            "lotSizeFilter": {"qtyStep": _s(inst["qty_step"]), "minOrderQty": _s(inst["min_qty"]),
-                              "maxOrderQty": "1000000", "minNotionalValue": _s(inst["min_notional"])},
-            "priceFilter": {"tickSize": _s(inst["tick_size"]), "minPrice": _s(inst["tick_size"]),
-                            "maxPrice": "10000000"},
-            "leverageFilter": {"minLeverage": "1", "maxLeverage": _s(inst["max_leverage"]), "leverageStep": "0.01"},
-            "fundingInterval": 480}]}
+        return {"category": "linear", "list": [shape.instrument(self.engine, self.instrument_status)],
+                "nextPageCursor": ""}
 
     def _market_funding(self, params: dict[str, Any]) -> dict[str, Any]:
-        # docs: v5/market/history-fund-rate.mdx (newest first, at most 200 rows)
+        """docs: v5/market/history-fund-rate.mdx (newest first, at most 200 rows)."""
         self._check_symbol(params)
         engine = self.engine
         events = [k for k, t in enumerate(engine.funding_ts) if t <= engine.now_ms()]
@@ -381,35 +484,24 @@ class SimExchange:
         if "endTime" in params:
             events = [k for k in events if engine.funding_ts[k] <= int(params["endTime"])]
         limit = min(int(params.get("limit", 200)), 200)
-        rows = [{"symbol": engine.symbol, "fundingRate": _s(engine.funding_rate(k)),
+        rows = [{"symbol": engine.symbol, "fundingRate": num(engine.funding_rate(k)),
                  "fundingRateTimestamp": str(int(engine.funding_ts[k]))} for k in reversed(events)][:limit]
         return {"category": "linear", "list": rows}
 
     # account and position
-    def _wallet(self, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        engine = self.engine
-        equity = engine.equity()
-        coin = {"coin": "USDT", "walletBalance": _s(engine.balance), "equity": _s(equity),
-                "unrealisedPnl": _s(engine.unrealised()), "totalPositionIM": _s(engine.used_margin()),
-                "availableToWithdraw": _s(max(0.0, equity - engine.used_margin()))}
-        return {"list": [{"accountType": "UNIFIED", "totalEquity": _s(equity), "totalWalletBalance": _s(engine.balance),
-                          "totalAvailableBalance": _s(max(0.0, equity - engine.used_margin())), "coin": [coin]}]}
-
-    def _position_json(self, slot: Position) -> dict[str, Any]:
-        engine = self.engine
-        price = engine.last_price()
-        upnl = (price - slot.avg_price) * slot.size * slot.direction
-        return {"symbol": engine.symbol, "positionIdx": slot.idx, "side": slot.side or "", "size": _s(slot.size),
-                "avgPrice": _s(slot.avg_price), "markPrice": _s(price), "unrealisedPnl": _s(upnl),
-                "leverage": _s(engine.leverage), "stopLoss": _s(slot.stop_loss), "takeProfit": _s(slot.take_profit),
-                "trailingStop": _s(slot.trailing_stop), "tpslMode": "Full", "cumRealisedPnl": _s(slot.realised),
-                "createdTime": str(slot.created_ms), "updatedTime": str(slot.updated_ms), "positionStatus": "Normal"}
+    def _wallet(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/account/wallet-balance.mdx."""
+        return shape.wallet(self.engine, params)
 
     def _position_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/position/position.mdx: with a symbol, every slot of the mode, open or not."""
         self._check_symbol(params)
-        return {"category": "linear", "list": [self._position_json(s) for s in self.engine.position_slots()]}
+        rows = [shape.position(self.engine, s, POSITION_REST_DROP) for s in self.engine.position_slots()]
+        page, cursor = _page(rows, params, 20, 200)
+        return {"list": page, "nextPageCursor": cursor, "category": "linear"}
 
     def _set_leverage(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/position/leverage.mdx; 110043 when unchanged (docs: v5/error.mdx)."""
         self._check_symbol(params)
         try:
             buy, sell = float(params["buyLeverage"]), float(params["sellLeverage"])
@@ -419,108 +511,138 @@ class SimExchange:
             raise ExchangeError(10001, f"params error: leverage must be equal on both sides and within [1, "
                                        f"{self.engine.instrument['max_leverage']:g}]")
         if buy == self.engine.leverage:
-            raise ExchangeError(110043, "Set leverage not modified")
+            raise ExchangeError(110043, "Set leverage has not been modified.")
         self.engine.leverage = buy
         return {}
 
     def _switch_mode(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/position/position-mode.mdx (mode 0 one-way, 3 hedge); 110025, 110024, 110028 from v5/error.mdx."""
+        self._check_symbol(params)
         mode = int(params.get("mode", -1))
         if mode not in (0, 3):
             raise ExchangeError(10001, "params error: mode must be 0 (one-way) or 3 (hedge)")
-        if any(s.size for s in self.engine.positions.values()) or self.engine.open_orders():
-            raise ExchangeError(110025, "Position mode is not modified: open positions or orders exist")
-        if self.engine.hedge == (mode == 3):
-            raise ExchangeError(110025, "Position mode is not modified")
-        self.engine.hedge = mode == 3
+        self.engine.switch_mode(mode == 3)
         return {}
 
     def _trading_stop(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/position/trading-stop.mdx (Full mode; 34040 when nothing changes, docs: v5/error.mdx)."""
         self._check_symbol(params)
         if self.faults.reject_stops:
             self._count("stop_rejected")
             raise ExchangeError(10001, "params error: the sim rejects this stop (fault injection)")
+        if params.get("tpslMode") != "Full":
+            raise ExchangeError(10001, "params error: tpslMode must be Full (the sim supports Full only)")
 
         def number(key: str) -> float | None:
             return float(params[key]) if key in params and params[key] != "" else None
 
         self.engine.set_trading_stop(int(params.get("positionIdx", 0)), number("stopLoss"), number("takeProfit"),
-                                     number("trailingStop"))
-        self._schedule_private()
+                                     number("trailingStop"), params.get("slTriggerBy") or None)
         return {}
 
     # orders
-    def _order_json(self, order: Order) -> dict[str, Any]:
-        return {"orderId": order.order_id, "orderLinkId": order.link_id, "symbol": self.engine.symbol,
-                "side": order.side, "orderType": order.order_type, "price": _s(order.price), "qty": _s(order.qty),
-                "reduceOnly": order.reduce_only, "positionIdx": order.position_idx, "orderStatus": order.status,
-                "cumExecQty": _s(order.filled), "avgPrice": _s(order.avg_price),
-                "triggerPrice": _s(order.trigger_price),
-                "triggerDirection": order.trigger_direction, "stopLoss": _s(order.stop_loss),
-                "takeProfit": _s(order.take_profit), "stopOrderType": order.stop_order_type,
-                "createdTime": str(order.created_ms), "updatedTime": str(order.updated_ms),
-                "rejectReason": order.reject_reason}
-
     def _create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/order/create-order.mdx: the answer is the ids only; the fill follows asynchronously."""
         order = self.engine.create_order(params)
-        self._schedule_private()
         return {"orderId": order.order_id, "orderLinkId": order.link_id}
 
     def _cancel(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/order/cancel-order.mdx."""
         self._check_symbol(params)
         order = self.engine.cancel_order(params.get("orderId"), params.get("orderLinkId"))
-        self._schedule_private()
         return {"orderId": order.order_id, "orderLinkId": order.link_id}
 
     def _cancel_all(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/order/cancel-all.mdx."""
         cancelled = self.engine.cancel_all()
-        self._schedule_private()
         return {"list": [{"orderId": o.order_id, "orderLinkId": o.link_id} for o in cancelled], "success": "1"}
 
-    def _select_orders(self, params: dict[str, Any], live: bool) -> dict[str, Any]:
-        orders = self.engine.open_orders() if live else list(self.engine.orders.values())
-        if params.get("orderLinkId"):
-            orders = [o for o in orders if o.link_id == params["orderLinkId"]]
+    def _by_id(self, orders: list[Order], params: dict[str, Any]) -> list[Order] | None:
+        """orderId wins over orderLinkId, which wins over the rest (docs: v5/order/open-order.mdx, execution.mdx)."""
         if params.get("orderId"):
-            orders = [o for o in orders if o.order_id == params["orderId"]]
-        limit = min(int(params.get("limit", 50)), 50)
-        return {"category": "linear", "list": [self._order_json(o) for o in reversed(orders)][:limit],
-                "nextPageCursor": ""}
+            return [o for o in orders if o.order_id == params["orderId"]]
+        if params.get("orderLinkId"):
+            return [o for o in orders if o.link_id == params["orderLinkId"]]
+        return None
+
+    def _realtime(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/order/open-order.mdx: open orders (openOnly=0), or the recent closed ones (openOnly=1, at
+        most 500); a query by orderId or orderLinkId ignores openOnly. Newest first, limit [1, 50], default 20."""
+        self._check_symbol(params)
+        orders = sorted(self.engine.orders.values(), key=lambda o: o.created_ms)
+        found = self._by_id(orders, params)
+        if found is None:
+            closed = int(params.get("openOnly", 0) or 0) == 1
+            found = [o for o in orders if o.is_open != closed]
+            found = found[-500:] if closed else found
+        page, cursor = _page([shape.order(self.engine, o, "realtime") for o in reversed(found)], params, 20, 50)
+        return {"list": page, "nextPageCursor": cursor, "category": "linear"}
+
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/order/order-list.mdx: closed orders of a 7-day window; fully cancelled, rejected and
+        deactivated ones only within the last 24 hours. Newest first, limit [1, 50], default 20."""
+        self._check_symbol(params)
+        now = self.engine.now_ms()
+        start, end = _window(params, now)
+        orders = sorted(self.engine.orders.values(), key=lambda o: o.created_ms)
+        found = self._by_id(orders, params)
+        if found is None:
+            found = [o for o in orders if start <= o.created_ms <= end]
+
+        def listed(o: Order) -> bool:
+            if o.is_open:
+                return False
+            unfilled_end = o.status in ("Cancelled", "Rejected", "Deactivated") and o.filled == 0
+            return not unfilled_end or now - o.updated_ms <= DAY_MS
+
+        rows = [shape.order(self.engine, o, "history") for o in reversed(found) if listed(o)]
+        page, cursor = _page(rows, params, 20, 50)
+        return {"list": page, "nextPageCursor": cursor, "category": "linear"}
 
     def _executions(self, params: dict[str, Any]) -> dict[str, Any]:
-        rows = self.engine.executions
-        if params.get("orderLinkId"):
-            rows = [e for e in rows if e["orderLinkId"] == params["orderLinkId"]]
-        if params.get("execType"):
-            rows = [e for e in rows if e["execType"] == params["execType"]]
-        if params.get("startTime"):
-            rows = [e for e in rows if e["execTime"] >= int(params["startTime"])]
-        limit = min(int(params.get("limit", 50)), 100)
-        out = [{**{k: (_s(v) if isinstance(v, float) else v) for k, v in e.items()}, "symbol": self.engine.symbol,
-                "execTime": str(e["execTime"])} for e in reversed(rows)][:limit]
-        return {"category": "linear", "list": out, "nextPageCursor": ""}
+        """docs: v5/order/execution.mdx: a window of at most 7 days (only startTime: [start, start + 7d];
+        neither: the last 7 days), newest first, limit [1, 100] (default 50) with cursor; orderId and
+        orderLinkId win over every other filter. Executions not visible yet (Behaviour.rest_fills) are left out."""
+        now = self.engine.now_ms()
+        rows = [e for e in self.engine.executions if e["execId"] not in self._rest_hidden]
+        if params.get("orderId") or params.get("orderLinkId"):
+            key = "orderId" if params.get("orderId") else "orderLinkId"
+            rows = [e for e in rows if e[key] == params[key] and now - WEEK_MS <= e["execTime"] <= now]
+        else:
+            if params.get("symbol") not in (None, self.engine.symbol):
+                rows = []
+            start, end = _window(params, now)
+            rows = [e for e in rows if start <= e["execTime"] <= end]
+            if params.get("execType"):
+                rows = [e for e in rows if e["execType"] == params["execType"]]
+        rows.sort(key=lambda e: (e["execTime"], e["seq"]), reverse=True)
+        page, cursor = _page([shape.execution(self.engine, e, ws=False) for e in rows], params, 50, 100)
+        for exec_id, (kind, left) in list(self._rest_hidden.items()):  # this request did not show them
+            if kind == "lag":
+                if left <= 1:
+                    del self._rest_hidden[exec_id]
+                else:
+                    self._rest_hidden[exec_id][1] = left - 1
+        return {"nextPageCursor": cursor, "category": "linear", "list": page}
 
     def _query_api(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The key's permissions, IP binding and read-only flag, as configured in the constructor."""
-        permissions = self.api_permissions
-        if permissions is None:
-            permissions = {"ContractTrade": ["Order", "Position"], "Wallet": [], "Spot": [], "Options": [],
-                           "Derivatives": [], "Exchange": [], "NFT": []}
-        return {"apiKey": self.api_key, "readOnly": int(self.api_read_only), "ips": list(self.api_ips),
-                "permissions": permissions, "userID": self.user_id}  # docs: v5/user/apikey-info.mdx (integer)
+        """docs: v5/user/apikey-info.mdx: an IP-bound key never expires and reports expiredAt 1970-01-01."""
+        bound = bool(self.api_ips) and "*" not in self.api_ips
+        expires = 0 if bound else (self.api_expires_ms or int(time.time() * 1000) + 90 * DAY_MS)
+        return shape.api_key(self.engine, self.api_key, self._permissions(), self.api_ips, self.api_read_only, expires)
 
     ROUTES = {
         "market/time": _market_time, "market/kline": _market_kline, "market/tickers": _market_tickers,
         "market/instruments-info": _market_instruments, "market/funding/history": _market_funding,
         "account/wallet-balance": _wallet, "position/list": _position_list, "position/set-leverage": _set_leverage,
         "position/switch-mode": _switch_mode, "position/trading-stop": _trading_stop, "order/create": _create,
-        "order/cancel": _cancel, "order/cancel-all": _cancel_all,
-        "order/realtime": lambda self, p: self._select_orders(p, True),
-        "order/history": lambda self, p: self._select_orders(p, False),
-        "execution/list": _executions, "user/query-api": _query_api,
+        "order/cancel": _cancel, "order/cancel-all": _cancel_all, "order/realtime": _realtime,
+        "order/history": _history, "execution/list": _executions, "user/query-api": _query_api,
     }
 
     # --- WebSockets -------------------------------------------------------------------------
     async def _ws_public(self, request: web.Request) -> web.WebSocketResponse:
+        """docs: v5/websocket/wss-authentication.mdx (ping/pong, subscribe) and the public topics' pages."""
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.public[ws] = set()
@@ -530,23 +652,28 @@ class SimExchange:
                     continue
                 data = json.loads(message.data)
                 if data.get("op") == "ping":
-                    await ws.send_json({"success": True, "ret_msg": "pong", "conn_id": "sim", "op": "ping",
-                                        "req_id": data.get("req_id", "")})
+                    await ws.send_json({"success": True, "ret_msg": "pong", "conn_id": "sim",
+                                        "req_id": data.get("req_id", ""), "op": "ping"})
                 elif data.get("op") == "subscribe":
                     topics = data.get("args", [])
                     self.public[ws].update(topics)
-                    await ws.send_json({"success": True, "ret_msg": "", "conn_id": "sim", "op": "subscribe",
-                                        "req_id": data.get("req_id", "")})
+                    await ws.send_json({"success": True, "ret_msg": "", "conn_id": "sim",
+                                        "req_id": data.get("req_id", ""), "op": "subscribe"})
                     for topic in topics:
                         if topic.startswith("tickers."):
-                            await ws.send_json({"topic": topic, "type": "snapshot", "data": self._ticker(),
-                                                "ts": self.engine.now_ms()})
-                            self._ticker_sent.add(ws)
+                            await self._send_ticker(ws, topic, "snapshot")
         finally:
             self.public.pop(ws, None)
         return ws
 
+    async def _send_ticker(self, ws: web.WebSocketResponse, topic: str, kind: str) -> None:
+        """docs: v5/websocket/public/ticker.mdx: a snapshot on subscription, deltas after it."""
+        self._ticker_sent.add(ws)
+        await ws.send_json({"topic": topic, "type": kind, "data": shape.ticker(self.engine, TICKER_WS_DROP),
+                            "cs": self.engine.now_ms(), "ts": self.engine.now_ms()})
+
     async def _ws_private(self, request: web.Request) -> web.WebSocketResponse:
+        """docs: v5/websocket/wss-authentication.mdx: auth with HMAC of GET/realtime{expires}, then subscribe."""
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         authed = False
@@ -566,7 +693,7 @@ class SimExchange:
                     authed = key == self.api_key and hmac.compare_digest(expected, str(signature)) \
                         and int(expires) > time.time() * 1000
                     await ws.send_json({"success": authed, "ret_msg": "" if authed else "Params Error",
-                                        "op": "auth", "conn_id": "sim", "req_id": data.get("req_id", "")})
+                                        "op": "auth", "conn_id": "sim"})
                     if authed:
                         self.private[ws] = set()
                 elif op == "subscribe":
@@ -574,63 +701,78 @@ class SimExchange:
                     if ok:
                         self.private[ws].update(data.get("args", []))
                     await ws.send_json({"success": ok, "ret_msg": "" if ok else "Request not authorized",
-                                        "conn_id": "sim", "op": "subscribe", "req_id": data.get("req_id", "")})
+                                        "op": "subscribe", "conn_id": "sim"})
         finally:
             self.private.pop(ws, None)
         return ws
 
-    def _schedule_private(self) -> None:
-        asyncio.ensure_future(self._flush_private())
+    def _collect(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The engine's events as private-stream messages; executions scheduled on both channels as Behaviour says.
 
-    async def _flush_private(self) -> None:
+        Runs before a REST answer leaves, so an execution the answer created is hidden from
+        execution/list from the first request on; the messages themselves are sent after the answer.
+        """
         engine = self.engine
         events, engine.events = engine.events, []
-        grouped: dict[str, list[Any]] = {"execution": [], "order": [], "position": [], "wallet": []}
+        now_rows: list[dict[str, Any]] = []
+        orders: dict[str, Order] = {}
+        slots: dict[int, Position] = {}
+        wallet = False
         for kind, payload in events:
             if kind == "execution":
-                grouped[kind].append({**{k: (_s(v) if isinstance(v, float) else v) for k, v in payload.items()},
-                                      "symbol": engine.symbol, "category": "linear",
-                                      "execTime": str(payload["execTime"])})
+                self._deliver(payload, now_rows)
             elif kind == "order":
-                grouped[kind].append(self._order_json(payload))
+                orders[payload.order_id] = payload
             elif kind == "position":
-                grouped[kind].append({**self._position_json(payload), "category": "linear"})
-        if any(kind == "wallet" for kind, _ in events):
-            grouped["wallet"] = self._wallet()["list"]
-        for topic in ("execution", "order", "position", "wallet"):
-            if not grouped[topic]:
+                slots[payload.idx] = payload
+            else:
+                wallet = True
+        return [("execution", now_rows), ("order", [shape.order(self.engine, o, "ws") for o in orders.values()]),
+                ("position", [shape.position(self.engine, s, POSITION_WS_DROP) for s in slots.values()]),
+                ("wallet", shape.wallet(self.engine)["list"] if wallet else [])]
+
+    def _deliver(self, execution: dict[str, Any], now_rows: list[dict[str, Any]]) -> None:
+        """Schedule one execution on both channels as Behaviour says."""
+        b = self.behaviour
+        if b.rest_fills == "lag" and b.rest_lag > 0:
+            self._rest_hidden[execution["execId"]] = ["lag", b.rest_lag]
+        elif b.rest_fills == "bar":
+            self._rest_hidden[execution["execId"]] = ["bar", self.bars_played]
+        row = shape.execution(self.engine, execution, ws=True)
+        if b.ws_fills == "now":
+            now_rows.append(row)
+        elif b.ws_fills == "bar":
+            self._ws_later.append(row)
+
+    async def _send_all(self, messages: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """One message per topic (docs: v5/websocket/private/*.mdx: id, topic, creationTime, data)."""
+        now = self.engine.now_ms()
+        for topic, data in messages:
+            if not data:
                 continue
-            message = {"id": f"sim-{topic}-{engine.now_ms()}", "topic": topic, "creationTime": engine.now_ms(),
-                       "data": grouped[topic]}
+            message = {"id": f"sim-{topic}-{now}-{len(data)}", "topic": topic, "creationTime": now, "data": data}
             for ws, topics in list(self.private.items()):
                 if topic in topics:
                     with contextlib.suppress(ConnectionResetError):
                         await ws.send_json(message)
 
     async def _publish_kline(self, k: int) -> None:
+        """docs: v5/websocket/public/kline.mdx (the closed bar, confirm true) and the ticker delta."""
         engine = self.engine
         kline_topic = f"kline.{self.interval}.{engine.symbol}"
         bar = {"start": int(engine.ts[k]), "end": int(engine.ts[k] + engine.bar_ms - 1), "interval": self.interval,
-               "open": _s(engine.open_[k]), "high": _s(engine.high[k]), "low": _s(engine.low[k]),
-               "close": _s(engine.close[k]), "volume": _s(engine.volume[k]),
-               "turnover": _s(engine.volume[k] * engine.close[k]), "confirm": True,
+               "open": num(engine.open_[k]), "close": num(engine.close[k]), "high": num(engine.high[k]),
+               "low": num(engine.low[k]), "volume": num(engine.volume[k]),
+               "turnover": num(engine.volume[k] * engine.close[k]), "confirm": True,
                "timestamp": int(engine.ts[k] + engine.bar_ms)}
         ticker_topic = f"tickers.{engine.symbol}"
-        trade_topic = f"publicTrade.{engine.symbol}"
         for ws, topics in list(self.public.items()):
             with contextlib.suppress(ConnectionResetError):
                 if ticker_topic in topics:
-                    kind = "delta" if ws in self._ticker_sent else "snapshot"
-                    self._ticker_sent.add(ws)
-                    await ws.send_json({"topic": ticker_topic, "type": kind, "data": self._ticker(),
-                                        "ts": engine.now_ms()})
-                if trade_topic in topics:
-                    await ws.send_json({"topic": trade_topic, "type": "snapshot", "ts": engine.now_ms(),
-                                        "data": [{"T": engine.now_ms(), "s": engine.symbol, "S": "Buy",
-                                                  "v": "0", "p": _s(engine.last_price())}]})
+                    await self._send_ticker(ws, ticker_topic, "delta" if ws in self._ticker_sent else "snapshot")
                 if kline_topic in topics:
-                    await ws.send_json({"topic": kline_topic, "type": "snapshot", "data": [bar],
-                                        "ts": bar["timestamp"]})
+                    await ws.send_json({"topic": kline_topic, "data": [bar], "ts": bar["timestamp"],
+                                        "type": "snapshot"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,15 +789,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", type=float, default=0.0, help="share of REST calls that fail (default: 0)")
     parser.add_argument("--ws-drop-every", type=int, default=0, help="drop WebSockets every N bars (default: never)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default: %(default)s)")
+    parser.add_argument("--fills", choices=list(Behaviour.PRESETS), default="ws_first",
+                        help="when a fill reaches the private stream and execution/list (default: %(default)s)")
+    parser.add_argument("--partial-rate", type=float, default=0.0, help="share of market orders that fill partly")
+    parser.add_argument("--mark-offset", type=float, default=0.0, help="mark price = last x (1 + offset)")
+    parser.add_argument("--kline-page", choices=("end", "start"), default="end",
+                        help="which end of a start..end range a kline page holds (default: %(default)s)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the account's API key (default: %(default)s)")
     parser.add_argument("--api-secret", default=DEFAULT_API_SECRET, help="the account's secret (default: sim-secret)")
     args = parser.parse_args(argv)
     try:
         candles = resample(load_csv(args.replay), args.timeframe)
+        behaviour = Behaviour.delivery(args.fills, partial_rate=args.partial_rate, mark_offset=args.mark_offset,
+                                       kline_page=args.kline_page)
         sim = SimExchange(candles, args.symbol, args.timeframe, args.history_bars, args.balance,
                           lockstep=args.speed is None, speed=args.speed,
                           faults=FaultConfig(rate=args.faults, ws_drop_every=args.ws_drop_every), seed=args.seed,
-                          api_key=args.api_key, api_secret=args.api_secret, port=args.port)
+                          api_key=args.api_key, api_secret=args.api_secret, port=args.port, behaviour=behaviour)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -424,25 +424,36 @@ def to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Bybit history through pybit: paged, retried, cached as Parquet, incremental
+# Bybit history through the adapter (exchange.py): windowed, retried, cached as Parquet, incremental
 # ----------------------------------------------------------------------------------------------
-PAGE = 1000
+PAGE = 1000  # docs: v5/market/kline.mdx: limit [1, 1000]
+
+
+def _exchange(session: Any, symbol: str) -> Any:
+    """The Bybit adapter for ``symbol`` over ``session`` (a pybit session, an adapter, or None: a new session)."""
+    from exchange import Bybit
+    from trader_utils import make_http
+
+    if isinstance(session, Bybit):
+        return session if session.symbol == symbol else Bybit(session.http, symbol, session.retry)
+    return Bybit(session or make_http(), symbol)
+
+
 def with_retries(call: Any, what: str) -> Any:
-    """A pybit call through trader_utils.api_retry_wrapper, its failures as DataError with Bybit's message.
+    """An adapter call, its failures as DataError with Bybit's message.
 
-    Transient failures (network, HTTP 5xx, rate limits) are retried with backoff; business errors
-    (bad symbol, bad interval) are raised at once.
+    Transient failures (network, HTTP 5xx/429/403, rate limits) are retried with backoff by the
+    adapter; business errors (bad symbol, bad interval) are raised at once.
     """
-    from pybit.exceptions import InvalidRequestError
-
-    from trader_utils import ExchangeUnavailable, api_retry_wrapper, redact
+    from exchange import ExchangeRefused
+    from trader_utils import ExchangeUnavailable
 
     try:
-        return api_retry_wrapper(call, what)
-    except InvalidRequestError as exc:
-        raise DataError(f"Bybit refused {what}: {redact(exc.message)} (retCode {exc.status_code})") from None
-    except ExchangeUnavailable as exc:
+        return call()
+    except ExchangeRefused as exc:
         raise DataError(str(exc)) from None
+    except ExchangeUnavailable as exc:
+        raise DataError(f"{what}: {exc}") from None
 
 
 def _cache_path(cache_dir: Path, symbol: str, timeframe: str) -> Path:
@@ -480,24 +491,26 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
                     session: Any = None, cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Closed candles of ``symbol`` from Bybit (linear), topping up the Parquet cache with what is missing.
 
-    Pages of 1,000 bars are walked back from the end of each missing range and saved as they come,
-    so an interrupted download resumes where it stopped; bars already cached are never fetched
-    again and never duplicated; the still-forming candle is never cached.
+    Each missing range is walked back from its end in windows of at most 1,000 bars
+    (end - start < 1,000 x the bar length), so a page holds the whole window whichever end of a
+    longer range Bybit would fill it from (the docs do not say), and saved as it comes, so an
+    interrupted download resumes where it stopped; bars already cached are never fetched again
+    and never duplicated; the still-forming candle is never cached. A window with no bar ends the
+    walk (before the listing) and is remembered as empty.
     """
     import json
 
     from tqdm import tqdm
 
     import config
-    from trader_utils import make_http
 
     step = check_timeframe(timeframe)
-    session = session or make_http()
+    exchange = _exchange(session, symbol)
     cache_dir = Path(cache_dir or config.CACHE_DIR)
     path = _cache_path(cache_dir, symbol, timeframe)
     sidecar = path.with_suffix(".empty.json")
     known_empty = json.loads(sidecar.read_text()) if sidecar.exists() else []
-    server_ms = int(with_retries(session.get_server_time, "market/time")["result"]["timeSecond"]) * 1000
+    server_ms = with_retries(exchange.server_time_ms, "market/time")
     forming = server_ms // step * step
     stop = min(forming, _timestamp(end, True).value // 10**6 // step * step + step) if end is not None else forming
     if start is not None:
@@ -512,10 +525,10 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
     for hole_start, hole_stop in holes:
         page_end = hole_stop
         while page_end > hole_start:
-            result = with_retries(lambda e=page_end, s=hole_start: session.get_kline(
-                category="linear", symbol=symbol, interval=interval, start=s, end=e - 1, limit=PAGE),
-                f"market/kline {symbol} {interval}")["result"]["list"]
-            rows = [r for r in result if hole_start <= int(r[0]) < min(page_end, forming)]
+            window_start = max(hole_start, page_end - PAGE * step)
+            result = with_retries(lambda s=window_start, e=page_end: exchange.klines(interval, s, e - 1, PAGE),
+                                  f"market/kline {symbol} {interval}")
+            rows = [r for r in result if window_start <= int(r[0]) < min(page_end, forming)]
             if not rows:
                 break
             page = _frame(pd.to_datetime([int(r[0]) for r in rows], unit="ms", utc=True),
@@ -524,7 +537,7 @@ def download_klines(symbol: str, timeframe: str, days: int | None = None, start:
             cached = cached[~cached.index.duplicated(keep="last")].sort_index()
             _write_cache(path, cached)
             bar.update(len(rows))
-            page_end = min(int(r[0]) for r in rows)
+            page_end = min(int(r[0]) for r in rows)  # the window's first bar: before it, the next window
         if page_end > hole_start:
             known_empty.append([hole_start, page_end])  # Bybit has nothing there (e.g. before the listing)
     bar.close()
@@ -541,9 +554,8 @@ def load_funding(symbol: str, start_ms: int, end_ms: int, session: Any = None,
                  cache_dir: Path | None = None) -> pd.Series:
     """Funding-rate history (funding time in ms -> rate), cached beside the candles."""
     import config
-    from trader_utils import make_http
 
-    session = session or make_http()
+    exchange = _exchange(session, symbol)
     cache_dir = Path(cache_dir or config.CACHE_DIR)
     path = cache_dir / f"{symbol}_funding.parquet"
     cached = pd.read_parquet(path)["rate"] if path.exists() else pd.Series(dtype=float, name="rate")
@@ -551,10 +563,8 @@ def load_funding(symbol: str, start_ms: int, end_ms: int, session: Any = None,
     page_end = end_ms
     rows: list[tuple[int, float]] = []
     while page_end > max(have_until, start_ms - 1):
-        result = with_retries(lambda e=page_end: session.get_funding_rate_history(
-            category="linear", symbol=symbol, startTime=max(have_until + 1, start_ms), endTime=e, limit=200),
-            f"market/funding/history {symbol}")["result"]["list"]
-        page = [(int(r["fundingRateTimestamp"]), float(r["fundingRate"])) for r in result]
+        page = with_retries(lambda e=page_end: exchange.funding_rates(max(have_until + 1, start_ms), e),
+                            f"market/funding/history {symbol}")
         if not page:
             break
         rows += page
@@ -572,18 +582,8 @@ def fetch_instrument(symbol: str, session: Any = None, cache_dir: Path | None = 
     import json
 
     import config
-    from trader_utils import make_http
 
-    session = session or make_http()
-    result = with_retries(lambda: session.get_instruments_info(category="linear", symbol=symbol),
-                          f"market/instruments-info {symbol}")["result"]["list"]
-    if not result:
-        raise DataError(f"Bybit knows no linear instrument '{symbol}'")
-    info = result[0]
-    spec = {"qty_step": float(info["lotSizeFilter"]["qtyStep"]), "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
-            "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),
-            "tick_size": float(info["priceFilter"]["tickSize"]),
-            "max_leverage": float(info["leverageFilter"]["maxLeverage"])}
+    spec = with_retries(_exchange(session, symbol).instrument, f"market/instruments-info {symbol}").spec()
     cache_dir = Path(cache_dir or config.CACHE_DIR)
     _write_cache(cache_dir / f"instrument_{symbol}.json", json.dumps(spec, indent=2))
     return spec

@@ -129,23 +129,31 @@ class MarketFeed(_Stream):
 
 
 class FillFeed(_Stream):
-    """The private WebSocket's ``execution`` topic: announces fills so the trader books them at once.
+    """The private WebSocket's ``execution`` topic: hands each message to ``on_message`` (the adapter's
+    Bybit.on_stream, which keeps its fills) and announces them so the trader books them at once.
 
-    The message only wakes the trader; it books from ``execution/list`` (the record it also uses
-    at every bar close and reconcile), so a fill is booked once whichever path sees it first, and
-    a lost message only delays the booking to the next bar close. A socket found down is
-    reconnected with backoff (a private stream is quiet by nature: silence is not staleness).
+    The stream and ``execution/list`` are merged by execId, so a fill is booked once whichever
+    path sees it first, and a lost message only delays the booking until execution/list shows
+    it. A socket found down is reconnected with backoff (a private stream is quiet by nature:
+    silence is not staleness).
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
+    def __init__(self, on_message: Callable[[dict[str, Any]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, ws_factory: Callable[..., Any] = make_ws) -> None:
         super().__init__(clock, ws_factory)
+        self.on_message = on_message
         self.pending = threading.Event()
         self._connect()
 
     def _connect(self) -> None:
         ws = self.ws_factory("private")
-        ws.execution_stream(callback=lambda message: self.pending.set())
+        ws.execution_stream(callback=self._on_message)
         self.ws = ws
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if self.on_message is not None:
+            self.on_message(message)
+        self.pending.set()
 
     def take(self) -> bool:
         """True once per burst of announced fills."""

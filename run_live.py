@@ -40,10 +40,18 @@ import trader_lock
 import trader_store
 from cli import UsageError
 from data_fetcher import TIMEFRAMES, load_csv, resample
+from exchange import Bybit
 from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader, setup_logging
 from trader_store import Store
-from trader_utils import ExchangeUnavailable, bybit_env, confirm_account, install_redacting_excepthook, make_http
+from trader_utils import (
+    ExchangeUnavailable,
+    bybit_env,
+    confirm_account,
+    install_redacting_excepthook,
+    make_http,
+    make_ws,
+)
 
 EXIT_USAGE = cli.EXIT_USAGE
 MAINNET_CONFIRM_VARIABLE = cli.MAINNET_CONFIRM_VARIABLE
@@ -113,8 +121,12 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
 # ----------------------------------------------------------------------------------------------
 # Paper replay
 # ----------------------------------------------------------------------------------------------
-def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
-    """Replay a candle file on an in-process bybit_sim (lockstep) with the real trader, then write results."""
+def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: Any = None) -> int:
+    """Replay a candle file on an in-process bybit_sim (lockstep) with the real trader, then write results.
+
+    ``behaviour`` (a bybit_sim.Behaviour) picks what the docs leave open: when fills reach the
+    private stream and execution/list, partial fills, the mark price's offset.
+    """
     from bybit_sim import SimExchange
 
     timeframe = configs[0].params["timeframe"]
@@ -129,19 +141,22 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     with holding(out, symbol):  # the paper exchange is private to this process: only the folder is locked
         if (out / "state.sqlite").exists():
             raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
-        # each side trades its own capital, as in its backtest: the account holds both in hedge mode
-        with SimExchange(candles, symbol, timeframe, history_bars=history, balance=config.CAPITAL * len(configs),
-                         lockstep=True, instrument=instrument) as sim:
+        balance = config.CAPITAL * len(configs)  # each side trades its own capital; hedge mode shares one wallet
+        with SimExchange(candles, symbol, timeframe, history_bars=history, balance=balance, lockstep=True,
+                         instrument=instrument, behaviour=behaviour) as sim:
             os.environ["BYBIT_REST_URL"] = sim.rest_url
             os.environ["BYBIT_WS_URL"] = sim.ws_url
             session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
             trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
                             keep_state_history=True)
             days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
+            fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
+                kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
             trader.start(history_days=days)
             feed = MarketFeed(symbol, timeframe)
             drive_lockstep(trader, sim, feed.bars)
             feed.close()
+            fills.close()
             stats = sim.stats()
         trader.stop("replay finished")
         written = write_paper_outputs(out, configs, candles, history, timeframe)
@@ -366,6 +381,29 @@ def prepare_state(workdir: Path, fresh: bool) -> None:
         trader_store.check_state_file(path)
 
 
+def run_check(args: argparse.Namespace, configs: list[SideConfig]) -> int:
+    """--check: the preflight table against the exchange (no order is placed); 0 when every row passes, else 1."""
+    import preflight
+    from exchange import Bybit
+
+    env = bybit_env()
+    if env == "mainnet" and not args.mainnet:
+        raise UsageError("BYBIT_ENV is mainnet: checking it needs the --mainnet flag")
+    if args.mainnet:
+        env = "mainnet"
+    if not os.environ.get("BYBIT_API_KEY") or not os.environ.get("BYBIT_API_SECRET"):
+        raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
+    session = make_http(env=env, timeout=args.http_timeout)
+    symbol, timeframe = configs[0].params["symbol"], configs[0].params["timeframe"]
+    plan = preflight.Plan(symbol, timeframe, {c.side: c.params for c in configs})
+    heading = (f"GrTr preflight on Bybit {env} ({session.endpoint}), {symbol} {timeframe}, "
+               f"sides {', '.join(plan.sides)}; no order is placed")
+    table, ok = preflight.check(Bybit(session, symbol, preflight.quick_retry()), plan,
+                                lambda kind: make_ws(kind, env=env), heading)
+    print(table)
+    return 0 if ok else 1
+
+
 def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     """The trader on Bybit (or whatever BYBIT_REST_URL/BYBIT_WS_URL point at) until Ctrl-C or SIGTERM."""
     confirm_mainnet(args)
@@ -379,7 +417,8 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     with holding(workdir, symbol, trader_lock.account_tag(session.endpoint, api_key, symbol)) as lock:
         prepare_state(workdir, args.fresh_state)
         if args.mainnet and args.yes:
-            confirm_account(session, os.environ[MAINNET_CONFIRM_VARIABLE], MAINNET_CONFIRM_VARIABLE)
+            confirm_account(Bybit(session, symbol).api_key_info(), os.environ[MAINNET_CONFIRM_VARIABLE],
+                            MAINNET_CONFIRM_VARIABLE)
         trader = Trader(session, symbol, timeframe, configs, workdir, env=env, dry_run=args.dry_run)
         stale = trader_lock.claim_lease(trader.store, lock.me, workdir / "heartbeat.json",
                                         config.LEASE_STALE_SECONDS)
@@ -389,9 +428,10 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
         stopping: list[str] = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append("SIGTERM"))
         try:
+            trader.check_key()  # a refused key ends in one line before the private stream tries it
+            fills = FillFeed(trader.exchange.on_stream)  # before the start: the catch-up's fills arrive on it too
             trader.start(history_days=config.DATA_DAYS_DEPTH)
             feed = MarketFeed(trader.symbol, trader.timeframe, stale_seconds=args.stale_seconds)
-            fills = FillFeed()
             live_loop(trader, feed, fills, args, stopping)
             feed.close()
             fills.close()
@@ -408,8 +448,9 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
     """Bar closes from the feed; between them fills as announced, the tick guard, staleness checks and
     periodic reconciliation.
 
-    A call Bybit does not answer after every retry (ExchangeUnavailable) rolls its bar back; the
-    loop reports it and carries on, and the bar is handled again from REST.
+    A call Bybit does not answer after every retry (ExchangeUnavailable), or fills that stay
+    invisible (FillsPending), roll the bar back; the loop reports it and carries on, and the bar is
+    handled again from REST at the next reconcile (or the next bar close).
     """
     clock = time.monotonic
     next_reconcile = clock() + settings.reconcile_seconds
@@ -429,6 +470,7 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
             if price is not None:
                 trader.tick_guard(price, clock(), settings.tick_grace_seconds)
             if clock() >= next_reconcile:
+                trader.catch_up()  # a bar rolled back since is handled again first
                 trader.reconcile()
                 next_reconcile = clock() + settings.reconcile_seconds
             if clock() >= next_beat:
@@ -490,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "config.INSTRUMENTS entry)")
     parser.add_argument("--qty-step", type=float, default=None, help="with --paper: the instrument's quantity step")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="preflight against the exchange (no order placed): key, clock, wallet, instrument, "
+                             "mode, klines, executions, streams; exit 1 when a check fails")
     for name, default in config.TRADER_SETTINGS.items():
         bound = config.TRADER_SETTING_BOUNDS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=cli.bounded(bound), default=default,
@@ -527,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.strategy_path:
             strategy_loader.add_path(path)
         configs = side_configs(args)
+        if args.check:
+            return run_check(args, configs)
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except Fatal as stop:
         print(f"error: {stop.failure.line}" + (f"; {stop.problem}" if stop.problem else ""), file=sys.stderr)
@@ -537,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {failure.line}", file=sys.stderr)
         return EXIT_USAGE
+    except ExchangeUnavailable as exc:  # Bybit did not answer (e.g. --check before any folder is ours): one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,19 +1,25 @@
 """The matching engine of bybit_sim: one account on one linear symbol, replayed bar by bar.
 
-It knows nothing of HTTP or WebSockets (bybit_sim.py serves it) and re-implements no fill rule:
-prices come from core.py's functions, so a trader fed by the sim and a backtest fed the same
-candles fill alike. Within a bar each position meets the path the backtest gives it: first the
-open (every resting order the open has crossed fills there), then the extreme against that
-position (low for a long, high for a short; low for a flat slot), then the other extreme. The stop
-and the liquidation are decided by core.protective_exit; a liquidated position is taken over at
-core.bankruptcy_price without a fee. Once a bar has closed the price is the next bar's open: the
-funding events due by that open are charged first (each at its own rate), and a market order
-placed between two bars fills at once at that open.
+It knows nothing of HTTP or WebSockets (bybit_sim.py serves it and formats its records as Bybit's
+V5 docs specify) and re-implements no fill rule: prices come from core.py's functions, so a trader
+fed by the sim and a backtest fed the same candles fill alike. Within a bar each position meets the
+path the backtest gives it: first the open (every resting order the open has crossed fills there),
+then the extreme against that position (low for a long, high for a short; low for a flat slot), then
+the other extreme. The stop and the liquidation are decided by core.protective_exit; a liquidated
+position is taken over at core.bankruptcy_price without a fee. Once a bar has closed the price is the
+next bar's open: the funding events due by that open are charged first (each at its own rate), and a
+market order placed between two bars fills at once at that open.
+
+Records keep Bybit's field names and documented meanings (values as Python numbers; bybit_sim turns
+them into Bybit's strings): executions carry no positionIdx (docs: v5/order/execution.mdx), a
+position's ``createdTime`` is the first time a position was ever created on the symbol and
+``openTime`` the current one's open (docs: v5/position/position.mdx).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +28,9 @@ import numpy as np
 import core
 
 HEDGE_IDX = {1: "Buy", 2: "Sell"}
+TRIGGER_TYPES = ("LastPrice", "MarkPrice", "IndexPrice")  # docs: v5/enum.mdx triggerBy
+OPEN_STATUSES = ("New", "PartiallyFilled", "Untriggered")  # docs: v5/enum.mdx orderStatus (open status)
+ACCOUNT_UID = 592334
 
 
 class ExchangeError(Exception):
@@ -34,29 +43,8 @@ class ExchangeError(Exception):
 
 
 @dataclass
-class Position:
-    """A position slot: positionIdx 0 (one-way) or 1/2 (hedge buy/sell)."""
-
-    idx: int
-    side: str = ""  # Buy, Sell or "" when flat
-    size: float = 0.0
-    avg_price: float = 0.0
-    stop_loss: float = 0.0
-    take_profit: float = 0.0
-    trailing_stop: float = 0.0
-    created_ms: int = 0
-    updated_ms: int = 0
-    realised: float = 0.0
-
-    @property
-    def direction(self) -> float:
-        """+1 long, -1 short, 0 flat."""
-        return 0.0 if self.size == 0 else (1.0 if self.side == "Buy" else -1.0)
-
-
-@dataclass
 class Order:
-    """A live or finished order."""
+    """A live or finished order, with the fields Bybit reports for it."""
 
     order_id: str
     link_id: str
@@ -68,15 +56,66 @@ class Order:
     position_idx: int
     trigger_price: float = 0.0
     trigger_direction: int = 0
+    trigger_by: str = "UNKNOWN"
     stop_loss: float = 0.0
     take_profit: float = 0.0
+    sl_trigger_by: str = "UNKNOWN"
     status: str = "New"
     filled: float = 0.0
     avg_price: float = 0.0
+    cum_value: float = 0.0
+    cum_fee: float = 0.0
     created_ms: int = 0
     updated_ms: int = 0
-    stop_order_type: str = ""
+    stop_order_type: str = "UNKNOWN"
+    create_type: str = "CreateByUser"
+    time_in_force: str = "GTC"
+    close_on_trigger: bool = False
+    last_price_on_created: float = 0.0
     reject_reason: str = "EC_NoError"
+    cancel_type: str = "UNKNOWN"
+    closed_pnl: float = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        """Still resting (or waiting for its trigger)."""
+        return self.status in OPEN_STATUSES
+
+
+@dataclass
+class Position:
+    """A position slot: positionIdx 0 (one-way) or 1/2 (hedge buy/sell)."""
+
+    idx: int
+    side: str = ""  # Buy, Sell or "" when flat
+    size: float = 0.0
+    avg_price: float = 0.0
+    stop_loss: float = 0.0
+    sl_trigger_by: str = "LastPrice"
+    take_profit: float = 0.0
+    trailing_stop: float = 0.0
+    opened_ms: int = 0  # openTime: when the current position opened (0 when flat)
+    updated_ms: int = 0
+    realised: float = 0.0  # cumRealisedPnl: all time
+    current_realised: float = 0.0  # curRealisedPnl: of the current holding position
+    seq: int = -1
+    stop_order: Order | None = None  # the conditional order Bybit keeps for the position's stop-loss
+
+    @property
+    def direction(self) -> float:
+        """+1 long, -1 short, 0 flat."""
+        return 0.0 if self.size == 0 else (1.0 if self.side == "Buy" else -1.0)
+
+
+@dataclass
+class FillStyle:
+    """How market orders fill where the docs leave it open (docs: v5/order/create-order.mdx: a market
+    order is an IOC limit order; with too little liquidity the rest is cancelled)."""
+
+    partial_rate: float = 0.0  # share of market orders (seeded draw) that fill only partly
+    partial_share: float = 0.5  # the share of such an order's quantity that fills (down to the qty step)
+    split: int = 1  # executions per market fill: one order, several executions (docs: v5/order/execution.mdx)
+    seed: int = 0
 
 
 @dataclass
@@ -99,6 +138,8 @@ class Engine:
     hedge: bool = False
     funding_ts: np.ndarray | None = None     # funding events (core.funding_schedule); None: the 8-hourly grid
     funding_rates: np.ndarray | None = None  # their rates, NaN = costs["funding_rate"]
+    mark_offset: float = 0.0  # mark price = last price x (1 + mark_offset); the index price follows the mark
+    fill_style: FillStyle = field(default_factory=FillStyle)
     positions: dict[int, Position] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
     link_ids: set[str] = field(default_factory=set)
@@ -106,9 +147,12 @@ class Engine:
     events: list[tuple[str, Any]] = field(default_factory=list)
     funding_history: list[tuple[int, float]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: {"orders": 0, "executions": 0, "duplicates": 0})
+    first_position_ms: int = 0  # createdTime: the first time a position was created on this symbol
     unprotected_bars: int = 0
     longest_unprotected_bars: int = 0
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _seq: itertools.count = field(default_factory=lambda: itertools.count(1_000_000))
+    _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         for idx in (0, 1, 2):
@@ -123,7 +167,9 @@ class Engine:
         rate = float(self.funding_rates[k])
         return rate if rate == rate else self.costs["funding_rate"]
 
-    # --- clock ------------------------------------------------------------------------------
+        self._rng = random.Random(self.fill_style.seed)
+
+    # --- clock and prices -------------------------------------------------------------------
     @property
     def finished(self) -> bool:
         """True once the last bar has closed."""
@@ -137,14 +183,26 @@ class Engine:
         """Between bars the price is the forming bar's open."""
         return float(self.open_[self.cursor]) if not self.finished else float(self.close[-1])
 
+    def mark_price(self) -> float:
+        """The mark price: the last price moved by the test's offset."""
+        return self.last_price() * (1.0 + self.mark_offset)
+
+    def trigger_price(self, trigger_by: str) -> float:
+        """The current price of a trigger type (docs: v5/enum.mdx triggerBy)."""
+        return self.last_price() if trigger_by == "LastPrice" else self.mark_price()
+
+    def _last_level(self, level: float, trigger_by: str) -> float:
+        """The last price at which a level of ``trigger_by`` is reached (mark and index run at an offset)."""
+        return level if trigger_by == "LastPrice" else level / (1.0 + self.mark_offset)
+
     # --- account ----------------------------------------------------------------------------
     def position_slots(self) -> list[Position]:
         """The slots in use for the current position mode."""
         return [self.positions[1], self.positions[2]] if self.hedge else [self.positions[0]]
 
     def unrealised(self, price: float | None = None) -> float:
-        """Unrealised PnL of all positions at ``price`` (default: the last price)."""
-        price = self.last_price() if price is None else price
+        """Unrealised PnL of all positions at ``price`` (default: the mark price, as Bybit computes it)."""
+        price = self.mark_price() if price is None else price
         return sum((price - p.avg_price) * p.size * p.direction for p in self.position_slots())
 
     def used_margin(self) -> float:
@@ -155,25 +213,28 @@ class Engine:
         """Wallet balance plus unrealised PnL."""
         return self.balance + self.unrealised()
 
-    def _slot_for(self, side: str, position_idx: int, reduce_only: bool) -> Position:
-        if self.hedge:
-            if position_idx not in (1, 2):
-                raise ExchangeError(10001, "params error: position idx not match position mode")
-            return self.positions[position_idx]
-        if position_idx != 0:
-            raise ExchangeError(10001, "params error: position idx not match position mode")
-        return self.positions[0]
+    def _slot(self, position_idx: int) -> Position:
+        if (position_idx in (1, 2)) != self.hedge or position_idx not in self.positions:
+            raise ExchangeError(10001, "position idx not match position mode")
+        return self.positions[position_idx]
 
     def _record(self, kind: str, payload: Any) -> None:
         self.events.append((kind, payload))
 
+    def _new_order(self, **fields: Any) -> Order:
+        now = self.now_ms()
+        order = Order(order_id=f"sim-{next(self._ids):08d}", created_ms=now, updated_ms=now,
+                      last_price_on_created=self.last_price(), **fields)
+        self.orders[order.order_id] = order
+        return order
+
     # --- orders -----------------------------------------------------------------------------
     def create_order(self, req: dict[str, Any]) -> Order:
-        """order/create: market orders fill at once at the current price; others rest."""
+        """order/create (docs: v5/order/create-order.mdx): market orders (IOC) match at once; others rest."""
         if req.get("category") != "linear":
             raise ExchangeError(10001, "params error: category only support linear")
         if req.get("symbol") != self.symbol:
-            raise ExchangeError(10001, "params error: symbol invalid")
+            raise ExchangeError(10001, "params error: Symbol Invalid")
         side = req.get("side")
         if side not in ("Buy", "Sell"):
             raise ExchangeError(10001, "params error: side invalid")
@@ -196,79 +257,130 @@ class Engine:
         if order_type == "Limit" and price <= 0:
             raise ExchangeError(10001, "params error: price is required for a Limit order")
         link_id = str(req.get("orderLinkId") or "")
+        # docs: v5/order/create-order.mdx orderLinkId: at most 36 characters, letters, digits, - and _
+        if len(link_id) > 36 or not all(c.isalnum() or c in "-_" for c in link_id):
+            raise ExchangeError(10001, f"params error: orderLinkId {link_id!r} must be at most 36 characters of "
+                                       "letters, digits, dashes and underscores")
+        reduce_only = str(req.get("reduceOnly", False)).lower() == "true"
+        if reduce_only and (stop_loss or take_profit):
+            # docs: v5/order/create-order.mdx reduceOnly: "When reduceOnly is true, take profit/stop loss cannot be set"
+            raise ExchangeError(10001, "params error: take profit/stop loss cannot be set on a reduce-only order")
+        sl_trigger_by = str(req.get("slTriggerBy") or "LastPrice")
+        if sl_trigger_by not in TRIGGER_TYPES:
+            raise ExchangeError(10001, f"params error: slTriggerBy {sl_trigger_by} invalid")
         if link_id and link_id in self.link_ids:
             self.counters["duplicates"] += 1
             raise ExchangeError(110072, "OrderLinkedID is duplicate")
-        reduce_only = bool(req.get("reduceOnly", False))
         position_idx = int(req.get("positionIdx", 0))
-        slot = self._slot_for(side, position_idx, reduce_only)
-        if reduce_only and (slot.size == 0 or slot.side == side):
-            raise ExchangeError(110017, "current position is zero, cannot fix reduce-only order qty")
+        slot = self._slot(position_idx)
+        wrong_way = self.hedge and side != HEDGE_IDX[position_idx]  # a hedge slot's other side only reduces it
+        if (reduce_only or wrong_way) and (slot.size == 0 or slot.side == side):
+            raise ExchangeError(110017, "orderQty will be truncated to zero")  # docs: v5/error.mdx
         d = 1.0 if side == "Buy" else -1.0
         reference = price if order_type == "Limit" else self.last_price()
-        if stop_loss and (reference - stop_loss) * d <= 0:
-            raise ExchangeError(10001, f"params error: StopLoss:{stop_loss:g} set for {side} position should be "
-                                       f"{'lower' if d > 0 else 'higher'} than base_price:{reference:g}")
-        if not reduce_only and not (self.hedge and slot.side and slot.side != side):
+        if stop_loss:
+            self._check_stop_side(stop_loss, d, sl_trigger_by, side)
+        opening = not reduce_only and not (slot.size and slot.side != side)
+        if opening and qty * reference < self.instrument.get("min_notional", 0.0):
+            raise ExchangeError(110094, "Order notional value below the lower limit")  # docs: v5/error.mdx
+        if opening:
             needed = core.required_margin(qty, reference, self.leverage, self.costs["taker_fee"])
             if needed > self.equity() - self.used_margin():
-                raise ExchangeError(110007, "ab not enough for new order")
-        now = self.now_ms()
-        order = Order(order_id=f"sim-{next(self._ids):08d}", link_id=link_id, side=side, order_type=order_type,
-                      qty=qty, price=price, reduce_only=reduce_only, position_idx=position_idx, trigger_price=trigger,
-                      trigger_direction=int(req.get("triggerDirection", 0) or 0), stop_loss=stop_loss,
-                      take_profit=take_profit, created_ms=now, updated_ms=now,
-                      status="Untriggered" if trigger else "New")
+                raise ExchangeError(110007, "Available balance is insufficient")  # docs: v5/error.mdx
+        market = order_type == "Market" and not trigger
+        order = self._new_order(link_id=link_id, side=side, order_type=order_type, qty=qty, price=price,
+                                reduce_only=reduce_only, position_idx=position_idx, trigger_price=trigger,
+                                trigger_direction=int(req.get("triggerDirection", 0) or 0),
+                                trigger_by=str(req.get("triggerBy") or ("LastPrice" if trigger else "UNKNOWN")),
+                                stop_loss=stop_loss, take_profit=take_profit,
+                                sl_trigger_by=sl_trigger_by if stop_loss else "UNKNOWN",
+                                status="Untriggered" if trigger else "New",
+                                time_in_force="IOC" if order_type == "Market" else str(req.get("timeInForce") or "GTC"))
         if link_id:
             self.link_ids.add(link_id)
-        self.orders[order.order_id] = order
         self.counters["orders"] += 1
-        if order_type == "Market" and not trigger:
-            self._fill(order, core.market_fill_price(self.last_price(), d, self.costs["slippage"]), taker=True)
+        if market:
+            self._fill_market(order, core.market_fill_price(self.last_price(), d, self.costs["slippage"]))
         else:
             self._record("order", order)
         return order
 
-    def cancel_order(self, order_id: str | None, link_id: str | None) -> Order:
-        """order/cancel of a resting order."""
-        for order in self.orders.values():
-            if (order_id and order.order_id == order_id) or (link_id and order.link_id == link_id):
-                if order.status in ("New", "Untriggered", "PartiallyFilled"):
-                    order.status = "Cancelled"
-                    order.updated_ms = self.now_ms()
-                    self._record("order", order)
-                    return order
-        raise ExchangeError(110001, "order not exists or too late to cancel")
+    def _check_stop_side(self, stop: float, d: float, trigger_by: str, side: str) -> None:
+        """A stop-loss must lie below the trigger price for a long, above it for a short.
 
-    def cancel_all(self) -> list[Order]:
-        """order/cancel-all."""
-        cancelled = []
-        for order in self.open_orders():
+        Bybit answers retCode 10001 with this message shape (docs: v5/error.mdx 10001 "Request
+        parameter error"; the message as Bybit sends it, e.g. ccxt/ccxt#19089).
+        """
+        base = self.trigger_price(trigger_by)
+        if (base - stop) * d <= 0:
+            word = "lower" if d > 0 else "greater"
+            raise ExchangeError(10001, f"StopLoss:{stop:g} set for {side} position should {word} "
+                                       f"base_price:{base:g}??{trigger_by}")
+
+    def _fill_market(self, order: Order, price: float) -> None:
+        """An IOC match: all of the order, or (a seeded share of orders) part of it, the rest cancelled."""
+        style = self.fill_style
+        qty = order.qty
+        if style.partial_rate and self._rng.random() < style.partial_rate:
+            qty = core.round_qty(order.qty * style.partial_share, self.instrument["qty_step"])
+        parts = max(1, min(style.split, int(round(qty / self.instrument["qty_step"]))))
+        step = self.instrument["qty_step"]
+        chunk = core.round_qty(qty / parts, step)
+        for k in range(parts):
+            part = chunk if k < parts - 1 else round(qty - chunk * (parts - 1), 12)
+            if part > 0 and order.is_open:
+                self._fill(order, price, taker=True, qty=part)
+        if order.is_open:  # IOC: what did not match is cancelled (docs: v5/enum.mdx orderStatus Cancelled)
             order.status = "Cancelled"
+            order.reject_reason = "EC_NoImmediateQtyToFill"
             order.updated_ms = self.now_ms()
             self._record("order", order)
-            cancelled.append(order)
+
+    def cancel_order(self, order_id: str | None, link_id: str | None) -> Order:
+        """order/cancel of a resting order (docs: v5/order/cancel-order.mdx)."""
+        for order in self.orders.values():
+            if (order_id and order.order_id == order_id) or (link_id and order.link_id == link_id):
+                if order.is_open and order.stop_order_type == "UNKNOWN":
+                    self._cancel(order, "CancelByUser")
+                    return order
+        raise ExchangeError(110001, "Order does not exist")  # docs: v5/error.mdx
+
+    def _cancel(self, order: Order, cancel_type: str, status: str = "Cancelled") -> None:
+        order.status = status
+        order.cancel_type = cancel_type
+        order.updated_ms = self.now_ms()
+        self._record("order", order)
+
+    def cancel_all(self) -> list[Order]:
+        """order/cancel-all: every resting order the user placed (a position's stop-loss stays)."""
+        cancelled = [o for o in self.open_orders() if o.stop_order_type == "UNKNOWN"]
+        for order in cancelled:
+            self._cancel(order, "CancelByUser")
         return cancelled
 
     def open_orders(self) -> list[Order]:
-        """Orders still resting."""
-        return [o for o in self.orders.values() if o.status in ("New", "Untriggered", "PartiallyFilled")]
+        """Orders still resting, the positions' stop-loss orders included (docs: v5/order/open-order.mdx)."""
+        return [o for o in self.orders.values() if o.is_open]
 
     def set_trading_stop(self, position_idx: int, stop_loss: float | None, take_profit: float | None,
-                         trailing_stop: float | None) -> Position:
-        """position/trading-stop (Full mode) on an open position."""
-        slot = self.positions[position_idx] if position_idx in self.positions else None
-        if slot is None or (self.hedge and position_idx == 0) or (not self.hedge and position_idx != 0):
-            raise ExchangeError(10001, "params error: position idx not match position mode")
+                         trailing_stop: float | None, sl_trigger_by: str | None = None) -> Position:
+        """position/trading-stop in Full mode (docs: v5/position/trading-stop.mdx)."""
+        slot = self._slot(position_idx)
         if slot.size == 0:
             raise ExchangeError(10001, "can not set tp/sl/ts for zero position")
-        d = slot.direction
-        price = self.last_price()
+        trigger_by = sl_trigger_by or slot.sl_trigger_by
+        if trigger_by not in TRIGGER_TYPES:
+            raise ExchangeError(10001, f"params error: slTriggerBy {trigger_by} invalid")
+        unchanged = ((stop_loss is None or stop_loss == slot.stop_loss)
+                     and (take_profit is None or take_profit == slot.take_profit)
+                     and (trailing_stop is None or trailing_stop == slot.trailing_stop)
+                     and (sl_trigger_by is None or sl_trigger_by == slot.sl_trigger_by))
+        if unchanged:
+            raise ExchangeError(34040, "not modified")  # docs: v5/error.mdx 34040
+        if stop_loss:
+            self._check_stop_side(stop_loss, slot.direction, trigger_by, slot.side)
         if stop_loss is not None:
-            if stop_loss and (price - stop_loss) * d <= 0:
-                raise ExchangeError(10001, f"StopLoss:{stop_loss:g} set for {slot.side} position should be "
-                                           f"{'lower' if d > 0 else 'higher'} than base_price:{price:g}")
-            slot.stop_loss = stop_loss
+            self._set_stop(slot, stop_loss, trigger_by)
         if take_profit is not None:
             slot.take_profit = take_profit
         if trailing_stop is not None:
@@ -277,76 +389,146 @@ class Engine:
         self._record("position", slot)
         return slot
 
+    def _set_stop(self, slot: Position, stop: float, trigger_by: str) -> None:
+        """The position's stop-loss and the conditional order Bybit keeps for it (0 removes both)."""
+        slot.stop_loss, slot.sl_trigger_by = stop, trigger_by
+        order = slot.stop_order
+        if not stop:
+            if order is not None:
+                self._cancel(order, "CancelByUser", "Deactivated")
+            slot.stop_order = None
+            return
+        if order is None:
+            exit_side = "Sell" if slot.side == "Buy" else "Buy"
+            order = self._new_order(link_id="", side=exit_side, order_type="Market", qty=0.0, price=0.0,
+                                    reduce_only=True, position_idx=slot.idx, status="Untriggered",
+                                    trigger_direction=2 if slot.side == "Buy" else 1, stop_order_type="StopLoss",
+                                    create_type="CreateByStopLoss", time_in_force="IOC", close_on_trigger=True)
+            slot.stop_order = order
+        order.trigger_price, order.trigger_by, order.updated_ms = stop, trigger_by, self.now_ms()
+        self._record("order", order)
+
+    def switch_mode(self, hedge: bool) -> None:
+        """position/switch-mode (docs: v5/position/position-mode.mdx; codes from v5/error.mdx)."""
+        if self.hedge == hedge:
+            raise ExchangeError(110025, "Position mode has not been modified.")
+        if any(s.size for s in self.positions.values()):
+            raise ExchangeError(110024, "You have an existing position, so the position mode cannot be switched.")
+        if self.open_orders():
+            raise ExchangeError(110028, "You have existing open orders, so the position mode cannot be switched.")
+        self.hedge = hedge
+
     # --- fills ------------------------------------------------------------------------------
     def _fill(self, order: Order, price: float, taker: bool, qty: float | None = None,
-              fee_rate: float | None = None) -> None:
-        """Execute ``order`` (or ``qty`` of it) at ``price``: position, wallet, execution, events.
+              fee_rate: float | None = None, exec_type: str = "Trade") -> None:
+        """Execute ``order`` (or ``qty`` of it) at ``price``: position, wallet, execution record, events.
 
         The fee is the taker or maker fee, or ``fee_rate`` when given (a liquidation pays none).
         """
-        slot = self._slot_for(order.side, order.position_idx, order.reduce_only)
+        slot = self.positions[order.position_idx]
         qty = order.qty - order.filled if qty is None else qty
         d_order = 1.0 if order.side == "Buy" else -1.0
         closing = slot.size > 0 and slot.direction != d_order
         if order.reduce_only or closing:
             qty = min(qty, slot.size) if closing else 0.0
         if qty <= 0:
-            order.status = "Cancelled"
-            self._record("order", order)
+            self._cancel(order, "UNKNOWN")
             return
         if fee_rate is None:
             fee_rate = self.costs["taker_fee"] if taker else self.costs["maker_fee"]
         fee = qty * price * fee_rate
         closed = 0.0
         pnl = 0.0
+        now = self.now_ms()
         if closing:
             closed = qty
             pnl = (price - slot.avg_price) * qty * slot.direction
             slot.size = round(slot.size - qty, 12)
             if slot.size <= self.instrument["qty_step"] * 1e-6:
-                slot.size, slot.side, slot.avg_price = 0.0, "", 0.0
-                slot.stop_loss = slot.take_profit = slot.trailing_stop = 0.0
+                self._close_slot(slot, order)
         else:
             total = slot.size + qty
             slot.avg_price = (slot.avg_price * slot.size + price * qty) / total
             if slot.size == 0:
-                slot.created_ms = self.now_ms()
+                slot.opened_ms = now
+                slot.current_realised = 0.0
+                self.first_position_ms = self.first_position_ms or now
             slot.size, slot.side = total, order.side
             if order.stop_loss:
-                slot.stop_loss = order.stop_loss
+                self._set_stop(slot, order.stop_loss, order.sl_trigger_by)
             if order.take_profit:
                 slot.take_profit = order.take_profit
         slot.realised += pnl - fee
-        slot.updated_ms = self.now_ms()
+        slot.current_realised += pnl - fee
+        slot.updated_ms = now
+        slot.seq = next(self._seq)
         self.balance += pnl - fee
+        order.avg_price = (order.avg_price * order.filled + price * qty) / (order.filled + qty)
         order.filled += qty
-        order.avg_price = price
-        order.status = "Filled" if order.filled >= order.qty - 1e-12 or closing else "PartiallyFilled"
-        order.updated_ms = self.now_ms()
-        execution = {"execId": f"exe-{next(self._ids):08d}", "orderId": order.order_id, "orderLinkId": order.link_id,
-                     "side": order.side, "execPrice": price, "execQty": qty, "execFee": fee, "execType": "Trade",
-                     "closedSize": closed, "execPnl": pnl, "isMaker": not taker, "orderType": order.order_type,
-                     "stopOrderType": order.stop_order_type, "execTime": self.now_ms(), "positionIdx": slot.idx,
-                     "orderPrice": order.price, "orderQty": order.qty}
-        self.executions.append(execution)
-        self.counters["executions"] += 1
-        self._record("execution", execution)
-        self._record("order", order)
+        order.cum_value += qty * price
+        order.cum_fee += fee
+        order.closed_pnl += pnl
+        order.status = "Filled" if order.filled >= order.qty - 1e-12 or order.qty == 0 else "PartiallyFilled"
+        order.updated_ms = now
+        self._execution(order, exec_type, price, qty, fee, fee_rate, closed, pnl, not taker, slot.seq)
+        if order.reduce_only and order.is_open and slot.size == 0:
+            # the position is gone: what a reduce-only order has left can reduce nothing and is cancelled
+            # (docs: v5/enum.mdx orderStatus: "Cancelled: in derivatives, orders with this status may have
+            # an executed qty")
+            self._cancel(order, "CancelByReduceOnly")
+        else:
+            self._record("order", order)
         self._record("position", slot)
         self._record("wallet", None)
-        if slot.size == 0:
-            for other in self.open_orders():
-                if other.reduce_only and other.position_idx == slot.idx:
-                    other.status = "Cancelled"
-                    self._record("order", other)
 
-    def _position_stop_order(self, slot: Position, kind: str) -> Order:
-        side = "Sell" if slot.side == "Buy" else "Buy"
-        order = Order(order_id=f"sim-{next(self._ids):08d}", link_id="", side=side, order_type="Market",
-                      qty=slot.size, price=0.0, reduce_only=True, position_idx=slot.idx, status="Triggered",
-                      created_ms=self.now_ms(), updated_ms=self.now_ms(), stop_order_type=kind)
-        self.orders[order.order_id] = order
+    def _close_slot(self, slot: Position, closing: Order) -> None:
+        """The last quantity is gone (by ``closing``): the slot is flat, its stop and reduce-only orders go with it."""
+        slot.size, slot.side, slot.avg_price, slot.opened_ms = 0.0, "", 0.0, 0
+        slot.take_profit = slot.trailing_stop = 0.0
+        if slot.stop_order is not None and slot.stop_order.is_open:
+            self._cancel(slot.stop_order, "UNKNOWN", "Deactivated")
+        slot.stop_order, slot.stop_loss = None, 0.0
+        for other in self.open_orders():
+            if other.reduce_only and other.position_idx == slot.idx and other is not closing:
+                self._cancel(other, "CancelByReduceOnly")
+
+    def _execution(self, order: Order, exec_type: str, price: float, qty: float, fee: float, fee_rate: float,
+                   closed: float, pnl: float, maker: bool, seq: int) -> None:
+        """One execution record (docs: v5/order/execution.mdx, v5/websocket/private/execution.mdx): no positionIdx."""
+        record = {"execId": f"exe-{next(self._ids):08d}", "orderId": order.order_id, "orderLinkId": order.link_id,
+                  "side": order.side, "orderPrice": order.price, "orderQty": order.qty,
+                  "leavesQty": max(0.0, order.qty - order.filled), "createType": order.create_type,
+                  "orderType": order.order_type, "stopOrderType": order.stop_order_type, "execFee": fee,
+                  "execPrice": price, "execQty": qty, "execType": exec_type, "execValue": qty * price,
+                  "execTime": self.now_ms(), "isMaker": maker, "feeRate": fee_rate, "markPrice": self.mark_price(),
+                  "closedSize": closed, "execPnl": pnl, "seq": seq}
+        self.executions.append(record)
+        self.counters["executions"] += 1
+        self._record("execution", record)
+
+    def _trigger_stop(self, slot: Position) -> Order:
+        """The position's stop-loss order triggers: a reduce-only market order for the whole size."""
+        order = slot.stop_order or self._new_order(
+            link_id="", side="Sell" if slot.side == "Buy" else "Buy", order_type="Market", qty=0.0, price=0.0,
+            reduce_only=True, position_idx=slot.idx, stop_order_type="StopLoss", create_type="CreateByStopLoss",
+            time_in_force="IOC", close_on_trigger=True, trigger_price=slot.stop_loss)
+        order.status, order.qty, order.updated_ms = "Triggered", slot.size, self.now_ms()
         return order
+
+    def _takeover_order(self, slot: Position, create_type: str) -> Order:
+        """The order the liquidation engine (or ADL) creates to take a position over (docs: v5/enum.mdx createType)."""
+        return self._new_order(link_id="", side="Sell" if slot.side == "Buy" else "Buy", order_type="Market",
+                               qty=slot.size, price=0.0, reduce_only=True, position_idx=slot.idx,
+                               create_type=create_type, time_in_force="IOC", status="New")
+
+    def take_over(self, position_idx: int, qty: float, exec_type: str = "AdlTrade") -> None:
+        """Tests: ``qty`` of the position closed at the mark price by the exchange itself, as an ADL
+        (execType AdlTrade) or a takeover liquidation (BustTrade) (docs: v5/enum.mdx execType, createType)."""
+        slot = self.positions[position_idx]
+        create = {"AdlTrade": "CreateByAdl_PassThrough", "BustTrade": "CreateByTakeOver_PassThrough"}[exec_type]
+        order = self._takeover_order(slot, create)
+        order.qty = min(qty, slot.size)
+        self._fill(order, self.mark_price(), taker=True, exec_type=exec_type)
 
     def _walk_point(self, slot: Position, open_: float, extreme: float, mine: list[Order]) -> None:
         """Fill what the price crosses from the open to ``extreme`` for ``slot`` and its orders ``mine``."""
@@ -354,37 +536,46 @@ class Engine:
         d = slot.direction
         if d != 0 and (extreme - open_) * d <= 0:
             liq = core.liquidation_price(slot.avg_price, d, self.leverage, self.costs["maintenance_margin_rate"])
-            kind = core.protective_exit(slot.stop_loss, liq, d, open_, extreme)
-            if kind == core.EXIT_LIQUIDATION:  # docs: v5/enum.mdx (taken over, closed at the bankruptcy price)
-                self._fill(self._position_stop_order(slot, "Liquidation"),
-                           core.bankruptcy_price(slot.avg_price, d, self.leverage), taker=True, fee_rate=0.0)
+            stop = self._last_level(slot.stop_loss, slot.sl_trigger_by) if slot.stop_loss else 0.0
+            kind = core.protective_exit(stop, liq, d, open_, extreme)
+            if kind == core.EXIT_LIQUIDATION:
+                # docs: v5/enum.mdx execType BustTrade (taken over by the liquidation engine, closed at the
+                # bankruptcy price), createType CreateByTakeOver_PassThrough
+                self._fill(self._takeover_order(slot, "CreateByTakeOver_PassThrough"),
+                           core.bankruptcy_price(slot.avg_price, d, self.leverage), taker=True, fee_rate=0.0,
+                           exec_type="BustTrade")
             elif kind == core.EXIT_STOP:
-                self._fill(self._position_stop_order(slot, "StopLoss"),
-                           core.stop_fill_price(slot.stop_loss, d, open_, slip), taker=True)
+                self._fill(self._trigger_stop(slot), core.stop_fill_price(stop, d, open_, slip), taker=True)
         # conditional orders in the order the price meets them; limits by price priority (the lowest
         # sell, the highest buy first: all fill at the open when it has crossed several)
         triggers = sorted((o for o in mine if o.trigger_price), key=lambda o: abs(o.trigger_price - open_))
         limits = sorted((o for o in mine if not o.trigger_price),
                         key=lambda o: o.price if o.side == "Sell" else -o.price)
         for order in triggers + limits:
-            if order.status not in ("New", "Untriggered"):
+            if not order.is_open:
                 continue
             d_order = 1.0 if order.side == "Buy" else -1.0
             if order.trigger_price:
+                level = self._last_level(order.trigger_price, order.trigger_by)
                 rising = order.trigger_direction == 1
-                if (extreme >= order.trigger_price) if rising else (extreme <= order.trigger_price):
+                if (extreme >= level) if rising else (extreme <= level):
                     order.status = "Triggered"
                     # a stop order closing a position of direction -d_order
-                    fill = core.stop_fill_price(order.trigger_price, -d_order, open_, slip)
-                    self._fill(order, fill, taker=True)
+                    self._fill(order, core.stop_fill_price(level, -d_order, open_, slip), taker=True)
             elif order.order_type == "Limit" and (extreme - order.price) * d_order <= 0:
                 # a sell limit fills when the price rises to it, a buy limit when it falls to it
                 self._fill(order, core.limit_fill_price(order.price, -d_order, open_), taker=False)
 
     def _charge_funding(self) -> None:
-        """The funding events due by the open of the forming bar, on the positions held at that instant."""
-        now = int(self.ts[self.cursor])
-        price = float(self.open_[self.cursor])
+        """The funding events due by the open of the forming bar, on the positions held at that instant.
+
+        One execution per position, execType Funding (docs: v5/enum.mdx), orderType UNKNOWN, side the
+        position's side (docs: v5/account/transaction-log.mdx: for side=Buy feeRate = the market rate,
+        for side=Sell its negative), execFee positive when paid, execPrice the mark price
+        (docs: v5/pre-upgrade/execution.mdx example).
+        """
+        now = self.now_ms()
+        price = self.mark_price()
         while self._next_event < len(self.funding_ts) and self.funding_ts[self._next_event] <= now:
             rate = self.funding_rate(self._next_event)
             self.funding_history.append((int(self.funding_ts[self._next_event]), rate))
@@ -395,14 +586,13 @@ class Engine:
                 cost = slot.size * price * rate * slot.direction
                 self.balance -= cost
                 slot.realised -= cost
-                execution = {"execId": f"fund-{next(self._ids):08d}", "orderId": "", "orderLinkId": "",
-                             "side": slot.side, "execPrice": price, "execQty": slot.size, "execFee": cost,
-                             "execType": "Funding", "closedSize": 0.0, "execPnl": 0.0, "isMaker": False,
-                             "orderType": "UNKNOWN", "stopOrderType": "", "execTime": self.now_ms(),
-                             "positionIdx": slot.idx, "orderPrice": 0.0, "orderQty": 0.0, "feeRate": rate}
-                self.executions.append(execution)
-                self.counters["executions"] += 1
-                self._record("execution", execution)
+                slot.current_realised -= cost
+                slot.seq = next(self._seq)
+                order = Order(order_id=f"{now // 1000}-{self.symbol}-{ACCOUNT_UID}-{slot.side}", link_id="",
+                              side=slot.side, order_type="UNKNOWN", qty=0.0, price=0.0, reduce_only=False,
+                              position_idx=slot.idx, create_type="UNKNOWN")
+                self._execution(order, "Funding", price, slot.size, cost, rate * slot.direction, 0.0, 0.0, False,
+                                slot.seq)
                 self._record("wallet", None)
 
     def play_bar(self) -> int:
@@ -411,7 +601,9 @@ class Engine:
         o, h, lo = float(self.open_[k]), float(self.high[k]), float(self.low[k])
         for slot in self.position_slots():
             adverse, favourable = (h, lo) if slot.direction < 0 else (lo, h)
-            mine = [order for order in self.open_orders() if order.position_idx == slot.idx]
+            # the slot's own orders; its stop-loss order is the slot's stop above (docs: v5/order/open-order.mdx)
+            mine = [order for order in self.open_orders()
+                    if order.position_idx == slot.idx and order.stop_order_type == "UNKNOWN"]
             for point in (o, adverse, favourable):
                 self._walk_point(slot, o, point, mine)
         exposed = any(s.size and not s.stop_loss for s in self.position_slots())

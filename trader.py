@@ -1,14 +1,17 @@
-"""The live trader: bar-close driven, deciding with the backtester's own core, orders through pybit.
+"""The live trader: bar-close driven, deciding with the backtester's own core, acting through exchange.py.
 
 At every closed bar it (1) books the exchange's executions since the last bar into each side's
-core state with ``core.open_fill`` / ``core.close_fill`` / ``core.book_funding``, (2) runs
-``core.decide`` on the same indicator values the backtester computes (indicators over the whole
-history it holds, never a short warm-up window), and (3) turns the order the core left into Bybit
-calls: an entry is one market order with the stop-loss attached, stop moves go through
-``position/trading-stop`` (never loosening), the take-profit orders of ``core.resting_targets``
-rest as reduce-only limits, market exits are reduce-only. Every order carries a deterministic
-``orderLinkId`` (side, trade, bar, action), so a retried or restarted trader cannot send the same
-logical order twice.
+core state with ``core.open_fill`` / ``core.close_fill`` / ``core.book_funding``, and checks that the
+exchange's positions agree with the states (a fill not visible yet is waited for, bounded; else the
+bar is rolled back and handled again later), (2) runs ``core.decide`` on the same indicator values
+the backtester computes (indicators over the whole history it holds, never a short warm-up window),
+and (3) turns the order the core left into exchange calls: an entry is one market order with the
+stop-loss attached, after which its fills are awaited before anything else; stop moves go through
+``position/trading-stop`` (never loosening), the take-profit orders of ``core.resting_targets`` rest
+as reduce-only limits, market exits are reduce-only (the rest of a partly filled one is sent again).
+Every order carries a deterministic ``orderLinkId`` (side, trade, bar, action), so a retried or
+restarted trader cannot send the same logical order twice. Reconciliation, rescue and the tick
+guard are in reconcile.py.
 
 Working files under ``workdir``: ``state.sqlite``, ``heartbeat.json``, ``control.json`` (pause),
 ``logs/trader.log`` and ``logs/events.jsonl``.
@@ -28,20 +31,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pybit.exceptions import InvalidRequestError
-
 import backtester
 import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
+from exchange import Bybit, ExchangeRefused, Fill
+from reconcile import Reconciliation
 from trader_store import Store
-from trader_utils import RetryPolicy, UnknownSymbol, api_retry_wrapper, check_api_key, redact
+from trader_utils import RetryPolicy, check_api_key, redact
 
 logger = logging.getLogger("grtr.trader")
 EVENT_LOG_MAX_BYTES = 5_000_000
 SIDE_DIRECTION = {"long": 1.0, "short": -1.0}
 SIDE_ORDER = {"long": ("Buy", "Sell"), "short": ("Sell", "Buy")}  # (entry side, exit side)
-ORDER_GONE = 110001  # cancel of an order that already filled or was cancelled
+FILL_WAIT_SECONDS = 10.0  # how long an order's fills (or a position change's) may take to become visible
+CLOSE_ATTEMPTS = 3  # a market close that filled partly (IOC) is sent again for the rest, this often
+EXCHANGE_STOPS = ("StopLoss", "PartialStopLoss", "TrailingStop")  # docs: v5/enum.mdx stopOrderType
+FORCED = {"BustTrade": "liquidation", "AdlTrade": "adl"}  # docs: v5/enum.mdx execType
 
 
 @dataclass
@@ -134,14 +140,22 @@ class Side:
     def name(self) -> str:
         return self.config.side
 
+    @property
+    def direction(self) -> float:
+        """+1 for the long side, -1 for the short side."""
+        return SIDE_DIRECTION[self.config.side]
 
-class Trader:
+
+class Trader(Reconciliation):
     """A bar-close driven trader of one symbol, one or both sides."""
 
     def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
                  env: str, dry_run: bool = False, capital: float | None = None,
-                 retry: RetryPolicy | None = None, keep_state_history: bool = False) -> None:
-        self.http = http
+                 retry: RetryPolicy | None = None, fill_wait_seconds: float = FILL_WAIT_SECONDS,
+                 keep_state_history: bool = False) -> None:
+        self.retry = retry or RetryPolicy()
+        self.http = http  # the pybit session (tests act on the exchange through it by hand)
+        self.exchange = Bybit(http, symbol, self.retry)
         self.symbol = symbol
         self.timeframe = timeframe
         self.bar_ms = TIMEFRAMES[timeframe]
@@ -153,6 +167,7 @@ class Trader:
             side.position_idx = (1 if side.side == "long" else 2) if self.hedge else 0
         self.configs = sides
         self.capital = capital
+        self.fill_wait_seconds = fill_wait_seconds
         self.store = Store(workdir / "state.sqlite")
         self.events = EventLog(workdir / "logs" / "events.jsonl", symbol)
         self.candles: pd.DataFrame | None = None
@@ -161,13 +176,19 @@ class Trader:
         self.last_bar_ts: int | None = self.store.get("last_bar_ts")
         self.started_ms = int(time.time() * 1000)
         self.latencies_ms: list[float] = []
-        self.retry = retry or RetryPolicy()
         self.recovering = False  # while catching up after a start: orders are looked up before they are sent
         self.keep_state_history = keep_state_history  # each side's state per bar in SQLite (paper: --compare)
+        self.key_warnings: list[str] | None = None  # from check_key(), once it ran
 
     # --- start-up ---------------------------------------------------------------------------
+    def check_key(self) -> list[str]:
+        """The key's permissions from the exchange (KeyPermissionError: such a key never trades; a bad key or
+        secret is the exchange's refusal); its warnings. Before any stream opens: a refused key ends here."""
+        self.key_warnings = check_api_key(self.exchange.api_key_info())
+        return self.key_warnings
+
     def start(self, history_days: int) -> None:
-        """Instrument, position mode, leverage, history, side states (resumed from SQLite), catch-up, reconcile.
+        """Key, instrument, position mode, leverage, history, side states (resumed from SQLite), catch-up, reconcile.
 
         The history always starts where the first start's did (kept in the database), so a
         restarted trader computes the very indicator values it would have computed without the
@@ -175,9 +196,11 @@ class Trader:
         then the state is reconciled with the exchange.
         """
         setup_logging(self.workdir)
-        warnings = check_api_key(self.http)  # KeyPermissionError: a key that can withdraw never trades
-        self.instrument = self._instrument()
-        self._ensure_mode_and_leverage()
+        warnings = self.key_warnings if self.key_warnings is not None else self.check_key()
+        self.instrument = self.exchange.instrument().spec()
+        if not self.dry_run:
+            self.exchange.set_position_mode(self.hedge)
+            self.exchange.set_leverage(float(self.configs[0].params["leverage"]))
         first_ms = self.store.get("history_start_ms")
         candles = self._download(days=history_days) if first_ms is None else self._download(start_ms=first_ms)
         self.candles = candles
@@ -187,11 +210,10 @@ class Trader:
                 self.store.set("last_bar_ts", int(candles.index[-1].value // 10**6))
                 # executions from before the first start are not this trader's to book: marked as seen;
                 # a position they left is found by reconcile() and rescued
-                prior = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
-                                  limit=100)
-                for execution in prior:
-                    self.store.record_execution(execution["execId"], "", execution, int(execution["execTime"]))
-                self.store.set("exec_since_ms", max((int(e["execTime"]) for e in prior), default=0))
+                now = self.exchange.server_time_ms()
+                for fill in self.exchange.fills_since(now - 7 * 86_400_000):
+                    self.store.record_execution(fill.exec_id, "", fill.raw, fill.time_ms)
+                self.store.set("exec_since_ms", now)
         self._load()
         self.events.emit("start", None, env=self.env, pid=os.getpid(), sides=[c.side for c in self.configs],
                          params_file=None)
@@ -212,7 +234,7 @@ class Trader:
 
     def _download(self, days: int | None = None, start_ms: int | None = None) -> pd.DataFrame:
         start = pd.Timestamp(start_ms, unit="ms", tz="UTC") if start_ms is not None else None
-        return download_klines(self.symbol, self.timeframe, days=days, start=start, session=self.http,
+        return download_klines(self.symbol, self.timeframe, days=days, start=start, session=self.exchange,
                                cache_dir=self.workdir / "cache", progress=False)
 
     def _load(self) -> None:
@@ -248,41 +270,6 @@ class Trader:
         if len(fresh):
             logger.info("caught up %d bar(s) that closed while the trader was not listening", len(fresh))
         return len(fresh)
-
-    def _get(self, what: str, method: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """A read call with retries; its result list."""
-        return api_retry_wrapper(lambda: method(**kwargs), what, self.retry)["result"]["list"]
-
-    def _instrument(self) -> dict[str, float]:
-        found = self._get("instruments-info", self.http.get_instruments_info, category="linear", symbol=self.symbol)
-        if not found:  # Bybit answers an unknown symbol with an empty list
-            raise UnknownSymbol(f"Bybit {self.env} lists no linear instrument {self.symbol}: check --symbol or the "
-                                "params' symbol (a linear USDT perpetual such as BTCUSDT)")
-        info = found[0]
-        return {"qty_step": float(info["lotSizeFilter"]["qtyStep"]),
-                "min_qty": float(info["lotSizeFilter"]["minOrderQty"]),
-                "min_notional": float(info["lotSizeFilter"].get("minNotionalValue", 0) or 0),
-                "tick_size": float(info["priceFilter"]["tickSize"]),
-                "max_leverage": float(info["leverageFilter"]["maxLeverage"])}
-
-    def _ensure_mode_and_leverage(self) -> None:
-        if self.dry_run:
-            return
-        try:
-            api_retry_wrapper(lambda: self.http.switch_position_mode(category="linear", symbol=self.symbol,
-                                                                     mode=3 if self.hedge else 0),
-                              "position mode", self.retry)
-        except InvalidRequestError as exc:
-            if exc.status_code != 110025:  # already in that mode
-                raise
-        leverage = str(self.configs[0].params["leverage"])
-        try:
-            api_retry_wrapper(lambda: self.http.set_leverage(category="linear", symbol=self.symbol,
-                                                             buyLeverage=leverage, sellLeverage=leverage),
-                              "leverage", self.retry)
-        except InvalidRequestError as exc:
-            if exc.status_code != 110043:  # already set
-                raise
 
     # --- bars -------------------------------------------------------------------------------
     def on_closed_bar(self, bar: dict[str, Any], latest: bool = True) -> None:
@@ -322,7 +309,10 @@ class Trader:
         self.candles = pd.concat([self.candles, row])
         data = self._data()
         i = len(data) - 1
-        self.sync_executions(data, until_ms=ts + self.bar_ms)
+        close_ms = ts + self.bar_ms
+        if self.dry_run:
+            self.sync_executions(data, until_ms=close_ms)
+        busy = {} if self.dry_run else self.settle(data, close_ms, repair=False)[1]
         paused = self._paused()
         for side in self.sides:
             params = side.config.params
@@ -337,7 +327,7 @@ class Trader:
                                         f"({side.p[core.P_TICK]:g}) from the entry")
             if self.keep_state_history:  # as decided at this close, before its orders fill: the backtest's moment
                 self.store.record_state_history(side.name, ts, side.state)
-            self._act(side, data, i, paused, latest)
+            self._act(side, data, i, paused, latest, busy.get(side.name, set()))
         self.last_bar_ts = ts
         equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
                      for s in self.sides)
@@ -358,7 +348,10 @@ class Trader:
             return False
 
     # --- orders -----------------------------------------------------------------------------
-    def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool, latest: bool) -> None:
+    def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool, latest: bool,
+             pending: set[str] | None = None) -> None:
+        """Send what the core decided for ``side``; ``pending``: orderLinkIds of the side's fills after this
+        close, not booked yet (an entry or add is sent only when they are its own, sent before a restart)."""
         state = side.state
         action = int(state[core.S_ORDER_ACTION])
         bar_ts = int(data.ts[i])
@@ -366,32 +359,36 @@ class Trader:
         step, tick = self.instrument["qty_step"], self.instrument["tick_size"]
         if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
             action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
-        if action in (core.A_OPEN, core.A_ADD) and not latest:
-            logger.warning("%s: %s decided on the missed close of %s not sent: too late", side.name,
-                           "entry" if action == core.A_OPEN else "add", pd.Timestamp(bar_ts, unit="ms", tz="UTC"))
-            self.events.emit("entry_skipped", side.name, reason="decided on a bar missed during an outage",
-                             bar_ts=bar_ts)
+        own = {f"{side.name}-{bar_ts}-open" if action == core.A_OPEN else f"{side.name}-{bar_ts}-add"}
+        busy = bool((pending or set()) - own)
+        if action in (core.A_OPEN, core.A_ADD) and (not latest or busy):
+            why = "decided on a bar missed during an outage" if not latest else \
+                "a fill of this side after the bar close is not booked yet"
+            logger.warning("%s: %s decided on the close of %s not sent: %s", side.name,
+                           "entry" if action == core.A_OPEN else "add", pd.Timestamp(bar_ts, unit="ms", tz="UTC"), why)
+            self.events.emit("entry_skipped", side.name, reason=why, bar_ts=bar_ts)
             action = core.A_NONE
         if action == core.A_OPEN:
             if paused:
                 logger.info("%s: entry skipped: paused by control.json", side.name)
             else:
-                qty = state[core.S_ORDER_QTY]
-                self._order(side, f"{side.name}-{bar_ts}-open", "open", side=entry_side, orderType="Market",
-                            qty=fmt(qty, step), stopLoss=fmt(state[core.S_ORDER_STOP], tick),
-                            slTriggerBy=config.STOP_TRIGGER_BY)
-                self.sync_executions(data)
+                link_id = f"{side.name}-{bar_ts}-open"
+                qty, stop = fmt(state[core.S_ORDER_QTY], step), fmt(state[core.S_ORDER_STOP], tick)
+                if self._order(side, link_id, "open", self.exchange.place_entry, side=entry_side, qty=qty, stop=stop,
+                               trigger_by=config.STOP_TRIGGER_BY):
+                    self._await_fills(link_id, data)
                 if state[core.S_DIR]:
                     self.events.emit("entry", side.name, qty=float(state[core.S_QTY]),
                                      price=float(state[core.S_ENTRY]), stop=float(state[core.S_STOP]),
                                      risk=float(abs(state[core.S_ENTRY] - state[core.S_STOP]) * state[core.S_QTY]),
-                                     order_link_id=f"{side.name}-{bar_ts}-open")
+                                     order_link_id=link_id)
                     side.sent_stop = state[core.S_STOP]
                     self._sync_targets(side)
         elif action == core.A_ADD:
-            self._order(side, f"{side.name}-{bar_ts}-add", "add", side=entry_side, orderType="Market",
-                        qty=fmt(state[core.S_ORDER_QTY], step))
-            self.sync_executions(data)
+            link_id = f"{side.name}-{bar_ts}-add"
+            if self._order(side, link_id, "add", self.exchange.place_add, side=entry_side,
+                           qty=fmt(state[core.S_ORDER_QTY], step)):
+                self._await_fills(link_id, data)
             self.events.emit("add", side.name, qty=float(state[core.S_ORDER_QTY]), price=float(data.close[i]),
                              total_qty=float(state[core.S_QTY]), avg_price=float(state[core.S_ENTRY]))
             self._sync_targets(side)
@@ -408,7 +405,7 @@ class Trader:
                 self.events.emit("stop_moved", side.name, old_stop=float(old), new_stop=float(state[core.S_STOP]),
                                  kind=kind)
             else:
-                price = self._last_price()
+                price = self._trigger_price()
                 if core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price,
                                         price) == core.EXIT_STOP:
                     # The market already opened beyond the new stop: the stop is crossed, as a gapped-through
@@ -417,70 +414,94 @@ class Trader:
                     self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
         state[core.S_ORDER_ACTION] = core.A_NONE
 
-    def _last_price(self) -> float:
-        return float(self._get("tickers", self.http.get_tickers, category="linear", symbol=self.symbol)[0]["lastPrice"])
+    def _trigger_price(self) -> float:
+        """The price stops trigger by (config.STOP_TRIGGER_BY): the last price, else the mark."""
+        last, mark = self.exchange.prices()
+        return last if config.STOP_TRIGGER_BY == "LastPrice" else mark  # the index follows the mark closely
 
     def _beyond_market(self, stop: float, direction: float) -> bool:
-        """True when the last price has already crossed ``stop`` for a position of ``direction``."""
-        return (self._last_price() - stop) * direction <= 0
+        """True when the price the stop triggers by has already crossed ``stop``."""
+        return (self._trigger_price() - stop) * direction <= 0
 
-    def _order(self, owner: Side, link_id: str, action: str, **request: Any) -> bool:
-        """Send one order, never twice: a known orderLinkId is not sent again, and after a timeout
-        (or, when recovering from a restart, before sending) the exchange is asked for it first."""
+    def _order(self, owner: Side, link_id: str, action: str, place: Any, **request: Any) -> bool:
+        """Send one order through the adapter's ``place`` method, never twice: a known orderLinkId is not
+        sent again, and after a timeout (or, when recovering from a restart, before sending) the
+        exchange is asked for it first. True when the order is on the exchange."""
         if self.store.order(link_id) is not None:
             logger.info("%s: order %s was sent before; not sending it again", owner.name, link_id)
             return False
-        payload = {"category": "linear", "symbol": self.symbol, "positionIdx": owner.config.position_idx,
-                   "orderLinkId": link_id, **request}
+        payload = {"symbol": self.symbol, "positionIdx": owner.config.position_idx, "orderLinkId": link_id,
+                   "action": action, **request}
         if self.dry_run:
             logger.info("dry run: would send %s", payload)
             self.store.record_order(link_id, owner.name, action, payload, "dry_run", None, int(time.time() * 1000))
             return False
-        found = self._find_order(link_id) if self.recovering else None
+        found = self.exchange.find_order(link_id) if self.recovering else None
         if found:
             logger.info("%s: order %s is on the exchange already (sent before a restart)", owner.name, link_id)
-        ok = bool(found) or self._call(owner, action, self.http.place_order, lookup=lambda: self._find_order(link_id),
-                                       **payload)
-        self.store.record_order(link_id, owner.name, action, payload, "sent" if ok else "rejected", None,
-                                int(time.time() * 1000))
-        return ok
+        order_id = found.order_id if found else self._try(
+            owner, action, link_id, lambda: place(link_id, position_idx=owner.config.position_idx,
+                                                  direction=owner.direction, **request))
+        self.store.record_order(link_id, owner.name, action, payload, "sent" if order_id else "rejected",
+                                order_id or None, int(time.time() * 1000))
+        return bool(order_id)
 
-    def _find_order(self, link_id: str) -> dict[str, Any] | None:
-        """The order with this orderLinkId, open or done, or None."""
-        for method in (self.http.get_open_orders, self.http.get_order_history):
-            rows = self._get(f"lookup {link_id}", method, category="linear", symbol=self.symbol, orderLinkId=link_id)
-            if rows:
-                return rows[0]
-        return None
-
-    def _call(self, owner: Side, action: str, method: Any, lookup: Any = None, **kwargs: Any) -> bool:
-        """One exchange call with retries; a business error is logged once with Bybit's message and reported.
+    def _try(self, owner: Side, action: str, link_id: str | None, call: Any) -> Any:
+        """One adapter call; a business refusal is logged once with Bybit's message and reported (returns None).
 
         ExchangeUnavailable (no answer after every retry) propagates: the bar is rolled back.
         """
-        if self.dry_run:
-            logger.info("dry run: would call %s %s", method.__name__, kwargs)
-            return False
         try:
-            api_retry_wrapper(lambda: method(**kwargs), f"{owner.name} {action}", self.retry, lookup)
-            return True
-        except InvalidRequestError as exc:
-            if exc.status_code == ORDER_GONE and action == "cancel_target":
-                return True  # it filled or was cancelled with the position in the meantime
-            logger.error("%s %s rejected: %s (retCode %s)", owner.name, action, exc.message, exc.status_code)
-            self.events.emit("order_rejected", owner.name, action=action, order_link_id=kwargs.get("orderLinkId"),
-                             ret_code=exc.status_code, ret_msg=exc.message)
+            return call() or True
+        except ExchangeRefused as exc:
+            logger.error("%s %s rejected: %s (retCode %s)", owner.name, action, exc.message, exc.code)
+            self.events.emit("order_rejected", owner.name, action=action, order_link_id=link_id,
+                             ret_code=exc.code, ret_msg=exc.message)
+            return None
+
+    def _await_fills(self, link_id: str, data: backtester.MarketData) -> float:
+        """Wait for an order's fills (the private stream, else execution/list), book them; returns the qty missing.
+
+        Nothing else happens before: an order whose fills stay invisible raises FillsPending, which
+        rolls the bar back (the order is found on the exchange, not sent again, when the bar is handled
+        again). Everything up to the order's last fill is booked, in order (funding charged at the same
+        open comes first, as in the backtest).
+        """
+        order, fills = self.exchange.await_order_fills(link_id, self.fill_wait_seconds)
+        self.sync_executions(data, until_ms=max(f.time_ms for f in fills) + 1 if fills else None)
+        return 0.0 if order is None else order.qty - order.filled
+
+    def _close(self, side: Side, link_id: str, data: backtester.MarketData, until_ms: int | None = None) -> None:
+        """Close the whole position: reduce-only market orders (the rest of a partial IOC fill sent again), each
+        fill booked before anything else. The stop stays on the exchange until the fill is booked."""
+        _, exit_side = SIDE_ORDER[side.name]
+        for attempt in range(CLOSE_ATTEMPTS):
+            if not side.state[core.S_DIR]:
+                break
+            link = link_id if attempt == 0 else f"{link_id}-r{attempt}"
+            if not self._order(side, link, "close", self.exchange.place_close, side=exit_side,
+                               qty=fmt(side.state[core.S_QTY], self.instrument["qty_step"])):
+                break
+            if self._await_fills(link, data) <= 0:
+                break
+        self.sync_executions(data, until_ms=until_ms)
+
+    def _send_stop(self, side: Side, action: str) -> bool:
+        """Set the state's stop on the exchange (``action`` names the call in logs and events)."""
+        if self.dry_run:
+            logger.info("dry run: would move the %s stop to %s", side.name, side.state[core.S_STOP])
             return False
+        stop = fmt(side.state[core.S_STOP], self.instrument["tick_size"])
+        return self._try(side, action, None, lambda: self.exchange.move_stop(side.config.position_idx, stop,
+                                                                               config.STOP_TRIGGER_BY)) is not None
 
     def _sync_targets(self, side: Side) -> None:
         """Rest exactly the take-profit orders core.resting_targets lists (after an entry, add or partial)."""
         if side.targets and not self.dry_run:
-            live = {o["orderLinkId"] for o in self._get("open orders", self.http.get_open_orders, category="linear",
-                                                         symbol=self.symbol, limit=50)}
+            live = {o.link_id for o in self.exchange.open_orders()}
             for link_id in side.targets:
                 if link_id in live:  # the others filled or were cancelled with the position
-                    self._call(side, "cancel_target", self.http.cancel_order, category="linear",
-                               symbol=self.symbol, orderLinkId=link_id)
+                    self._try(side, "cancel_target", link_id, lambda lk=link_id: self.exchange.cancel(link_id=lk))
         side.targets = []
         out = np.zeros((core.MAX_LEVELS + 1, 3))
         count = core.resting_targets(side.state, side.p, out)
@@ -491,289 +512,10 @@ class Trader:
         for level, price, qty in out[:count]:
             tag = "tpf" if level < 0 else f"tp{int(level)}"
             link_id = f"{side.name}-{trade}-{tag}-v{version}"
-            if self._order(side, link_id, tag, side=exit_side, orderType="Limit",
-                           qty=fmt(qty, self.instrument["qty_step"]), price=fmt(price, self.instrument["tick_size"]),
-                           reduceOnly=True):
+            if self._order(side, link_id, tag, self.exchange.place_target, side=exit_side,
+                           qty=fmt(qty, self.instrument["qty_step"]), price=fmt(price, self.instrument["tick_size"])):
                 side.targets.append(link_id)
         self.store.set(f"targets_{side.name}", side.targets)
-
-    # --- fills ------------------------------------------------------------------------------
-    def _unbooked_executions(self, until_ms: int | None = None) -> list[dict[str, Any]]:
-        """Executions not booked yet (before ``until_ms``), in exchange order."""
-        rows = self._get("executions", self.http.get_executions, category="linear", symbol=self.symbol,
-                         startTime=self.store.get("exec_since_ms", 0), limit=100)
-        fresh = [e for e in reversed(rows) if not self.store.seen_execution(e["execId"])
-                 and (until_ms is None or int(e["execTime"]) < until_ms)]
-        fresh.sort(key=lambda e: int(e["execTime"]))  # stable: the exchange's order within one instant
-        return fresh
-
-    def _forming_close(self) -> int:
-        """The close time of the bar forming now: executions from then on belong to the next bar close."""
-        return self.last_bar_ts + 2 * self.bar_ms
-
-    def _settled_positions(self, data: backtester.MarketData) -> list[dict[str, Any]] | None:
-        """position/list once every execution before it is booked, or None when that cannot be had now.
-
-        Executions are booked, positions read, then executions asked again: a fill that landed in
-        between (a stop, a take-profit) would make the snapshot disagree with the state for no
-        reason, so the round is repeated until no new execution shows up. A fill after the forming
-        bar's close (its kline not handled yet) waits for that bar: None, try again later.
-        """
-        until = self._forming_close()
-        for _ in range(5):
-            self.sync_executions(data, until_ms=until)
-            positions = self._get("positions", self.http.get_positions, category="linear", symbol=self.symbol)
-            pending = self._unbooked_executions()
-            if not pending:
-                return positions
-            if all(int(e["execTime"]) >= until for e in pending):
-                return None
-        return None
-
-    def book_fills(self) -> None:
-        """Book the executions of the forming bar now (the private WebSocket announced one)."""
-        with self.store.transaction():
-            self.sync_executions(self._data(), until_ms=self._forming_close())
-            for side in self.sides:
-                self.store.save_state(side.name, side.state, int(time.time() * 1000))
-
-    def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
-        """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
-
-        At a bar close only what happened up to that close is booked: funding due at the next open
-        belongs to the next bar, as in the backtester.
-        """
-        for execution in self._unbooked_executions(until_ms):
-            side = self._side_of(execution)
-            with self.store.transaction():
-                self._book(side, execution, data)
-                self.store.record_execution(execution["execId"], side.name if side else "", execution,
-                                            int(execution["execTime"]))
-                if side:
-                    self.store.save_state(side.name, side.state, int(execution["execTime"]))
-                self.store.set("exec_since_ms", int(execution["execTime"]))
-        for side in self.sides:
-            if side.resync:
-                side.resync = False
-                if side.state[core.S_DIR]:
-                    self._sync_targets(side)  # after all of this pass's fills: the next levels rest at once
-
-    def _side_of(self, execution: dict[str, Any]) -> Side | None:
-        idx = int(execution.get("positionIdx", 0))
-        for side in self.sides:
-            if side.config.position_idx == idx:
-                return side
-        return None
-
-    def _bar_index(self, data: backtester.MarketData, ms: int) -> int:
-        """The history index of the bar an execution happened in (a fill at the next open: the next bar)."""
-        if ms >= data.ts[-1] + self.bar_ms:
-            return len(data.ts)
-        return int(np.searchsorted(data.ts, ms, side="right") - 1)
-
-    def _book(self, side: Side | None, execution: dict[str, Any], data: backtester.MarketData) -> None:
-        if side is None:
-            self.events.emit("desync", None, detail=f"execution {execution['execId']} on an unmanaged position")
-            return
-        state, p = side.state, side.p
-        fee = float(execution["execFee"])
-        if execution["execType"] == "Funding":
-            if state[core.S_DIR]:
-                core.book_funding(state, fee)
-            return
-        price, qty = float(execution["execPrice"]), float(execution["execQty"])
-        ms = int(execution["execTime"])
-        bar = self._bar_index(data, ms)
-        d = 1.0 if execution["side"] == "Buy" else -1.0
-        # the trader's own orders, and the exchange's stop and liquidation orders on its position
-        ours = str(execution.get("orderLinkId", "")).startswith(f"{side.name}-") \
-            or execution.get("stopOrderType") in ("StopLoss", "Liquidation")
-        if state[core.S_DIR] == 0 and not ours:
-            self.rescue(side, d, qty, price, ms, 0.0, data, fee=fee)  # a position opened by hand
-            return
-        if state[core.S_DIR] == 0 or state[core.S_DIR] == d:
-            if not ours:
-                self.events.emit("desync", side.name, detail=f"{qty:g} added to the position by hand at {price:g}")
-                side.resync = True
-            core.open_fill(state, p, d, qty, price, fee, float(ms), float(bar))
-            return
-        reason = self._exit_reason(state, execution) if ours else core.R_SIGNAL
-        if not ours:
-            self.events.emit("desync", side.name, detail=f"{qty:g} closed by hand at {price:g}")
-        if reason == core.R_PARTIAL:
-            level = int(execution["orderLinkId"].split("-tp")[1].split("-")[0])
-            state[core.S_LEVELS_DONE] = level + 1
-        row = np.zeros(core.N_TRADE_COLS)
-        row[1] = ms
-        remaining_before = state[core.S_QTY]
-        flat = core.close_fill(state, p, qty, price, fee, reason, float(bar), row)
-        self.store.record_trade(self.symbol, row)
-        if flat:
-            self._forget_position(side)
-            hold = (row[1] - row[0]) / 3_600_000
-            self.events.emit("exit", side.name, reason=core.EXIT_REASONS[reason], qty=float(row[3]),
-                             price=float(price), pnl=float(row[8]),
-                             pnl_pct=float(row[8] / max(state[core.S_WALLET] - row[8], 1e-9) * 100),
-                             hold_hours=float(hold), entry_price=float(row[4]))
-        else:
-            self.events.emit("partial_exit", side.name, qty=float(qty), price=float(price), pnl=float(row[8]),
-                             remaining_qty=float(remaining_before - qty))
-            if reason == core.R_PARTIAL:
-                side.resync = True
-
-    @staticmethod
-    def _exit_reason(state: np.ndarray, execution: dict[str, Any]) -> int:
-        stop_type = execution.get("stopOrderType", "")
-        link = execution.get("orderLinkId", "")
-        if stop_type == "StopLoss":
-            return int(state[core.S_STOP_KIND])
-        if stop_type == "Liquidation":
-            return core.R_LIQUIDATION
-        if "-guard" in link:
-            return int(state[core.S_STOP_KIND])  # the tick guard closed in place of the exchange's stop
-        if "-tpf-" in link:
-            return core.R_TAKE_PROFIT
-        if "-tp" in link:
-            return core.R_PARTIAL
-        if "-close" in link:
-            return int(link.rsplit("-close", 1)[1])
-        return core.R_SIGNAL
-
-    # --- reconciliation ---------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Compare each side with the exchange (executions, position/list, open orders) and repair.
-
-        Run at start-up and every few seconds by the live loop. Executions not booked yet are
-        booked first (a stop or liquidation fill, a close by hand); then a position the exchange
-        no longer holds is closed in the state at the last price, a size mismatch adopts the
-        exchange's size, a position unknown to the state is rescued, a position without a stop
-        gets one at once, and orders left over by a flat side are cancelled. Every repair is an event.
-        """
-        if self.dry_run:
-            return
-        with self.store.transaction():
-            data = self._data()
-            settled = self._settled_positions(data)
-            if settled is None:
-                logger.info("reconcile postponed: fills of the next bar are pending")
-                return
-            positions = {int(row["positionIdx"]): row for row in settled if float(row.get("size") or 0) > 0}
-            orders = self._get("open orders", self.http.get_open_orders, category="linear", symbol=self.symbol,
-                               limit=50)
-            for side in self.sides:
-                self._reconcile_side(side, positions.pop(side.config.position_idx, None), orders, data)
-                self.store.save_state(side.name, side.state, int(time.time() * 1000))
-            for idx, row in positions.items():
-                logger.error("position %s of %s on positionIdx %d is not managed by any side", row["side"],
-                             row["size"], idx)
-                self.events.emit("desync", None, detail=f"unmanaged {row['side']} position of {row['size']} "
-                                                         f"on positionIdx {idx}")
-
-    def _reconcile_side(self, side: Side, position: dict[str, Any] | None, orders: list[dict[str, Any]],
-                        data: backtester.MarketData) -> None:
-        state, tick, step = side.state, self.instrument["tick_size"], self.instrument["qty_step"]
-        direction = SIDE_DIRECTION[side.name]
-        if position is not None and (1.0 if position["side"] == "Buy" else -1.0) != direction:
-            self.events.emit("desync", side.name, detail=f"a {position['side']} position of {position['size']} "
-                                                         f"is not this side's; left alone")
-            position = None
-        size = float(position["size"]) if position else 0.0
-        if state[core.S_DIR] and size == 0.0:
-            price = self._last_price()
-            row = np.zeros(core.N_TRADE_COLS)
-            row[1] = data.ts[-1] + self.bar_ms
-            qty = state[core.S_QTY]
-            core.close_fill(state, side.p, qty, price, 0.0, int(state[core.S_STOP_KIND]), float(len(data.ts)), row)
-            self.store.record_trade(self.symbol, row)
-            self._forget_position(side)
-            self.events.emit("desync", side.name, detail=f"the exchange holds no position; {qty:g} closed in the "
-                                                         f"state at the last price {price:g} (no execution found)")
-        elif state[core.S_DIR] and abs(size - state[core.S_QTY]) > step / 2:
-            self.events.emit("desync", side.name, detail=f"size {state[core.S_QTY]:g} in the state, {size:g} on the "
-                                                         "exchange: the exchange's size is adopted")
-            state[core.S_QTY] = size
-            self._sync_targets(side)
-        elif not state[core.S_DIR] and size > 0.0:
-            self.rescue(side, direction, size, float(position["avgPrice"]), int(position["createdTime"]),
-                        float(position.get("stopLoss") or 0), data)
-        if state[core.S_DIR]:
-            self._ensure_stop(side, float(position.get("stopLoss") or 0) if position else 0.0, tick)
-        else:
-            for order in orders:
-                if int(order.get("positionIdx", 0)) == side.config.position_idx and order.get("reduceOnly"):
-                    key = {"orderLinkId": order["orderLinkId"]} if order.get("orderLinkId") else \
-                        {"orderId": order["orderId"]}
-                    self._call(side, "cancel_target", self.http.cancel_order, category="linear", symbol=self.symbol,
-                               **key)
-                    self.events.emit("desync", side.name, detail=f"leftover order {order.get('orderLinkId') or ''} "
-                                                                 "of a flat side cancelled")
-
-    def _ensure_stop(self, side: Side, exchange_stop: float, tick: float) -> None:
-        """The exchange must hold the state's stop: set it when missing or looser, adopt a tighter one set by hand."""
-        state = side.state
-        d = state[core.S_DIR]
-        if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > tick / 2:
-            self.events.emit("desync", side.name, detail=f"a tighter stop {exchange_stop:g} is on the exchange "
-                                                         f"(state {state[core.S_STOP]:g}); adopted")
-            state[core.S_STOP] = exchange_stop
-            side.sent_stop = exchange_stop
-            return
-        if exchange_stop and abs(exchange_stop - state[core.S_STOP]) <= tick / 2:
-            side.sent_stop = state[core.S_STOP]
-            return
-        if self._beyond_market(state[core.S_STOP], d):
-            self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-reconcile", self._data(),
-                        self._forming_close())
-            return
-        if self._send_stop(side, "stop_restored"):
-            side.sent_stop = state[core.S_STOP]
-            self.events.emit("stop_restored", side.name, stop=float(state[core.S_STOP]),
-                             exchange_stop=exchange_stop or None)
-
-    def rescue(self, side: Side, d: float, qty: float, price: float, entry_ms: int, exchange_stop: float,
-               data: backtester.MarketData, fee: float = 0.0) -> None:
-        """Adopt a position the state does not know (opened by hand, or left by a lost database).
-
-        It gets the entry price and time the exchange reports, the ATR of its entry bar recomputed
-        from history and initial size = current size, so every rule (breakeven, trailing,
-        take-profits, time exit, stagnation) manages it from now on; a tighter stop already on the
-        exchange is kept.
-        """
-        state, p = side.state, side.p
-        bar = int(max(0, min(len(data.ts) - 1, np.searchsorted(data.ts, entry_ms, side="right") - 1)))
-        atr = data.indicator("atr", side.config.params["atr_period"])
-        finite = np.flatnonzero(np.isfinite(atr[:bar + 1]))
-        a = float(atr[finite[-1]]) if finite.size else float(data.high[bar] - data.low[bar])
-        state[core.S_ORDER_ATR] = a
-        state[core.S_ORDER_STOP] = core.round_price(price - d * a * p[core.P_STOP_ATR], p[core.P_TICK])
-        core.open_fill(state, p, d, qty, price, fee, float(entry_ms), float(bar))
-        if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > 0:
-            state[core.S_STOP] = exchange_stop
-        side.sent_stop = exchange_stop
-        entry_time = pd.Timestamp(entry_ms, unit="ms", tz="UTC").isoformat()
-        self.events.emit("rescue", side.name, qty=qty, entry_price=price, stop=float(state[core.S_STOP]), atr=a,
-                         entry_time=entry_time,
-                         detail=f"adopted: entry {entry_time}, ATR at entry {a:g}, stop {state[core.S_STOP]:g}")
-        logger.warning("%s: rescued a position of %g at %g (entry %s); stop %g", side.name, qty, price,
-                       pd.Timestamp(entry_ms, unit="ms", tz="UTC"), state[core.S_STOP])
-        side.resync = True
-
-    def _close(self, side: Side, link_id: str, data: backtester.MarketData, until_ms: int | None = None) -> None:
-        """Close the whole position: one reduce-only market order, then its fill booked (before ``until_ms``).
-
-        The stop stays on the exchange until the fill is booked; the state changes only from it.
-        """
-        _, exit_side = SIDE_ORDER[side.name]
-        self._order(side, link_id, "close", side=exit_side, orderType="Market",
-                    qty=fmt(side.state[core.S_QTY], self.instrument["qty_step"]), reduceOnly=True)
-        self.sync_executions(data, until_ms=until_ms)
-
-    def _send_stop(self, side: Side, action: str) -> bool:
-        """Set the state's stop on the exchange (``action`` names the call in logs and events)."""
-        return self._call(side, action, self.http.set_trading_stop, category="linear", symbol=self.symbol,
-                          positionIdx=side.config.position_idx,
-                          stopLoss=fmt(side.state[core.S_STOP], self.instrument["tick_size"]), tpslMode="Full",
-                          slTriggerBy=config.STOP_TRIGGER_BY)
 
     def _forget_position(self, side: Side) -> None:
         """After the last fill: no targets, no stop on record."""
@@ -790,37 +532,146 @@ class Trader:
                                 self._forming_close())
                     self.store.save_state(side.name, side.state, int(time.time() * 1000))
 
-    # --- tick guard -------------------------------------------------------------------------
-    def tick_guard(self, price: float, now: float, grace_seconds: float) -> None:
-        """Close a position whose stop a fresh tick has crossed and which is still open after the grace period.
+    # --- fills ------------------------------------------------------------------------------
+    def _lookback_ms(self) -> int:
+        """How far before the last booked execution execution/list is read again: a fill that showed on
+        REST late (after a later one was booked from the stream) is still found."""
+        return 2 * self.bar_ms
 
-        The exchange-side stop is the protection; this catches the case where it failed or was
-        removed. ``price`` must be fresh (the caller never passes a stale one); ``now`` is a
-        monotonic time in seconds.
+    def _unbooked(self, until_ms: int | None = None) -> list[Fill]:
+        """Executions not booked yet (before ``until_ms``), oldest first."""
+        since = max(0, self.store.get("exec_since_ms", 0) - self._lookback_ms())
+        return [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
+                and (until_ms is None or f.time_ms < until_ms)]
+
+    def _forming_close(self) -> int:
+        """The close time of the bar forming now: executions from then on belong to the next bar close."""
+        return self.last_bar_ts + 2 * self.bar_ms
+
+    def book_fills(self) -> None:
+        """Book the executions of the forming bar now (the private WebSocket announced one)."""
+        with self.store.transaction():
+            self.sync_executions(self._data(), until_ms=self._forming_close())
+            for side in self.sides:
+                self.store.save_state(side.name, side.state, int(time.time() * 1000))
+
+    def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
+        """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
+
+        At a bar close only what happened up to that close is booked: funding due at the next open
+        belongs to the next bar, as in the backtester.
         """
-        for side in self.sides:
-            state = side.state
-            if not state[core.S_DIR] or (price - state[core.S_STOP]) * state[core.S_DIR] > 0:
-                side.crossed_at = None
-                continue
-            side.crossed_at = side.crossed_at if side.crossed_at is not None else now
-            if now - side.crossed_at < grace_seconds:
-                continue
-            side.crossed_at = None
+        self._book_all(self._unbooked(until_ms), data)
+
+    def _book_all(self, fills: list[Fill], data: backtester.MarketData) -> None:
+        """Book ``fills`` in order, each with its record; then rest the targets the fills changed."""
+        booked = []
+        for fill in fills:
+            side = self._side_of(fill)
             with self.store.transaction():
-                settled = self._settled_positions(self._data())
-                if settled is None:
-                    continue  # the next bar's fills are pending: looked at again with the next tick
-                open_size = sum(float(r.get("size") or 0) for r in settled
-                                if int(r["positionIdx"]) == side.config.position_idx)
-                if state[core.S_DIR] and open_size > 0:
-                    logger.error("%s: price %g crossed the stop %g and the position is still open: closing it",
-                                 side.name, price, state[core.S_STOP])
-                    self.events.emit("tick_guard", side.name, price=price, stop=float(state[core.S_STOP]),
-                                     qty=float(state[core.S_QTY]))
-                    self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-guard-{int(now * 1000)}",
-                                self._data(), self._forming_close())
-                self.store.save_state(side.name, state, int(time.time() * 1000))
+                self._book(side, fill, data)
+                self.store.record_execution(fill.exec_id, side.name if side else "", fill.raw, fill.time_ms)
+                if side:
+                    self.store.save_state(side.name, side.state, fill.time_ms)
+                self.store.set("exec_since_ms", max(fill.time_ms, self.store.get("exec_since_ms", 0)))
+            booked.append(fill.exec_id)
+        self.exchange.forget(booked)
+        for side in self.sides:
+            if side.resync:
+                side.resync = False
+                if side.state[core.S_DIR]:
+                    self._sync_targets(side)  # after all of this pass's fills: the next levels rest at once
+
+    def _side_of(self, fill: Fill) -> Side | None:
+        """The side a fill belongs to: in hedge mode by its position's direction; one-way has one side."""
+        if not self.hedge:
+            return self.sides[0]
+        return next((s for s in self.sides if s.direction == fill.position_direction), None)
+
+    def _bar_index(self, data: backtester.MarketData, ms: int) -> int:
+        """The history index of the bar an execution happened in (a fill at the next open: the next bar)."""
+        if ms >= data.ts[-1] + self.bar_ms:
+            return len(data.ts)
+        return int(np.searchsorted(data.ts, ms, side="right") - 1)
+
+    def _ours(self, side: Side, fill: Fill) -> bool:
+        """A fill of the side's own orders, or of the exchange's orders on its position (its stop, a takeover)."""
+        return fill.link_id.startswith(f"{side.name}-") or fill.stop_order_type in EXCHANGE_STOPS \
+            or fill.exec_type in FORCED
+
+    def _book(self, side: Side | None, fill: Fill, data: backtester.MarketData) -> None:
+        if side is None:
+            self.events.emit("desync", None, detail=f"execution {fill.exec_id} on an unmanaged position")
+            return
+        state, p = side.state, side.p
+        if fill.funding:
+            if state[core.S_DIR]:
+                core.book_funding(state, fill.fee)
+            return
+        ms, bar = fill.time_ms, self._bar_index(data, fill.time_ms)
+        d = 1.0 if fill.side == "Buy" else -1.0
+        ours = self._ours(side, fill)
+        if not fill.closing:
+            if state[core.S_DIR] == 0 and not ours:
+                self.rescue(side, d, fill.qty, fill.price, ms, 0.0, data, fee=fill.fee)  # a position opened by hand
+                return
+            if state[core.S_DIR] not in (0.0, d):
+                self.events.emit("desync", side.name, detail=f"an opening {fill.side} fill of {fill.qty:g} on the "
+                                                             "other side's position; left to reconcile")
+                return
+            if not ours:
+                self.events.emit("desync", side.name, detail=f"{fill.qty:g} added to the position by hand at "
+                                                             f"{fill.price:g}")
+                side.resync = True
+            core.open_fill(state, p, d, fill.qty, fill.price, fill.fee, float(ms), float(bar))
+            return
+        if state[core.S_DIR] == 0:
+            self.events.emit("desync", side.name, detail=f"a closing fill of {fill.qty:g} at {fill.price:g} "
+                                                         f"({fill.exec_type}) of a position already closed in the "
+                                                         "state; not booked")
+            return
+        reason = self._exit_reason(state, fill) if ours else core.R_SIGNAL
+        if fill.exec_type in FORCED:
+            self.events.emit(FORCED[fill.exec_type], side.name, qty=fill.qty, price=fill.price)
+        if not ours:
+            self.events.emit("desync", side.name, detail=f"{fill.qty:g} closed by hand at {fill.price:g}")
+        if reason == core.R_PARTIAL:
+            level = int(fill.link_id.split("-tp")[1].split("-")[0])
+            state[core.S_LEVELS_DONE] = level + 1
+        row = np.zeros(core.N_TRADE_COLS)
+        row[1] = ms
+        remaining_before = state[core.S_QTY]
+        flat = core.close_fill(state, p, fill.qty, fill.price, fill.fee, reason, float(bar), row)
+        self.store.record_trade(self.symbol, row)
+        if flat:
+            self._forget_position(side)
+            hold = (row[1] - row[0]) / 3_600_000
+            self.events.emit("exit", side.name, reason=core.EXIT_REASONS[reason], qty=float(row[3]),
+                             price=float(fill.price), pnl=float(row[8]),
+                             pnl_pct=float(row[8] / max(state[core.S_WALLET] - row[8], 1e-9) * 100),
+                             hold_hours=float(hold), entry_price=float(row[4]))
+        else:
+            self.events.emit("partial_exit", side.name, qty=float(fill.qty), price=float(fill.price),
+                             pnl=float(row[8]), remaining_qty=float(remaining_before - fill.qty))
+            if reason == core.R_PARTIAL:
+                side.resync = True
+
+    @staticmethod
+    def _exit_reason(state: np.ndarray, fill: Fill) -> int:
+        """Why our fill closed quantity: a takeover by its execType, the exchange's stop by its stopOrderType,
+        our own orders by their orderLinkId."""
+        link = fill.link_id
+        if fill.exec_type in FORCED:
+            return core.R_LIQUIDATION  # BustTrade (takeover liquidation) or AdlTrade (auto-deleveraging)
+        if fill.stop_order_type in EXCHANGE_STOPS or "-guard" in link:
+            return int(state[core.S_STOP_KIND])  # the exchange's stop, or the tick guard in its place
+        if "-tpf-" in link:
+            return core.R_TAKE_PROFIT
+        if "-tp" in link:
+            return core.R_PARTIAL
+        if "-close" in link:
+            return int(link.rsplit("-close", 1)[1].split("-")[0])
+        return core.R_SIGNAL
 
     # --- files ------------------------------------------------------------------------------
     def write_heartbeat(self, mark: float, equity: float) -> None:

@@ -25,6 +25,7 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 import config
 from cli import UsageError
 from data_fetcher import DataError
+from exchange import ExchangeRefused
 from trader_lock import LockHeld
 from trader_store import StateError
 from trader_utils import ExchangeUnavailable, KeyPermissionError, UnknownSymbol, bybit_env, key_source, redact
@@ -32,7 +33,8 @@ from trader_utils import ExchangeUnavailable, KeyPermissionError, UnknownSymbol,
 logger = logging.getLogger("grtr.trader")
 EXIT_FIX = 2          # the user must fix something: no restart helps
 EXIT_UNEXPECTED = 1   # anything else: a restart may help
-USER_ERRORS = (UsageError, config.ConfigError, DataError, KeyPermissionError, LockHeld, StateError, UnknownSymbol)
+USER_ERRORS = (UsageError, config.ConfigError, DataError, KeyPermissionError, LockHeld, StateError, UnknownSymbol,
+               ExchangeRefused)
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -97,7 +99,10 @@ def describe(error: BaseException, workdir: Path, symbol: str = "") -> Failure:
     """The Failure an exception means (secrets redacted)."""
     kind = type(error).__name__
     code = None
-    if isinstance(error, USER_ERRORS):
+    if isinstance(error, ExchangeRefused):  # the adapter's form of a refused request: never retried, so no
+        code = int(error.code)                 # restart helps either
+        line, exit_code = _bybit_line(code, scrub(str(error.message)), symbol)[0], EXIT_FIX
+    elif isinstance(error, USER_ERRORS):
         line, exit_code = str(error), EXIT_FIX
     elif isinstance(error, InvalidRequestError):
         code = int(error.status_code)

@@ -1,8 +1,9 @@
-"""Bybit clients for GrTr: pybit sessions whose endpoints can be redirected, and secret redaction.
+"""Bybit clients for GrTr: pybit sessions whose endpoints can be redirected, retries, and secret redaction.
 
 ``BYBIT_REST_URL`` and ``BYBIT_WS_URL`` (environment or ``.env``) point every pybit client GrTr
 makes at another host, such as a local ``bybit_sim``; unset, Bybit's real hosts are used
-(testnet, demo or mainnet as chosen by ``BYBIT_ENV``).
+(testnet, demo or mainnet as chosen by ``BYBIT_ENV``). Demo trading has its own REST host and
+private stream, and the public stream of mainnet (docs: v5/demo.mdx).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 
 ENVIRONMENTS = ("testnet", "demo", "mainnet")
 SECRET_VARIABLES = ("BYBIT_API_KEY", "BYBIT_API_SECRET", "TELEGRAM_BOT_TOKEN")
-RETRYABLE_CODES = {10002: "request timestamp outside recv_window", 10006: "rate limit", 10016: "server busy"}
+# retCodes worth another attempt (docs: v5/error.mdx): 10000 server timeout, 10002 the request time outside the
+# recv_window (the clock is resynced), 10006 the API rate limit, 10016 server error or restarting
+RETRYABLE_CODES = {10000: "server timeout", 10002: "request timestamp outside recv_window", 10006: "rate limit",
+                   10016: "server error"}
+UNKNOWN_OUTCOME_CODES = (10000, 10016)  # the request may have acted: an order is looked up before it is sent again
+IP_BAN_SECONDS = 600.0  # docs: v5/rate-limit/rate-limit.mdx: after HTTP 403 wait at least 10 minutes
 DUPLICATE_ORDER = 110072  # orderLinkId already used: the order went through before
 logger = logging.getLogger("grtr.api")
 
@@ -82,7 +88,12 @@ def make_http(env: str | None = None, api_key: str | None = None, api_secret: st
     override = os.environ.get("BYBIT_REST_URL", "").strip()
     if override:
         session.endpoint = override.rstrip("/")
+        if override.startswith(("http://127.0.0.1", "http://localhost")):
+            session.client.trust_env = False  # a local sim: no proxy lookup on every request (a third of its time)
     return session
+
+
+WS_CONNECT_SECONDS = 20.0  # how long a subscription waits for its socket to open
 
 
 class OverridableWebSocket(unified_trading.WebSocket):
@@ -101,8 +112,21 @@ class OverridableWebSocket(unified_trading.WebSocket):
     # pybit sends a subscription before it records the request and the topic's callback, so a server
     # that answers within microseconds (a local one) beats the record and pybit drops the socket on
     # a KeyError. The answer waits (at most a second) for the record instead.
+    # The private stream's answer carries no req_id (docs: v5/websocket/wss-authentication.mdx): then pybit
+    # takes the first subscription on record, which must exist by then.
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        """pybit's subscribe, which waits without end for the socket to open (e.g. a private stream whose
+        auth fails, or no network): bounded here, ExchangeUnavailable after WS_CONNECT_SECONDS."""
+        _wait_for(self.is_connected, WS_CONNECT_SECONDS)
+        if not self.is_connected():
+            self.exit()
+            stream = self.WS_URL.rsplit("/v5/", 1)[-1]  # public/linear or private
+            raise ExchangeUnavailable(f"the {stream} WebSocket did not connect within {WS_CONNECT_SECONDS:g} s")
+        super().subscribe(*args, **kwargs)
+
     def _process_subscription_message(self, message: dict[str, Any]) -> None:
-        _wait_for(lambda: not message.get("req_id") or message["req_id"] in self.subscriptions)
+        req_id = message.get("req_id")
+        _wait_for(lambda: req_id in self.subscriptions if req_id else bool(self.subscriptions))
         super()._process_subscription_message(message)
 
     def _process_normal_message(self, message: dict[str, Any]) -> None:
@@ -116,6 +140,13 @@ def _wait_for(ready: Callable[[], bool], seconds: float = 1.0) -> None:
         time.sleep(0.001)
 
 
+def ws_hosts(env: str, channel_type: str) -> dict[str, bool]:
+    """pybit's host flags for a stream: demo trading serves only private streams; its public data is
+    mainnet's (docs: v5/demo.mdx: wss://stream-demo.bybit.com private only, public on wss://stream.bybit.com)."""
+    demo = env == "demo" and channel_type == "private"
+    return {"testnet": env == "testnet", "demo": demo}
+
+
 def make_ws(channel_type: str, env: str | None = None, api_key: str | None = None, api_secret: str | None = None,
             **kwargs: Any) -> OverridableWebSocket:
     """A pybit WebSocket on ``channel_type`` (linear, private, ...) honouring BYBIT_WS_URL."""
@@ -123,25 +154,30 @@ def make_ws(channel_type: str, env: str | None = None, api_key: str | None = Non
     if channel_type == "private":
         kwargs.setdefault("api_key", api_key or os.environ.get("BYBIT_API_KEY"))
         kwargs.setdefault("api_secret", api_secret or os.environ.get("BYBIT_API_SECRET"))
-    return OverridableWebSocket(channel_type=channel_type, testnet=env == "testnet", demo=env == "demo", **kwargs)
+    return OverridableWebSocket(channel_type=channel_type, **ws_hosts(env, channel_type), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
 # Retries
 # ----------------------------------------------------------------------------------------------
 class ExchangeUnavailable(RuntimeError):
-    """Bybit did not answer a call after every retry (network, HTTP 5xx, rate limit, busy)."""
+    """Bybit did not answer a call after every retry (network, HTTP 5xx/429/403, rate limit, busy)."""
 
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with jitter and a cap; ``sleep`` and ``rng`` are replaceable for tests."""
+    """Exponential backoff with jitter and a cap; ``sleep`` and ``rng`` are replaceable for tests.
+
+    ``ip_ban_seconds``: the pause after an HTTP 403 (Bybit's IP ban lifts after 10 minutes); 0 gives
+    up at the first 403 instead.
+    """
 
     attempts: int = 8
     base_seconds: float = 0.1
     max_seconds: float = 5.0
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+    ip_ban_seconds: float = IP_BAN_SECONDS
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based): base·2^attempt, capped, jittered 50-100%."""
@@ -178,8 +214,10 @@ def retry_class(error: BaseException) -> str | None:
     if isinstance(error, requests.ConnectionError):
         return "network"
     if isinstance(error, FailedRequestError):
-        # 5xx from Bybit or a gateway; 409 is pybit's "answer was not JSON" (a truncated response)
-        return f"HTTP {error.status_code}" if error.status_code >= 500 or error.status_code == 409 else None
+        # 5xx from Bybit or a gateway, 429 system frequency protection, 403 an IP ban (docs: v5/error.mdx HTTP
+        # codes); 409 is pybit's "answer was not JSON" (a truncated response)
+        code = error.status_code
+        return f"HTTP {code}" if code >= 500 or code in (409, 429, 403) else None
     if isinstance(error, InvalidRequestError) and error.status_code in RETRYABLE_CODES:
         return f"retCode {error.status_code} ({RETRYABLE_CODES[error.status_code]})"
     return None
@@ -198,13 +236,15 @@ def api_retry_wrapper(call: Callable[[], Any], what: str, policy: RetryPolicy | 
                       lookup: Callable[[], Any] | None = None) -> Any:
     """``call()`` with retries of transient failures only; business errors are raised at once.
 
-    Retried: timeouts, connection errors, HTTP 5xx, retCode 10002 (the clock is resynced),
+    Retried: timeouts, connection errors, HTTP 5xx and 429, HTTP 403 (after ``ip_ban_seconds``: the
+    IP ban of docs v5/rate-limit/rate-limit.mdx), retCode 10000, 10002 (the clock is resynced),
     10006 (waits for the rate limit's reset time) and 10016. Never retried: every other
-    InvalidRequestError (insufficient balance, bad parameters...), which the caller handles.
+    InvalidRequestError (insufficient balance, bad parameters, permission denied...), which the
+    caller reports.
 
     ``lookup`` makes an order creation idempotent: after any failure whose outcome is unknown
-    (timeout, network, 5xx) it is asked whether the order exists (by its orderLinkId) before the
-    call is repeated, and a 110072 (duplicate orderLinkId) answer means the order went through.
+    (timeout, network, 5xx, 10000, 10016) it is asked whether the order exists (by its orderLinkId)
+    before the call is repeated, and a 110072 (duplicate orderLinkId) answer means the order went through.
     When the order exists the answer is ``{"retCode": 0, "result": <the order>, "recovered": True}``.
     Raises ExchangeUnavailable once the attempts are spent.
     """
@@ -220,7 +260,12 @@ def api_retry_wrapper(call: Callable[[], Any], what: str, policy: RetryPolicy | 
             reason = retry_class(error)
             if reason is None:
                 raise
-            if lookup is not None and not isinstance(error, InvalidRequestError):
+            if isinstance(error, FailedRequestError) and error.status_code == 403 and policy.ip_ban_seconds <= 0:
+                raise ExchangeUnavailable(f"Bybit refused {what} with HTTP 403: the IP is banned for making too many "
+                                          "requests (or is in a restricted region); wait 10 minutes") from None
+            refused = isinstance(error, FailedRequestError) and error.status_code in (403, 429)
+            unknown = not isinstance(error, InvalidRequestError) or error.status_code in UNKNOWN_OUTCOME_CODES
+            if lookup is not None and unknown and not refused:
                 found = lookup()  # the request may have acted before its answer was lost
                 if found:
                     logger.info("%s: %s, but the order exists; not sending it again", what, reason)
@@ -230,6 +275,8 @@ def api_retry_wrapper(call: Callable[[], Any], what: str, policy: RetryPolicy | 
                 resync_clock(str(error.message))
             elif isinstance(error, InvalidRequestError) and error.status_code == 10006:
                 wait = _rate_limit_wait(error, policy, attempt)
+            elif isinstance(error, FailedRequestError) and error.status_code == 403:
+                wait = policy.ip_ban_seconds  # every request during the ban extends it: none until it lifts
             logger.warning("%s failed (%s); retry %d/%d in %.2f s", what, reason, attempt + 1, policy.attempts - 1,
                            wait)
             if attempt + 1 < policy.attempts:
@@ -252,14 +299,26 @@ class UnknownSymbol(ValueError):
     """The exchange lists no linear instrument of that symbol."""
 
 
-def _expiry_warning(expired_at: str) -> str | None:
-    """A warning when ``expiredAt`` (ISO 8601, e.g. 2023-12-22T07:20:25Z) is less than 7 days away."""
+def key_expiry(expired_at: str) -> datetime | None:
+    """``expiredAt`` of user/query-api as a time, or None when the key does not expire.
+
+    An IP-bound key never expires and reports 1970-01-01T00:00:00Z (docs: v5/user/apikey-info.mdx:
+    expiredAt applies only to keys with no IP bound or whose password was changed).
+    """
     try:
         expiry = datetime.fromisoformat(expired_at)
     except ValueError:
         return None
     if expiry.tzinfo is None:
         expiry = expiry.replace(tzinfo=UTC)
+    return None if expiry.timestamp() <= 0 else expiry
+
+
+def _expiry_warning(expired_at: str) -> str | None:
+    """A warning when ``expiredAt`` (ISO 8601, e.g. 2023-12-22T07:20:25Z) is less than 7 days away."""
+    expiry = key_expiry(expired_at)
+    if expiry is None:
+        return None
     left = expiry - datetime.now(UTC)
     if left <= timedelta(0):
         return f"the API key expired at {expired_at}; create a new one"
@@ -268,18 +327,13 @@ def _expiry_warning(expired_at: str) -> str | None:
     return None
 
 
-def _key_info(http: Any) -> dict[str, Any]:
-    """GET /v5/user/query-api: what Bybit says of the key behind ``http``."""
-    return api_retry_wrapper(http.get_api_key_information, "user/query-api").get("result") or {}
-
-
-def confirm_account(http: Any, expected_uid: str, variable: str) -> None:
-    """Raise KeyPermissionError unless the key behind ``http`` belongs to account ``expected_uid``.
+def confirm_account(info: dict[str, Any], expected_uid: str, variable: str) -> None:
+    """Raise KeyPermissionError unless the key's ``info`` (GET /v5/user/query-api) is of account ``expected_uid``.
 
     The UID is ``userID`` of /v5/user/query-api (docs: v5/user/apikey-info.mdx). The error never shows
     the account's real UID: the confirmation must come from the user, not be copied from an error.
     """
-    uid = str(_key_info(http).get("userID") or "")
+    uid = str(info.get("userID") or "")
     if not uid:
         raise KeyPermissionError("Bybit did not report the account's UID (userID of user/query-api); cannot check "
                                  f"{variable}")
@@ -289,17 +343,16 @@ def confirm_account(http: Any, expected_uid: str, variable: str) -> None:
                                  "real money on it")
 
 
-def check_api_key(http: Any, env_file: Path | None = DOTENV_FILE) -> list[str]:
-    """Vet the key behind ``http`` (GET /v5/user/query-api) and the ``.env`` holding it; returns warnings.
+def check_api_key(info: dict[str, Any], env_file: Path | None = DOTENV_FILE) -> list[str]:
+    """Vet a key from its GET /v5/user/query-api ``info`` and the ``.env`` holding it; returns warnings.
 
     Raises KeyPermissionError when the key can withdraw (any permission named Withdraw..., V5 lists
-    it as ``permissions["Wallet"] = [..., "Withdraw"]``) or is read-only (the trader could not place
-    orders). Warns when the key is not bound to IPs (``ips`` empty or ``["*"]``), when its
-    ``expiredAt`` is less than 7 days away and when ``env_file`` (by default the .env the keys were
-    loaded from, wherever it is) is readable or writable by group/others. No message ever contains
-    the key or the secret.
+    it as ``permissions["Wallet"] = [..., "Withdraw"]``), is read-only or lacks ContractTrade Order or
+    Position (the trader could not place orders or set stops). Warns when the key is not bound to
+    IPs (``ips`` empty or ``["*"]``), when its ``expiredAt`` is less than 7 days away (1970 means
+    no expiry) and when ``env_file`` (by default the .env the keys were loaded from, wherever it is)
+    is readable or writable by group/others. No message ever contains the key or the secret.
     """
-    info = _key_info(http)
     permissions = info.get("permissions") or {}
     withdraw = sorted(f"{group}.{name}" for group, names in permissions.items() for name in names or ()
                       if "withdraw" in str(name).lower())
@@ -309,6 +362,11 @@ def check_api_key(http: Any, env_file: Path | None = DOTENV_FILE) -> list[str]:
     if int(info.get("readOnly") or 0) == 1:
         raise KeyPermissionError("the API key is read-only (readOnly = 1): the trader cannot place orders; "
                                  "create a Read-Write key with Contract Orders and Positions permissions")
+    missing = [name for name in ("Order", "Position") if name not in (permissions.get("ContractTrade") or ())]
+    if missing:
+        raise KeyPermissionError(f"the API key lacks the ContractTrade permission {' and '.join(missing)} "
+                                 "(docs: v5/user/apikey-info.mdx): the trader could not place orders or set stops; "
+                                 "enable Contract Orders and Positions on the key")
     warnings = []
     ips = [ip for ip in info.get("ips") or () if ip and ip.strip()]
     if not ips or "*" in ips:

@@ -3,8 +3,10 @@
 Times, for every bar that sends an order, the span from the moment the trader receives the
 confirmed kline to the moment the order request leaves (p50/p99), and the replay rate of a
 3,000-bar paper run (the LONG prod-like params, partial take-profits and pyramiding on).
-Also the tick guard's decision on each bar's ticker (the price from the feed to "no action" or a
-close; the live loop polls every 50 ms, which bounds the wait before it).
+The trader hears the private execution stream as run_live.py wires it (the sim's default delivery:
+the stream first, execution/list a request late). Also the tick guard's decision on each bar's
+ticker (the price from the feed to "no action" or a close; the live loop polls every 50 ms, which
+bounds the wait before it).
 Last line: JSON.
 
     python benchmarks/bench_trader.py [--bars 3000]
@@ -28,7 +30,7 @@ import config  # noqa: E402
 import run_live  # noqa: E402
 from bybit_sim import SimExchange  # noqa: E402
 from data_fetcher import TIMEFRAMES, load_sample  # noqa: E402
-from market_feed import MarketFeed  # noqa: E402
+from market_feed import FillFeed, MarketFeed  # noqa: E402
 from trader import SideConfig, Trader  # noqa: E402
 
 HISTORY = 1300
@@ -49,6 +51,8 @@ def main() -> None:
         session = run_live.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
         trader = Trader(session, "BTCUSDT", "1h", [SideConfig("long", params)], Path(folder), env="paper",
                         capital=config.CAPITAL)
+        fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: run_live.make_ws(
+            kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))  # as run_live.py wires it
         trader.start(history_days=int(HISTORY * TIMEFRAMES["1h"] / 86_400_000) + 2)
         received: dict[str, float] = {}
         place_order = session.place_order
@@ -77,6 +81,7 @@ def main() -> None:
         run_live.drive_lockstep(trader, sim, feed.bars)
         elapsed = time.perf_counter() - started
         feed.close()
+        fills.close()
         trader.stop("benchmark")
     p50, p99 = np.percentile(spans, [50, 99])
     figures = {"bars": args.bars, "orders_timed": len(spans), "bar_close_to_order_p50_ms": round(float(p50), 2),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import config
 import run_live
 from data_fetcher import TIMEFRAMES
-from market_feed import MarketFeed
+from market_feed import FillFeed, MarketFeed
 from trader import Trader
+from trader_utils import make_ws
 
 HISTORY = 1300
 
@@ -29,12 +31,39 @@ def events(folder):
     return [json.loads(line) for line in (folder / "logs" / "events.jsonl").read_text().splitlines()]
 
 
-def start_trader(sim, monkeypatch, workdir, sides, timeout=10.0, retry=None):
-    """A started trader on ``sim`` (pybit pointed at it) and its market feed's bar queue."""
+def wait_for_subscription(topics, topic, seconds=10.0):
+    """Until a sim's socket map (``sim.public`` or ``sim.private``) has a socket subscribed to ``topic``."""
+    deadline = time.monotonic() + seconds
+    while not any(topic in subscribed for subscribed in list(topics.values())):
+        assert time.monotonic() < deadline, f"no subscription to {topic}"
+        time.sleep(0.005)
+
+
+def start_trader(sim, monkeypatch, workdir, sides, timeout=10.0, retry=None, fill_wait=3.0, stream=True):
+    """A started trader on ``sim`` (pybit pointed at it) and its market feed's bar queue.
+
+    With ``stream`` the trader hears the private execution stream (as run_live.py wires it); closing the
+    returned market feed closes that stream too.
+    """
     monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
     monkeypatch.setenv("BYBIT_WS_URL", sim.ws_url)
     session = run_live.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, timeout=timeout)
-    trader = Trader(session, "BTCUSDT", "1h", sides, workdir, env="paper", capital=config.CAPITAL, retry=retry)
+    trader = Trader(session, "BTCUSDT", "1h", sides, workdir, env="paper", capital=config.CAPITAL, retry=retry,
+                    fill_wait_seconds=fill_wait)
+    fills = None
+    if stream:
+        fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
+            kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
+        wait_for_subscription(sim.private, "execution")
     trader.start(history_days=int(HISTORY * TIMEFRAMES["1h"] / 86_400_000) + 2)
     feed = MarketFeed("BTCUSDT", "1h")
+    if fills is not None:
+        close = feed.close
+
+        def close_both():
+            fills.close()
+            close()
+
+        feed.close = close_both
+        feed.fills = fills
     return trader, feed, feed.bars

@@ -8,7 +8,7 @@ import pytest
 import config
 import data_fetcher
 import trader_utils
-from bybit_sim import FaultConfig, SimExchange
+from bybit_sim import Behaviour, FaultConfig, SimExchange
 from data_fetcher import DataError, download_klines, fetch_instrument, load_funding, load_sample
 
 
@@ -40,6 +40,25 @@ def test_download_walks_pages_and_tops_up_incrementally(candles, session_for, tm
         again = download_klines("BTCUSDT", "1h", days=400, session=session, cache_dir=tmp_path, progress=False)
         assert again.equals(candles.iloc[:2530])
         assert sim.stats()["requests"]["market/kline"] == 5  # only the 30 new bars were fetched
+
+
+@pytest.mark.parametrize("page", ["end", "start"])
+def test_the_download_is_complete_whichever_end_a_page_holds(candles, session_for, tmp_path, page):
+    """docs: v5/market/kline.mdx does not say which 1,000 bars of a longer range a page holds: windows of at
+    most 1,000 bars (end - start < 1,000 x 1 h) make the answer the same either way."""
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=2500, behaviour=Behaviour(kline_page=page)) as sim:
+        session = session_for(sim)
+        windows = []
+        get_kline = session.get_kline
+
+        def recorded(**kwargs):
+            windows.append((kwargs["start"], kwargs["end"]))
+            return get_kline(**kwargs)
+
+        session.get_kline = recorded
+        frame = download_klines("BTCUSDT", "1h", days=400, session=session, cache_dir=tmp_path, progress=False)
+    assert frame.equals(candles.iloc[:2500])
+    assert windows and all(end - start < 1000 * 3_600_000 for start, end in windows)
 
 
 class Interrupted(Exception):

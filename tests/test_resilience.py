@@ -1,5 +1,6 @@
 """Trader resilience on bybit_sim with the real pybit clients: each retry class, idempotent orders,
-crash between an entry and its record, reconciliation repairs, rescue, staleness and the tick guard."""
+crash between an entry and its record, fills that are late or only on one channel, partial fills,
+exchange takeovers, reconciliation repairs, rescue, staleness and the tick guard."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ import backtester
 import core
 import run_live
 import trader_utils
-from bybit_sim import FaultConfig, SimExchange
+from bybit_sim import Behaviour, FaultConfig, SimExchange
 from data_fetcher import load_sample
+from exchange import FillsPending
 from live_helpers import HISTORY, events, prod_params, start_trader
-from market_feed import FillFeed, MarketFeed
+from market_feed import MarketFeed
 from trader import SideConfig
 from trader_store import Store
 from trader_utils import ExchangeUnavailable, RetryPolicy, api_retry_wrapper
@@ -35,7 +37,7 @@ def recording_policy(attempts=5):
     """A policy whose backoff is long (10 s base) but only recorded, so a short wait stands out."""
     sleeps: list[float] = []
     return RetryPolicy(attempts=attempts, base_seconds=10.0, max_seconds=60.0, sleep=sleeps.append,
-                       rng=random.Random(3)), sleeps
+                       rng=random.Random(3), ip_ban_seconds=600.0), sleeps
 
 
 def session_for(sim, monkeypatch, timeout=5.0):
@@ -44,7 +46,8 @@ def session_for(sim, monkeypatch, timeout=5.0):
 
 
 # --- retry classes ------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["http_500", "http_502", "busy", "rate_limit", "timeout"])
+@pytest.mark.parametrize("kind", ["http_500", "http_502", "http_429", "http_403", "busy", "server_timeout",
+                                  "rate_limit", "timeout"])
 def test_each_transient_failure_is_retried_until_the_answer(candles, monkeypatch, kind):
     faults = FaultConfig(rate=1.0, kinds=(kind,), max_faults=2, timeout_seconds=0.6)
     with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY, faults=faults) as sim:
@@ -57,8 +60,21 @@ def test_each_transient_failure_is_retried_until_the_answer(candles, monkeypatch
     assert len(sleeps) == 2
     if kind == "rate_limit":
         assert max(sleeps) < 0.2  # waited for the reset time the exchange sent (50 ms), not the 5-10 s backoff
+    elif kind == "http_403":
+        assert sleeps == [600.0, 600.0]  # the IP ban: 10 minutes, docs: v5/rate-limit/rate-limit.mdx
     else:
         assert 5.0 <= sleeps[0] <= 10.0 and 10.0 <= sleeps[1] <= 20.0  # exponential, jittered 50-100 %
+
+
+def test_a_403_with_no_ban_pause_gives_up_at_once(candles, monkeypatch):
+    """A preflight (ip_ban_seconds 0) reports the ban in one line instead of waiting 10 minutes."""
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY,
+                     faults=FaultConfig(rate=1.0, kinds=("http_403",))) as sim:
+        session = session_for(sim, monkeypatch)
+        policy = RetryPolicy(attempts=5, sleep=lambda s: None, ip_ban_seconds=0.0)
+        with pytest.raises(ExchangeUnavailable, match="HTTP 403: the IP is banned"):
+            api_retry_wrapper(lambda: session.get_positions(category="linear", symbol="BTCUSDT"), "positions", policy)
+        assert sim.stats()["requests"]["position/list"] == 1
 
 
 def test_business_errors_are_raised_at_once(candles, monkeypatch):
@@ -165,7 +181,7 @@ def drive_until_in_position(trader, sim, bars):
 def in_position(candles, tmp_path, monkeypatch):
     """A long trader holding a position on the sim (its feed closed: bars are driven by hand)."""
     with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
-        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.5)
         drive_until_in_position(trader, sim, bars)
         yield trader, sim, feed, bars
         feed.close()
@@ -173,7 +189,7 @@ def in_position(candles, tmp_path, monkeypatch):
 
 def test_reconcile_sets_a_missing_stop_at_once(in_position, tmp_path):
     trader, sim, _, _ = in_position
-    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0")
+    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0", tpslMode="Full")
     assert sim.engine.positions[0].stop_loss == 0
     trader.reconcile()
     assert sim.engine.positions[0].stop_loss == pytest.approx(trader.sides[0].state[core.S_STOP])
@@ -294,7 +310,7 @@ def test_closes_missed_while_the_socket_was_down_are_caught_up_in_order(candles,
 def test_tick_guard_closes_a_position_whose_exchange_stop_is_missing(in_position, tmp_path):
     trader, sim, _, _ = in_position
     state = trader.sides[0].state
-    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0")
+    trader.http.set_trading_stop(category="linear", symbol="BTCUSDT", positionIdx=0, stopLoss="0", tpslMode="Full")
     sim.faults.reject_stops = True  # and it cannot be set again
     price = sim.engine.last_price()
     state[core.S_STOP] = price + 50.0  # the trader's stop (moved up) is crossed; no stop rests on the exchange
@@ -307,21 +323,155 @@ def test_tick_guard_closes_a_position_whose_exchange_stop_is_missing(in_position
     assert any(e["event"] == "tick_guard" for e in events(tmp_path))
 
 
-def test_a_fill_announced_on_the_private_socket_is_booked_at_once(in_position, tmp_path, monkeypatch):
+def test_a_fill_announced_on_the_private_socket_is_booked_at_once(candles, tmp_path, monkeypatch):
+    """execution/list shows the fill only a bar late (rest_late): it is booked from the stream's message."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour.delivery("rest_late")) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        drive_until_in_position(trader, sim, bars)
+        feed.fills.take()  # the entry's announcement: booked already
+        size = sim.engine.positions[0].size
+        trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market",
+                                qty=str(size), reduceOnly=True)
+        assert feed.fills.pending.wait(10) and feed.fills.take()
+        rest = trader.http.get_executions(category="linear", symbol="BTCUSDT")["result"]["list"]
+        assert not [r for r in rest if r["orderLinkId"] == ""]  # not on execution/list yet
+        trader.book_fills()  # between two bar closes, without waiting for the next one
+        assert trader.sides[0].state[core.S_DIR] == 0
+        assert Store(tmp_path / "state.sqlite").trade_rows()[-1][3] == size
+        feed.close()
+
+
+def stop_out_in_the_next_bar(sim, trader):
+    """Set the exchange's stop between the forming bar's open and its low, so that bar stops the position out."""
+    engine = sim.engine
+    tick = engine.instrument["tick_size"]
+    for _ in range(200):
+        k = engine.cursor
+        if engine.open_[k] - engine.low[k] > 20 * tick and trader.sides[0].state[core.S_STOP] < engine.low[k]:
+            stop = core.round_price((engine.open_[k] + engine.low[k]) / 2, tick)
+            sim.call(lambda s=stop: engine.set_trading_stop(0, s, None, None))
+            return stop
+        played = sim.advance()
+        trader.on_bar_message({"start": int(engine.ts[played]), "open": engine.open_[played],
+                               "high": engine.high[played], "low": engine.low[played],
+                               "close": engine.close[played], "volume": engine.volume[played]})
+        assert trader.sides[0].state[core.S_DIR], "the position closed before a suitable bar came"
+    raise AssertionError("no bar with room for a stop below its open")
+
+
+def test_a_stop_out_not_visible_yet_blocks_the_bar_until_it_is(candles, tmp_path, monkeypatch):
+    """The position list says flat but neither channel shows the stop's execution yet (no stream, REST a bar
+    late): the bar is rolled back, nothing is sent; a bar later the real fill is booked at its real price."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3, stream=False)
+        feed.close()
+        drive_until_in_position_by_hand(trader, sim)
+        stop = stop_out_in_the_next_bar(sim, trader)
+        sim.behaviour = Behaviour(ws_fills="never", rest_fills="bar")
+        orders = sim.stats()["orders"]
+        k = sim.advance()
+        bar = {"start": int(sim.engine.ts[k]), "open": sim.engine.open_[k], "high": sim.engine.high[k],
+               "low": sim.engine.low[k], "close": sim.engine.close[k], "volume": sim.engine.volume[k]}
+        assert sim.engine.positions[0].size == 0  # stopped out on the exchange
+        with pytest.raises(FillsPending, match="the exchange holds 0"):
+            trader.on_bar_message(bar)
+        assert trader.sides[0].state[core.S_DIR] == 1 and trader.last_bar_ts < bar["start"]  # rolled back
+        assert sim.stats()["orders"] == orders  # no add, no entry, nothing sent on a side that may be flat
+        sim.behaviour = Behaviour.delivery("sync")
+        k = sim.advance()  # now execution/list shows the stop's fill
+        trader.catch_up()
+        assert trader.last_bar_ts == int(sim.engine.ts[k])
+        last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
+        assert core.EXIT_REASONS[int(last[9])] == "stop_loss"
+        assert last[5] == pytest.approx(stop * (1 - sim.engine.costs["slippage"]))  # the real fill, not a guess
+
+
+def drive_until_in_position_by_hand(trader, sim):
+    """Drive bars without a market feed (the sim's bars handed over directly) until the trader holds a position."""
+    engine = sim.engine
+    for _ in range(300):
+        if trader.sides[0].state[core.S_DIR]:
+            return
+        k = sim.advance()
+        trader.on_bar_message({"start": int(engine.ts[k]), "open": engine.open_[k], "high": engine.high[k],
+                               "low": engine.low[k], "close": engine.close[k], "volume": engine.volume[k]})
+    raise AssertionError("no entry within 300 bars")
+
+
+@pytest.mark.parametrize(("exec_type", "event"), [("AdlTrade", "adl"), ("BustTrade", "liquidation")])
+def test_takeovers_are_recognised_by_their_exec_type(in_position, tmp_path, exec_type, event):
+    """docs: v5/enum.mdx execType: an ADL (AdlTrade) or a takeover liquidation (BustTrade) closes the position:
+    booked as a liquidation exit at its price, with its event."""
     trader, sim, _, _ = in_position
-    monkeypatch.setenv("BYBIT_API_KEY", sim.api_key)
-    monkeypatch.setenv("BYBIT_API_SECRET", sim.api_secret)
-    fills = FillFeed()
-    deadline = time.monotonic() + 10
-    while not any("execution" in topics for topics in sim.private.values()):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert not fills.take()
     size = sim.engine.positions[0].size
-    trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(size),
-                            reduceOnly=True)
-    assert fills.pending.wait(10) and fills.take()
-    trader.book_fills()  # between two bar closes, without waiting for the next one
+    price = sim.engine.mark_price()
+    sim.call(lambda: sim.engine.take_over(0, size, exec_type))
+    trader.reconcile()
     assert trader.sides[0].state[core.S_DIR] == 0
-    assert Store(tmp_path / "state.sqlite").trade_rows()[-1][3] == size
-    fills.close()
+    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
+    assert core.EXIT_REASONS[int(last[9])] == "liquidation" and last[5] == price and last[3] == size
+    assert any(e["event"] == event for e in events(tmp_path))
+
+
+def test_partial_fills_are_booked_and_the_position_stays_protected(candles, tmp_path, monkeypatch):
+    """Half the market orders fill only half (IOC): the trader books what filled, the rest of a close is sent
+    again, the stop covers whatever is held, and the books agree with the exchange throughout."""
+    behaviour = Behaviour(partial_rate=0.5, partial_share=0.5)
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY, behaviour=behaviour,
+                     seed=4) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        run_live.drive_lockstep(trader, sim, bars)
+        feed.close()
+        stats = sim.stats()
+        partial = [o for o in sim.engine.orders.values() if o.status == "Cancelled" and 0 < o.filled < o.qty]
+        resent = [o for o in sim.engine.orders.values() if "-close" in o.link_id and o.link_id.endswith("-r1")]
+        executions = {e["execId"] for e in sim.engine.executions}
+        held = sim.engine.positions[0].size
+    assert partial, "no market order filled partly: the test proves nothing"
+    assert stats["longest_unprotected_bars"] == 0
+    store = Store(tmp_path / "state.sqlite")
+    assert {r[0] for r in store.db.execute("SELECT exec_id FROM executions").fetchall()} >= executions
+    assert store.load_state("long")[core.S_QTY] == pytest.approx(held)
+    if any("-close" in o.link_id and o.status == "Cancelled" and o.filled for o in partial):
+        assert resent  # a close that filled partly had its rest sent again
+
+
+def test_a_rescued_position_keeps_its_own_open_time(candles, tmp_path, monkeypatch):
+    """createdTime is the first position ever on the symbol (docs: v5/position/position.mdx); a position
+    opened 60 hours later, found by a trader that never saw its fill, is rescued with its openTime, so the
+    48-hour time exit does not close it at once."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY - 100,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        sim.call(lambda: sim.engine.open_position_by_hand("Buy", 0.01))
+        sim.call(lambda: sim.engine.create_order({"category": "linear", "symbol": "BTCUSDT", "side": "Sell",
+                                                  "orderType": "Market", "qty": "0.01", "reduceOnly": True}))
+        first = sim.engine.first_position_ms
+        for _ in range(60):
+            sim.advance()
+        sim.call(lambda: sim.engine.open_position_by_hand("Buy", 0.01))
+        opened = sim.engine.now_ms()
+        sim.advance()
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)  # rescues it at start
+        state = trader.sides[0].state
+        assert first == opened - 60 * 3_600_000
+        assert state[core.S_DIR] == 1 and state[core.S_ENTRY_TS] == opened
+        run_live.drive_lockstep(trader, sim, bars, max_bars=2)
+        feed.close()
+        assert state[core.S_DIR] == 1  # not time-exited
+    assert [e["event"] for e in events(tmp_path)].count("rescue") == 1
+
+
+def test_exchange_refusals_stop_with_one_line(candles, tmp_path, monkeypatch):
+    """A key without Order permission: the entry is refused with 10005; the trader logs it in one line,
+    reports the event, and goes on (no traceback)."""
+    with SimExchange(candles.iloc[:HISTORY + 200], "BTCUSDT", "1h", history_bars=HISTORY,
+                     api_permissions={"ContractTrade": ["Order", "Position"]}) as sim:
+        trader, feed, bars = start_trader(sim, monkeypatch, tmp_path, LONG)
+        sim.api_permissions = {"ContractTrade": ["Position"]}  # revoked after the start
+        run_live.drive_lockstep(trader, sim, bars)
+        feed.close()
+    rejected = [e for e in events(tmp_path) if e["event"] == "order_rejected"]
+    assert rejected and {e["ret_code"] for e in rejected} == {10005}
+    assert all("Permission denied" in e["ret_msg"] for e in rejected)

@@ -13,6 +13,7 @@ from pybit.exceptions import InvalidRequestError
 
 import trader_utils
 from bybit_sim import SimExchange
+from exchange import Bybit
 from trader_utils import KeyPermissionError, check_api_key, install_redacting_excepthook
 
 HOUR = 3_600_000
@@ -38,7 +39,7 @@ def key_check(candles, monkeypatch):
             monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
             http = trader_utils.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret)
             try:
-                return check_api_key(http, env_file=env_file), None
+                return check_api_key(Bybit(http).api_key_info(), env_file=env_file), None
             except KeyPermissionError as error:
                 return None, error
     return run
@@ -96,14 +97,9 @@ def test_env_file_mode(key_check, tmp_path):
     assert warnings == []
 
 
-class _FixedKeyInfo:
-    """Stands in for a pybit session: answers get_api_key_information with a fixed result (no network)."""
-
-    def __init__(self, **result):
-        self.result = {"apiKey": KEY, "readOnly": 0, "ips": ["203.0.113.7"], "permissions": TRADE_ONLY, **result}
-
-    def get_api_key_information(self):
-        return {"retCode": 0, "retMsg": "", "result": self.result}
+def _FixedKeyInfo(**result):  # noqa: N802 - reads as the key info it builds
+    """A user/query-api result (docs: v5/user/apikey-info.mdx) with the given fields."""
+    return {"apiKey": KEY, "readOnly": 0, "ips": ["203.0.113.7"], "permissions": TRADE_ONLY, **result}
 
 
 def test_expiry_within_seven_days_warns():
@@ -116,6 +112,17 @@ def test_expiry_within_seven_days_warns():
     assert len(past) == 1 and "expired" in past[0]
     assert check_api_key(_FixedKeyInfo(expiredAt=stamp(60)), env_file=None) == []
     assert check_api_key(_FixedKeyInfo(expiredAt=""), env_file=None) == []
+
+
+def test_an_ip_bound_key_reporting_1970_does_not_expire():
+    """docs: v5/user/apikey-info.mdx: expiredAt applies to keys without an IP bound; a bound key says 1970."""
+    assert check_api_key(_FixedKeyInfo(expiredAt="1970-01-01T00:00:00Z"), env_file=None) == []
+    assert trader_utils.key_expiry("1970-01-01T00:00:00Z") is None
+
+
+def test_a_key_without_contract_order_or_position_permission_is_refused(key_check):
+    warnings, error = key_check(api_permissions={"ContractTrade": ["Position"]}, api_ips=["203.0.113.7"])
+    assert warnings is None and "lacks the ContractTrade permission Order" in str(error)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import backtester
 import config
 import core
 import run_live
-from bybit_sim import FaultConfig, SimExchange
+from bybit_sim import Behaviour, FaultConfig, SimExchange
 from data_fetcher import load_sample
 from trader import SideConfig
 from trader_store import Store
@@ -24,31 +24,68 @@ def candles():
     return load_sample("BTCUSDT", "1h").iloc[:HISTORY + 3100]
 
 
-@pytest.fixture(scope="module")
-def replay_file(candles, tmp_path_factory):
-    path = tmp_path_factory.mktemp("replay") / "btc1h.csv"
+def write_replay(candles, path):
     candles.reset_index().assign(time=lambda d: d["time"].dt.as_unit("ms").astype("int64")).to_csv(path, index=False)
     return path
 
 
-@pytest.mark.parametrize(("key", "side"), [("LONG", "long"), ("SHORT", "short")])
-def test_paper_run_equals_the_backtest_trade_for_trade(replay_file, tmp_path, key, side, capsys):
+@pytest.fixture(scope="module")
+def replay_file(candles, tmp_path_factory):
+    return write_replay(candles, tmp_path_factory.mktemp("replay") / "btc1h.csv")
+
+
+@pytest.fixture(scope="module")
+def short_replay(candles, tmp_path_factory):
+    """400 bars after the history: a few trades of each side."""
+    return write_replay(candles.iloc[:HISTORY + 400], tmp_path_factory.mktemp("replay") / "btc1h-short.csv")
+
+
+def paper(replay_file, tmp_path, sides, behaviour=None, bars=None):
+    """A paper replay (the real trader on bybit_sim, lockstep) compared with the backtest; (exit code, printed, out)."""
     out = tmp_path / "paper"
-    code = run_live.main(["--paper", "--replay", str(replay_file), "--side", side, "--params",
-                          str(params_file(tmp_path, key)), "--out", str(out), "--history-bars", str(HISTORY),
-                          "--compare"])
+    argv = ["--paper", "--replay", str(replay_file), "--side", sides, "--out", str(out), "--history-bars",
+            str(HISTORY), "--compare"]
+    args = run_live.build_parser().parse_args(argv)
+    configs = [SideConfig(side, prod_params(side.upper())) for side in (["long", "short"] if sides == "both"
+                                                                        else [sides])]
+    return run_live.run_paper(args, configs, behaviour), out
+
+
+def test_paper_run_in_hedge_mode_equals_the_backtest_trade_for_trade(replay_file, tmp_path, capsys):
+    """3,100 bars, long and short together in hedge mode, fills asynchronous (stream first, execution/list a
+    request late), executions without positionIdx: each side equals its backtest trade for trade."""
+    code, out = paper(replay_file, tmp_path, "both")
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert f"{side}: " in printed and "EQUAL" in printed
+    assert "long: " in printed and "short: " in printed and printed.count("EQUAL") == 2
     kinds = [e["event"] for e in events(out)]
-    # partial take-profits (and, for LONG in this window, pyramiding) really happened: the comparison covers them
-    assert kinds.count("partial_exit") > 5 and kinds.count("stop_moved") > 5
-    if key == "LONG":
-        assert kinds.count("add") > 0
+    # partial take-profits and pyramiding really happened: the comparison covers them
+    assert kinds.count("partial_exit") > 10 and kinds.count("stop_moved") > 10 and kinds.count("add") > 0
     trades = (out / "trades.csv").read_text().splitlines()
-    assert len(trades) > 50
+    assert len(trades) > 100
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_trades"] == len(trades) - 1
+
+
+def test_the_cli_paper_run_of_one_side_equals_the_backtest(short_replay, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = run_live.main(["--paper", "--replay", str(short_replay), "--side", "short", "--params",
+                          str(params_file(tmp_path, "SHORT")), "--out", str(out), "--history-bars", str(HISTORY),
+                          "--compare"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "short: " in printed and "EQUAL" in printed, printed
+
+
+@pytest.mark.parametrize("mode", ["ws_first", "rest_first", "rest_late"])
+@pytest.mark.parametrize("sides", ["long", "both"])
+def test_every_fill_delivery_equals_the_backtest(short_replay, tmp_path, capsys, mode, sides):
+    """One-way and hedge mode, under each order in which a fill reaches the stream and execution/list."""
+    code, out = paper(short_replay, tmp_path, sides, Behaviour.delivery(mode))
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.count("EQUAL") == (2 if sides == "both" else 1)
+    booked = Store(out / "state.sqlite").execution_count()
+    assert booked > 10  # trades happened in the window: the comparison proves something
 
 
 def test_entry_is_protected_from_its_first_fill_and_targets_rest(candles, tmp_path, monkeypatch):
@@ -63,8 +100,7 @@ def test_entry_is_protected_from_its_first_fill_and_targets_rest(candles, tmp_pa
     assert entries and all(o.stop_loss > 0 for o in entries)  # the stop travels with the entry order
     # the stop triggers on the last price, as the backtest's stop path on last-price candles does
     assert config.STOP_TRIGGER_BY == "LastPrice"
-    sent = trader.store.order(entries[0].link_id)["payload"]
-    assert sent["slTriggerBy"] == "LastPrice"
+    assert all(o.sl_trigger_by == "LastPrice" for o in entries)  # as the exchange received the entries
     assert stats["requests"]["position/trading-stop"] > 0
     # after a partial fill the next level is resting: a newer version of the next level exists
     store = trader.store
@@ -96,19 +132,6 @@ def test_restart_from_sqlite_mid_trade_continues_the_same_trade(candles, tmp_pat
         ws.close()
     paper = Store(tmp_path / "state.sqlite").trade_rows()
     assert run_live.trade_differences(paper, rows, 0.1) == []
-
-
-def test_hedge_mode_runs_long_and_short_together(candles, tmp_path, monkeypatch):
-    with SimExchange(candles.iloc[:HISTORY + 800], "BTCUSDT", "1h", history_bars=HISTORY) as sim:
-        sides = [SideConfig("long", prod_params("LONG")), SideConfig("short", prod_params("SHORT"))]
-        trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, sides)
-        run_live.drive_lockstep(trader, sim, closed)
-        ws.close()
-        assert sim.engine.hedge
-        used = {o.position_idx for o in sim.engine.orders.values()}
-    assert used == {1, 2}
-    sides_traded = {row[2] for row in Store(tmp_path / "state.sqlite").trade_rows()}
-    assert sides_traded == {1.0, -1.0}
 
 
 def test_rejected_stop_moves_are_logged_and_trading_goes_on(candles, tmp_path, monkeypatch):

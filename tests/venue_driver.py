@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 import core
+from exchange import Fill
 from sim_engine import Engine, ExchangeError
 from trader import Trader, fmt
 
@@ -100,7 +101,8 @@ class VenueDriver:
 
     def order(self, tag: str, **request: str) -> bool:
         """Trader._order: one request; a business error is a refused order."""
-        link = f"side-{int(self.state[core.S_ENTRY_TS]) if self.state[core.S_DIR] else 0}-{tag}"
+        # unique per trade and tag, within Bybit's 36 characters (the trade's entry in seconds)
+        link = f"s-{int(self.state[core.S_ENTRY_TS]) // 1000 if self.state[core.S_DIR] else 0}-{tag}"
         try:
             self.engine.create_order({"category": "linear", "symbol": SYMBOL, "positionIdx": 0, "orderLinkId": link,
                                       **request})
@@ -130,7 +132,7 @@ class VenueDriver:
             full = f"{tag}-v{self.version}"
             if self.order(full, side=exit_side, orderType="Limit", qty=fmt(qty, self.step),
                           price=fmt(price, self.tick), reduceOnly=True):
-                self.targets.append(f"side-{int(self.state[core.S_ENTRY_TS])}-{full}")
+                self.targets.append(f"s-{int(self.state[core.S_ENTRY_TS]) // 1000}-{full}")
 
     # --- fills ------------------------------------------------------------------------------
     def sync(self, until_ms: int | None = None) -> None:
@@ -159,7 +161,7 @@ class VenueDriver:
         if s[core.S_DIR] == 0 or s[core.S_DIR] == d:
             core.open_fill(s, p, d, qty, price, fee, float(ms), float(bar))
             return
-        reason = Trader._exit_reason(s, execution)  # the trader's own mapping of link ids and stop types
+        reason = Trader._exit_reason(s, as_fill(execution))  # the trader's own mapping of link ids, stops, execTypes
         if reason == core.R_PARTIAL:
             s[core.S_LEVELS_DONE] = int(execution["orderLinkId"].split("-tp")[1].split("-")[0]) + 1
         row = np.zeros(core.N_TRADE_COLS)
@@ -170,3 +172,13 @@ class VenueDriver:
         elif reason == core.R_PARTIAL:
             self.resync = True
         self.rows.append(row)
+
+
+def as_fill(execution: dict) -> Fill:
+    """The engine's execution record (Python numbers) as the adapter hands it to the trader."""
+    return Fill(exec_id=execution["execId"], order_id=execution["orderId"], link_id=execution["orderLinkId"],
+                side=execution["side"], price=float(execution["execPrice"]), qty=float(execution["execQty"]),
+                fee=float(execution["execFee"]), exec_type=execution["execType"],
+                closed_size=float(execution["closedSize"]), time_ms=int(execution["execTime"]),
+                seq=int(execution["seq"]), stop_order_type=execution["stopOrderType"], position_direction=0.0,
+                raw=execution)
