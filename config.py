@@ -380,16 +380,21 @@ _validate_library()
 # ---------------------------------------------------------------------------------------------
 OPTUNA_SETTINGS = {
     "n_trials": 3900,          # the original GrTr's setting; `python main.py` uses DEFAULT_PIPELINE_TRIALS
-    "n_jobs": 2,               # parallel backtests (threads; the bar loop releases the GIL)
-    "sampler": "tpe",          # tpe (multivariate, seeded), random or cmaes
-    "seed": 42,
-    "n_startup_trials": 40,    # random trials before TPE models the results
+    "n_jobs": 2,               # worker processes on one study storage (--jobs)
+    "sampler": "tpe",          # tpe (multivariate, seeded), cmaes or random (--sampler)
+    "seed": 42,                # the study seed; each worker derives its own from it and its worker id
+    "n_startup_trials": 40,    # random trials before TPE / CMA-ES model the results
     "window_best": 100,        # the sampler sees the best N trials ...
     "window_recent": 200,      # ... and the latest N, so its cost per trial stays flat
     "refine_share": 0.2,       # the last share of a run's trials refines the leaders (neighbours of the top 10)
 }
+SAMPLER_CHOICES = ("tpe", "cmaes", "random")
 DEFAULT_PIPELINE_TRIALS = 300
-TRAIN_FRACTION = 0.50          # first half of the data for training
+# The final hold-out: the last share of the bars, cut off before the search, the filters, the walk-forward
+# and the statistics see the data; the chosen params are run on it once.
+HOLDOUT_FRACTION = 0.20
+HOLDOUT_RANDOM_DRAWS = 2000    # random params sets scored in-sample; those passing the filters rank the pick
+TRAIN_FRACTION = 0.50          # of the in-sample bars: first half for training
 GAP_FRACTION = 0.15            # then a gap the objective never sees, then the test period
 OBJECTIVE_FILTERS = {
     "min_trades_train": 30, "min_trades_test": 10,          # tier 1: enough trades
@@ -405,19 +410,35 @@ OBJECTIVE_FILTERS = {
 WF_FOLDS = 5
 WF_TRAIN_RATIO = 3.0           # train bars per test bar in each walk-forward fold
 WF_MIN_PROFITABLE_FOLDS = 0.6  # share of profitable test folds for a strategy to pass validation
-VALIDATE_TOP = 5               # best trials validated walk-forward after a search
-PBO_TOP_TRIALS = 10            # trials compared by the Probability of Backtest Overfitting
+WF_FOLD_TRIALS = 200           # re-optimizing walk-forward: trials of each fold's search (--fold-trials)
+# Export gates (README, "Export gates"): the Probability of Backtest Overfitting at most MAX_PBO, the
+# Deflated Sharpe Ratio at least MIN_DSR.
+MAX_PBO = 0.30
+MIN_DSR = 0.95
+PBO_BLOCKS = 16                # CSCV blocks of days (C(16, 8) = 12,870 in/out-of-sample splits)
 
 
 def _validate_optimization() -> None:
-    for name in ("TRAIN_FRACTION", "GAP_FRACTION", "WF_MIN_PROFITABLE_FOLDS"):
+    for name in ("TRAIN_FRACTION", "GAP_FRACTION", "WF_MIN_PROFITABLE_FOLDS", "MIN_DSR"):
         value = globals()[name]
-        if not 0 <= value < 1:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ConfigError(f"{name} = {value!r} must be in [0, 1)")
     if TRAIN_FRACTION + GAP_FRACTION >= 0.95:
         raise ConfigError(f"TRAIN_FRACTION + GAP_FRACTION = {TRAIN_FRACTION + GAP_FRACTION} leaves no test period")
-    if OPTUNA_SETTINGS["sampler"] not in ("tpe", "random", "cmaes"):
-        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS['sampler']!r}; accepted: tpe, random, cmaes")
+    if isinstance(HOLDOUT_FRACTION, bool) or not isinstance(HOLDOUT_FRACTION, (int, float)) \
+            or not 0 <= HOLDOUT_FRACTION <= 0.5:
+        raise ConfigError(f"HOLDOUT_FRACTION = {HOLDOUT_FRACTION!r} must be in [0, 0.5]")
+    if isinstance(MAX_PBO, bool) or not isinstance(MAX_PBO, (int, float)) or not 0 <= MAX_PBO <= 1:
+        raise ConfigError(f"MAX_PBO = {MAX_PBO!r} must be in [0, 1]")
+    if not isinstance(PBO_BLOCKS, int) or PBO_BLOCKS < 2 or PBO_BLOCKS % 2 or PBO_BLOCKS > 20:
+        raise ConfigError(f"PBO_BLOCKS = {PBO_BLOCKS!r} must be an even whole number in [2, 20]")
+    for name in ("WF_FOLD_TRIALS", "HOLDOUT_RANDOM_DRAWS"):
+        value = globals()[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} = {value!r} must be a whole number >= 1")
+    if OPTUNA_SETTINGS["sampler"] not in SAMPLER_CHOICES:
+        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS['sampler']!r}; accepted: "
+                          f"{', '.join(SAMPLER_CHOICES)}")
 
 
 _validate_optimization()

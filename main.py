@@ -18,6 +18,7 @@ import config
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -114,13 +115,25 @@ def run_spec(args: argparse.Namespace, kind: str) -> Any:
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """--trials, --jobs and --folds must be positive (checked before any work starts)."""
+    """--trials, --jobs, --fold-trials, --worker-id and --folds in range (checked before any work starts)."""
     if getattr(args, "trials", 1) < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if getattr(args, "jobs", 1) < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if (getattr(args, "fold_trials", None) or 1) < 1:
+        raise UsageError(f"--fold-trials must be at least 1, got {args.fold_trials}")
+    if getattr(args, "worker_id", 0) < 0:
+        raise UsageError(f"--worker-id must be 0 or more, got {args.worker_id}")
     if args.folds < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
+
+
+def search_settings(args: argparse.Namespace) -> Any:
+    """The pipeline's SearchSettings from the flags."""
+    from pipeline import SearchSettings
+
+    return SearchSettings(sampler=args.sampler, worker_id=args.worker_id, reoptimize=not args.no_reoptimize,
+                          fold_trials=args.fold_trials)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -128,9 +141,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import pipeline
 
     check_counts(args)
-    pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
-                          args.storage, args.seed, not args.no_export)
-    return 0
+    outcome = pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
+                                    args.storage, args.seed, not args.no_export, settings=search_settings(args))
+    return 0 if outcome["complete"] else EXIT_INTERRUPTED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -138,7 +151,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import pipeline
 
     check_counts(args)
-    pipeline.run_validate(run_spec(args, "validate"), args.folds)
+    pipeline.run_validate(run_spec(args, "validate"), args.folds, reoptimize=args.reoptimize,
+                          fold_trials=args.fold_trials, seed=args.seed, jobs=args.jobs, sampler=args.sampler)
     return 0
 
 
@@ -147,24 +161,40 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     import pipeline
 
     check_counts(args)
-    pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds, not args.no_export,
-                          args.seed, args.storage)
-    return 0
+    outcome = pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds,
+                                    not args.no_export, args.seed, args.storage, settings=search_settings(args))
+    return 0 if outcome.get("optuna", {"complete": True})["complete"] else EXIT_INTERRUPTED
+
+
+def add_sampler_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every search shares: worker processes, seed, sampler, the re-optimizing walk-forward's budget."""
+    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
+                        help="worker processes (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
+                        help="study seed; each worker derives its sampler seed from it and its worker id "
+                             "(default: %(default)s)")
+    parser.add_argument("--sampler", default=None, choices=list(config.SAMPLER_CHOICES),
+                        help=f"sampler (default: config's {config.OPTUNA_SETTINGS['sampler']})")
+    parser.add_argument("--fold-trials", type=int, default=None,
+                        help=f"re-optimizing walk-forward: trials of each fold's search (default: "
+                             f"{config.WF_FOLD_TRIALS})")
 
 
 def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
-    """Flags of a search: trial count, jobs, folds, seed, storage, export."""
+    """Flags of a search: trial count, workers, folds, seed, storage, export, walk-forward."""
     parser.add_argument("--trials", type=int, default=trials, help="trials to run (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
-                        help="parallel backtests (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
-                        help="sampler seed (default: %(default)s)")
+    add_sampler_args(parser)
+    parser.add_argument("--worker-id", type=int, default=0,
+                        help="this machine's worker id on a shared study: give each machine its own (0, 1, ...) "
+                             "so that no two draw the same trials (default: %(default)s)")
     parser.add_argument("--storage", default=None,
-                        help="study storage: any Optuna RDB URL (sqlite:///results/studies.db, "
-                             "postgresql://user@host/db) or journal:PATH (default: journal file "
-                             "results/studies.journal)")
+                        help="study storage: journal:PATH (default: results/studies.journal), "
+                             "sqlite:///results/studies.db, or postgresql://USER:PASSWORD@HOST:5432/DB for "
+                             "many machines (psycopg 3)")
     parser.add_argument("--no-export", action="store_true",
                         help="never write prod_config_long.py / prod_config_short.py")
+    parser.add_argument("--no-reoptimize", action="store_true",
+                        help="skip the re-optimizing walk-forward (then nothing is exported)")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -220,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_args(val)
     add_data_args(val)
     val.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    val.add_argument("--reoptimize", action="store_true",
+                     help="also run the re-optimizing walk-forward: a search of the strategy's grid on each "
+                          "fold's train window, its winner tested on the next window")
+    add_sampler_args(val)
     val.add_argument("--out", default=None, help="output folder (default: results/validate-<timestamp>/)")
     val.set_defaults(func=cmd_validate)
 
@@ -243,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("interrupted: nothing exported", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
