@@ -111,7 +111,8 @@ def run_spec(args: argparse.Namespace, kind: str) -> Any:
         config.strategy(args.strategy)
     return RunSpec(strategy=args.strategy, source=args.source, symbol=args.symbol or config.SYMBOLS[0],
                    out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
-                   params_file=getattr(args, "params", None), timeframe=args.timeframe)
+                   params_file=getattr(args, "params", None), timeframe=args.timeframe,
+                   prod_dir=Path(args.prod_dir) if getattr(args, "prod_dir", None) else None)
 
 
 def check_counts(args: argparse.Namespace) -> None:
@@ -193,6 +194,8 @@ def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
                              "many machines (psycopg 3)")
     parser.add_argument("--no-export", action="store_true",
                         help="never write prod_config_long.py / prod_config_short.py")
+    parser.add_argument("--prod-dir", default=None,
+                        help="folder of the exported prod_config_*.py (default: the repository root)")
     parser.add_argument("--no-reoptimize", action="store_true",
                         help="skip the re-optimizing walk-forward (then nothing is exported)")
 

@@ -52,6 +52,7 @@ class RunSpec:
     end: str | None = None
     params_file: str | None = None
     timeframe: str | None = None
+    prod_dir: Path | None = None  # where prod_config_*.py are exported (default: the repository root)
 
 
 @dataclass
@@ -377,7 +378,7 @@ def validate_and_export(spec: RunSpec, search: optimizer.Search, datasets: optim
                     "holdout_sharpe_percentile": check.get("holdout_sharpe_percentile"),
                     "random_passing": check.get("random_passing"),
                     "walk_forward": wf["aggregate"] if wf else None, "stability": stability["aggregate"]}
-        exported = gates.export_prod_config(params, metadata)
+        exported = gates.export_prod_config(params, metadata, spec.prod_dir)
         console.print(f"exported to {exported}: every gate passed")
     elif export:
         console.print(f"not exported: gate '{decided.name}' decided ({decided.detail})")

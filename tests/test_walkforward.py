@@ -1,0 +1,99 @@
+"""Walk-forward: fold layout, stability across periods, and the re-optimizing walk-forward (each fold's
+search sees its train window only; the stitched out-of-sample figures by hand)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import backtester
+import config
+import optimizer
+import walkforward
+from data_fetcher import load_candles
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    return optimizer.Datasets(lambda tf: load_candles("sample", "BTCUSDT", tf, start="2018-06-01",
+                                                      end="2019-06-30"), "BTCUSDT")
+
+
+def test_folds_have_full_train_windows_and_a_purge_gap():
+    params = config.fixed_params("LONG")
+    purge = walkforward.lookback_bars(params)
+    assert purge == params["macro_ema_period"]
+    folds = walkforward.fold_ranges(10_000, 5, 3.0, purge)
+    # test size = (10000 - 231) // (5 + 3) = 1221; train windows 3 x 1221 = 3663; the tests tile the end.
+    assert len(folds) == 5 and folds[-1][1][1] == 10_000
+    for (train_start, train_stop), (test_start, test_stop) in folds:
+        assert test_stop - test_start == 1221 and train_stop - train_start == 3663
+        assert test_start - train_stop == purge
+    assert all(folds[k][1][1] == folds[k + 1][1][0] for k in range(4))
+    with pytest.raises(config.ConfigError, match="too few for 5 folds"):
+        walkforward.fold_ranges(400, 5, 3.0, purge)
+
+
+def test_stability_across_periods_on_the_sample(datasets):
+    params = {**config.fixed_params("LONG"), "symbol": "BTCUSDT"}
+    result = walkforward.stability_across_periods(datasets.get("1h"), params, 4)
+    assert result["kind"] == "stability across periods" and len(result["folds"]) == 4
+    agg = result["aggregate"]
+    assert agg["test_trades"] == sum(f["test_num_trades"] for f in result["folds"])
+    assert agg["compounded_test_return"] == pytest.approx(np.prod([1 + f["test_total_return"]
+                                                                   for f in result["folds"]]) - 1)
+
+
+def test_stitched_figures_by_hand():
+    rows = [{"test_total_return": 0.155, "winner_passed": True, "test_num_trades": 3},
+            {"test_total_return": -0.0312, "winner_passed": True, "test_num_trades": 2}]
+    returns = np.array([0.1, 0.05, -0.05, 0.02])
+    agg = walkforward.stitched_aggregate(rows, np.arange(4), returns)
+    # equity 1.1, 1.155, 1.09725, 1.119195; peak 1.155 -> drawdown 1.09725 / 1.155 - 1 = -0.05
+    assert agg["total_return"] == pytest.approx(0.119195)
+    assert agg["max_drawdown"] == pytest.approx(-0.05)
+    assert agg["sharpe"] == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(365))
+    assert agg["profitable_folds"] == 1 and agg["test_trades"] == 5
+    assert not agg["passed"]  # 1 of 2 profitable folds < 60%
+
+
+LENIENT = {"min_trades_train": 0, "min_trades_test": 0, "min_profit_factor": 0.0, "min_sharpe_ratio": -math.inf,
+           "max_sharpe_ratio": math.inf, "max_drawdown": -1.01, "min_cagr": -1.01, "min_calmar": -math.inf,
+           "min_trades_per_month": 0.0, "max_sharpe": math.inf, "max_profit_factor": math.inf}
+
+
+@pytest.mark.parametrize("lenient", [True, False], ids=["winners-pass", "default-filters"])
+def test_reoptimizing_walk_forward_searches_each_train_window_only(datasets, monkeypatch, lenient):
+    if lenient:  # every trial passes: each fold's winner trades its test window
+        for key, value in LENIENT.items():
+            monkeypatch.setitem(config.OBJECTIVE_FILTERS, key, value)
+    base = {**config.fixed_params("LONG"), "symbol": "BTCUSDT"}
+    data = datasets.get("1h")
+    seen: list[tuple[int, int]] = []
+    real = optimizer.evaluate
+
+    def spy(view, params, split, filters=None):
+        seen.append(view.bars(params["timeframe"]))
+        return real(view, params, split, filters)
+
+    monkeypatch.setattr(optimizer, "evaluate", spy)
+    result = walkforward.reoptimizing_walk_forward(datasets, base, config.PARAM_GRID_LONG, 3, 12, seed=5, jobs=1)
+    ranges = walkforward.fold_ranges(len(data), 3, config.WF_TRAIN_RATIO, walkforward.lookback_bars(base))
+    assert sorted(set(seen)) == sorted({train for train, _ in ranges})  # only the train windows were scored
+    assert len(seen) == 3 * 12 and result["kind"] == "re-optimizing walk-forward"
+    returns = []
+    for row, (_, (test0, test1)) in zip(result["folds"], ranges, strict=True):
+        assert row["test_start"] == str(data.candles.index[test0])
+        if row["winner_passed"]:  # the winner, traded on the window its search never saw
+            run = backtester.simulate(data, row["winner_params"], test0, test1)
+            assert row["test_total_return"] == pytest.approx(run.metrics["total_return"])
+        else:  # nothing passed the filters: nothing is traded in the test window
+            assert row["test_total_return"] == 0.0 and row["test_num_trades"] == 0
+        returns.append(row["test_total_return"])
+    if lenient:
+        assert all(row["winner_passed"] for row in result["folds"])
+    agg = result["aggregate"]
+    assert agg["total_return"] == pytest.approx(np.prod([1 + r for r in returns]) - 1)
+    assert len(result["stitched"]["equity"]) == agg["days"]
