@@ -393,18 +393,19 @@ DEFAULT_PIPELINE_TRIALS = 300
 # The final hold-out: the last share of the bars, cut off before the search, the filters, the walk-forward
 # and the statistics see the data; the chosen params are run on it once.
 HOLDOUT_FRACTION = 0.20
-HOLDOUT_RANDOM_DRAWS = 2000    # random params sets scored in-sample; those passing the filters rank the pick
+HOLDOUT_RANDOM_PASSING = 100   # the pick is ranked among this many random params sets that pass the filters ...
+HOLDOUT_RANDOM_DRAWS = 5000    # ... drawing at most this many (passing is rare: fewer may be found)
 TRAIN_FRACTION = 0.50          # of the in-sample bars: first half for training
 GAP_FRACTION = 0.15            # then a gap the objective never sees, then the test period
-OBJECTIVE_FILTERS = {
-    "min_trades_train": 30, "min_trades_test": 10,          # tier 1: enough trades
-    "min_profit_factor": 1.0,                                # tier 2: profitable on both periods
-    "min_sharpe_ratio": 0.3, "max_sharpe_ratio": 3.0,        # tier 3: test/train Sharpe within bounds
-    "max_drawdown": -0.50,                                   # tier 4: drawdown on both periods
-    "min_cagr": 0.0,                                         # tier 5: annualized test return
-    "min_calmar": 0.3,                                       # tier 6: test Calmar
-    "min_trades_per_month": 0.5,                             # tier 7: test trade frequency
-    "max_sharpe": 6.0, "max_profit_factor": 10.0,            # tier 8: realism caps
+OBJECTIVE_FILTERS = {          # calibrated so that a random params set rarely passes (README, "Filters")
+    "min_trades_train": 50, "min_trades_test": 30,          # tier 1: enough trades to measure anything
+    "min_profit_factor": 1.05,                               # tier 2: an edge beyond the modelled costs, both periods
+    "min_sharpe_ratio": 0.4, "max_sharpe_ratio": 2.5,        # tier 3: test/train Sharpe within bounds
+    "max_drawdown": -0.35,                                   # tier 4: drawdown on both periods
+    "min_cagr": 0.05,                                        # tier 5: annualized test return above a cash yield
+    "min_calmar": 0.75,                                      # tier 6: test Calmar
+    "min_trades_per_month": 2.0,                             # tier 7: test trade frequency
+    "max_sharpe": 4.0, "max_profit_factor": 4.0,             # tier 8: realism caps
     "exit_mix_bonus": 0.25, "exit_mix_penalty": 0.5,         # score: reward profit-taking exits, penalise forced ones
 }
 WF_FOLDS = 5
@@ -432,7 +433,7 @@ def _validate_optimization() -> None:
         raise ConfigError(f"MAX_PBO = {MAX_PBO!r} must be in [0, 1]")
     if not isinstance(PBO_BLOCKS, int) or PBO_BLOCKS < 2 or PBO_BLOCKS % 2 or PBO_BLOCKS > 20:
         raise ConfigError(f"PBO_BLOCKS = {PBO_BLOCKS!r} must be an even whole number in [2, 20]")
-    for name in ("WF_FOLD_TRIALS", "HOLDOUT_RANDOM_DRAWS"):
+    for name in ("WF_FOLD_TRIALS", "HOLDOUT_RANDOM_DRAWS", "HOLDOUT_RANDOM_PASSING"):
         value = globals()[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} = {value!r} must be a whole number >= 1")

@@ -13,7 +13,11 @@ import numpy as np
 import optuna
 
 import backtester
+import config
 import optimizer
+
+ROUND = 500  # random params sets drawn per round
+MIN_SAMPLE = 10  # fewer random passing sets give no percentile
 
 
 def holdout_check(datasets: optimizer.Datasets, params: dict[str, Any],
@@ -40,15 +44,13 @@ def holdout_sharpe(datasets: optimizer.Datasets, params: dict[str, Any]) -> floa
     return float(backtester.simulate(datasets.full(params["timeframe"]), params, start, stop).metrics["sharpe"])
 
 
-def random_baseline(search: optimizer.Search, draws: int, seed: int, jobs: int = 1) -> dict[str, Any]:
-    """``draws`` uniformly random params sets of the search's grid, scored by its objective on the
-    in-sample bars; the hold-out Sharpe of each one that passes every filter."""
+def random_baseline(search: optimizer.Search, max_draws: int, seed: int, jobs: int = 1,
+                    passing: int | None = None) -> dict[str, Any]:
+    """Uniformly random params sets of the search's grid, scored by its objective on the in-sample bars,
+    drawn in rounds until ``passing`` of them pass every filter or ``max_draws`` are drawn; the hold-out
+    Sharpe of each one that passes."""
+    passing = config.HOLDOUT_RANDOM_PASSING if passing is None else passing
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed))
-    drawn = []
-    for _ in range(draws):
-        trial = study.ask(search.space)
-        drawn.append(trial.params)
-        study.tell(trial, 0.0)
 
     def one(trial_params: dict[str, Any]) -> tuple[int, float | None]:
         params = search.params_of(trial_params)
@@ -56,15 +58,22 @@ def random_baseline(search: optimizer.Search, draws: int, seed: int, jobs: int =
         passed = result.tier == len(optimizer.FILTER_TIERS) + 1
         return result.tier, holdout_sharpe(search.datasets, params) if passed else None
 
-    results = optimizer.parallel_map(one, drawn, jobs)
+    results: list[tuple[int, float | None]] = []
+    while len(results) < max_draws and sum(s is not None for _, s in results) < passing:
+        drawn = []
+        for _ in range(min(ROUND, max_draws - len(results))):
+            trial = study.ask(search.space)
+            drawn.append(trial.params)
+            study.tell(trial, 0.0)
+        results += optimizer.parallel_map(one, drawn, jobs)
     sharpes = sorted(s for _, s in results if s is not None)
-    return {"draws": draws, "passing": len(sharpes), "holdout_sharpes": sharpes,
+    return {"draws": len(results), "passing": len(sharpes), "holdout_sharpes": sharpes,
             "tier_pass_rates": optimizer.tier_pass_rates([tier for tier, _ in results])}
 
 
 def percentile(value: float, sample: list[float]) -> float:
-    """Percentile rank of ``value`` in ``sample`` (ties count half); NaN for an empty sample."""
-    if not sample:
+    """Percentile rank of ``value`` in ``sample`` (ties count half); NaN for fewer than MIN_SAMPLE values."""
+    if len(sample) < MIN_SAMPLE:
         return float("nan")
     values = np.asarray(sample, dtype=float)
     return float(100.0 * ((values < value).sum() + 0.5 * (values == value).sum()) / values.size)

@@ -411,7 +411,7 @@ def print_holdout(check: dict[str, Any], baseline: dict[str, Any]) -> None:
     console.print(f"hold-out filters: {'passed' if check['passed'] else 'FAILED: ' + check['fail_reason']}; "
                   f"hold-out Sharpe percentile among {baseline['passing']} random params sets that pass the filters "
                   f"in-sample (of {baseline['draws']} drawn): "
-                  + (f"{pct:.0f}" if math.isfinite(pct) else "n/a (none passed)"))
+                  + (f"{pct:.0f}" if math.isfinite(pct) else f"n/a (fewer than {holdout.MIN_SAMPLE} passed)"))
 
 
 def print_gates(gate_list: list[gates.Gate]) -> None:
@@ -440,7 +440,8 @@ def write_optimize_report(spec: RunSpec, search: optimizer.Search, result: optim
         pct = check["holdout_sharpe_percentile"]
         rank = (f"<p>Hold-out Sharpe percentile among {check['random_passing']} random params sets that pass the "
                 f"filters in-sample: {pct:.0f}</p>" if math.isfinite(pct)
-                else "<p>No random params set passed the filters in-sample: no percentile.</p>")
+                else f"<p>Only {check['random_passing']} random params sets passed the filters in-sample: no "
+                     "percentile.</p>")
         sections += [f"<h2>Hold-out ({check['start'][:10]} .. {check['end'][:10]})</h2><table><tr><th></th>"
                      f"<th>in-sample</th><th>hold-out</th></tr>{rows}</table>{rank}",
                      reporting.equity_figure(held.equity, "Hold-out: equity and drawdown")]

@@ -24,7 +24,7 @@ SMALL = ["--trials", "30", "--fold-trials", "10", "--folds", "3", "--jobs", "1"]
 
 @pytest.fixture(autouse=True)
 def few_random_draws(monkeypatch):
-    monkeypatch.setattr(config, "HOLDOUT_RANDOM_DRAWS", 120)
+    monkeypatch.setattr(config, "HOLDOUT_RANDOM_DRAWS", 120)  # one round of at most 120 draws
 
 
 def run(tmp_path, *extra):

@@ -97,3 +97,21 @@ def test_reoptimizing_walk_forward_searches_each_train_window_only(datasets, mon
     agg = result["aggregate"]
     assert agg["total_return"] == pytest.approx(np.prod([1 + r for r in returns]) - 1)
     assert len(result["stitched"]["equity"]) == agg["days"]
+
+
+def test_holdout_percentile_and_random_baseline(datasets, monkeypatch):
+    import holdout
+
+    sample = [0.1 * k for k in range(1, 11)]  # 0.1 .. 1.0
+    # 0.55 is above 5 of 10 -> 50; 0.5 ties one (counts half) and is above 4 -> 45; below all -> 0.
+    assert holdout.percentile(0.55, sample) == 50.0 and holdout.percentile(0.5, sample) == pytest.approx(45.0)
+    assert holdout.percentile(-1.0, sample) == 0.0 and math.isnan(holdout.percentile(1.0, sample[:9]))
+    for key, value in LENIENT.items():
+        monkeypatch.setitem(config.OBJECTIVE_FILTERS, key, value)
+    search = optimizer.Search(datasets, {**config.fixed_params("LONG"), "symbol": "BTCUSDT"},
+                              config.PARAM_GRID_LONG, study_name="b", storage=":memory:")
+    base = holdout.random_baseline(search, 30, seed=4, passing=5)
+    backtested = base["tier_pass_rates"][0]["reached"]  # constraint rejections are drawn but not backtested
+    assert base["draws"] == 30 and base["passing"] == backtested == len(base["holdout_sharpes"])
+    params = search.params_of({})  # the fixed params with the grid's fixed values
+    assert holdout.holdout_check(datasets, params)["holdout"]["sharpe"] == holdout.holdout_sharpe(datasets, params)
