@@ -463,8 +463,7 @@ class Search:
         return config.validate_params({**self.fixed, **trial_params}, "trial", base=self.base_params)
 
     # --- running -----------------------------------------------------------------------------
-    def run(self, n_trials: int, on_trial: Callable[[FrozenTrial], None] | None = None,
-            timeout: float | None = None) -> SearchResult:
+    def run(self, n_trials: int, on_trial: Callable[[FrozenTrial], None] | None = None) -> SearchResult:
         """Run ``n_trials`` more trials on ``jobs`` workers; SIGINT/SIGTERM stop cleanly, everything stored.
 
         ``on_trial`` is called with each trial once it is stored (with its study number).
@@ -474,7 +473,6 @@ class Search:
         stop = threading.Event()
         stamps: list[float] = []
         started = time.perf_counter()
-        deadline = time.monotonic() + timeout if timeout else None
 
         def stored(trial: FrozenTrial) -> None:
             stamps.append(time.perf_counter())
@@ -483,9 +481,9 @@ class Search:
 
         with _StopOnSignals(stop, self._children):
             if self.jobs == 1:
-                stats, died = [self._work(n_trials, 0, stored, stop, deadline, reopen=False)], []
+                stats, died = [self._work(n_trials, 0, stored, stop, reopen=False)], []
             else:
-                stats, died = self._run_workers(n_trials, stored, stop, deadline)
+                stats, died = self._run_workers(n_trials, stored, stop)
         elapsed = time.perf_counter() - started
         tail = max(1, len(stamps) // 10)
         rate_tail = tail / max(stamps[-1] - stamps[-tail - 1], 1e-9) if len(stamps) > tail else 0.0
@@ -497,8 +495,8 @@ class Search:
                             sum(s.backtest_s for s in stats), rate_tail, sum(s.stored for s in stats),
                             sum(s.duplicates for s in stats), notes)
 
-    def _run_workers(self, n_trials: int, stored: Callable[[FrozenTrial], None], stop: threading.Event,
-                     deadline: float | None) -> tuple[list[_WorkerStats], list[int]]:
+    def _run_workers(self, n_trials: int, stored: Callable[[FrozenTrial], None], stop: threading.Event
+                     ) -> tuple[list[_WorkerStats], list[int]]:
         """Fork one process per job; relay their stored trials to ``stored``; collect their figures."""
         ctx = multiprocessing.get_context("fork")
         messages = ctx.Queue()
@@ -509,7 +507,7 @@ class Search:
         self._children[:] = []
         for k, quota in enumerate(quotas):
             if quota:
-                process = ctx.Process(target=self._child, args=(quota, k, messages, deadline), daemon=True)
+                process = ctx.Process(target=self._child, args=(quota, k, messages), daemon=True)
                 process.start()
                 self._children.append(process)
         finished: dict[int, _WorkerStats] = {}
@@ -537,7 +535,7 @@ class Search:
         died = [k for k, quota in enumerate(quotas) if quota and k not in finished]
         return list(finished.values()), died
 
-    def _child(self, quota: int, local_index: int, messages: Any, deadline: float | None) -> None:
+    def _child(self, quota: int, local_index: int, messages: Any) -> None:
         """Body of a forked worker: search its quota, send each stored trial, then its figures."""
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -545,7 +543,7 @@ class Search:
         _stop_when_parent_dies()
         code = 0
         try:
-            stats = self._work(quota, local_index, lambda t: messages.put(("trial", local_index, t)), stop, deadline,
+            stats = self._work(quota, local_index, lambda t: messages.put(("trial", local_index, t)), stop,
                                reopen=True)
             messages.put(("done", local_index, stats))
         except BaseException as exc:  # noqa: BLE001 - everything reaches the parent, which reports it
@@ -558,7 +556,7 @@ class Search:
             os._exit(code)
 
     def _work(self, quota: int, local_index: int, on_stored: Callable[[FrozenTrial], None] | None,
-              stop: threading.Event, deadline: float | None, reopen: bool) -> _WorkerStats:
+              stop: threading.Event, reopen: bool) -> _WorkerStats:
         """One worker: ask, skip known params, backtest, tell, store; pull the other workers' trials."""
         storage = study_store.open_storage(self.storage_url) if reopen else self.storage
         study = optuna.load_study(study_name=self.study_name, storage=storage) if reopen else self.persistent
@@ -578,7 +576,7 @@ class Search:
         working = self._working_study(known, rng)
         since_rebuild = streak = 0
         try:
-            while stats.stored < quota and not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            while stats.stored < quota and not stop.is_set():
                 t0 = time.perf_counter()
                 if stats.stored >= refine_from:
                     working.enqueue_trial(self._neighbour(known, rng))

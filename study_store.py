@@ -137,6 +137,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class StorageError(config.ConfigError):
+    """The study storage stopped accepting trials (a database gone, a disk full): one line, URL redacted."""
+
+
 class TrialWriter(threading.Thread):
     """Stores finished trials in order from a background thread, never more than a bounded batch behind."""
 
@@ -159,7 +163,7 @@ class TrialWriter(threading.Thread):
                     len(self._pending) >= MAX_PENDING or time.monotonic() - self._pending[0][0] >= MAX_DELAY_S):
                 self._cond.wait(0.05)
             if self.error is not None:
-                raise RuntimeError(f"the study storage stopped accepting trials: {self.error}")
+                raise StorageError(f"the study storage stopped accepting trials: {redact(str(self.error))}")
             self._pending.append((time.monotonic(), trial))
             self._cond.notify_all()
 
@@ -174,7 +178,7 @@ class TrialWriter(threading.Thread):
             try:
                 stored = store_trials(self.storage, self.study_id, batch)
             except Exception as exc:  # noqa: BLE001 - reported by put() and close(), never lost silently
-                logger.error("could not store trials in the study storage: %s", exc)
+                logger.error("could not store trials in the study storage: %s", redact(str(exc)))
                 with self._cond:
                     self.error = exc
                     self._cond.notify_all()
@@ -195,7 +199,8 @@ class TrialWriter(threading.Thread):
         self.join()
         if self.error:
             lost = len(self._pending)
-            raise RuntimeError(f"{lost} trial(s) were not stored in the study storage: {self.error}")
+            raise StorageError(f"{lost} finished trial(s) could not be stored in the study storage: "
+                               f"{redact(str(self.error))}")
 
 
 def store_trials(storage: BaseStorage, study_id: int, trials: list[FrozenTrial]) -> list[FrozenTrial]:

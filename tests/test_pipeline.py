@@ -155,3 +155,16 @@ def test_default_pipeline_finishes_on_the_sample(tmp_path, capsys):
     assert best["mode"] == "long_only"
     text = capsys.readouterr().out
     assert "Deflated Sharpe Ratio" in text and "export gates" in text and "stability across periods" in text
+
+
+def test_validate_reoptimize_writes_both_checks(tmp_path, capsys):
+    out = tmp_path / "v"
+    code = main.main(["validate", "--reoptimize", "--fold-trials", "6", "--folds", "3", "--jobs", "1",
+                      "--start", "2018-10-01", "--out", str(out)])
+    assert code == 0
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["walk_forward"]["kind"] == "re-optimizing walk-forward"
+    assert len(validation["folds"]) == 3 and validation["data"]["holdout_bars"] > 0
+    assert validation["data"]["in_sample_end"] < validation["data"]["holdout_start"]
+    text = capsys.readouterr().out
+    assert "stitched out-of-sample" in text and "stability across periods" in text

@@ -174,3 +174,20 @@ def test_sigterm_and_sigint_store_every_finished_trial(tmp_path, signum, jobs):
     trials = stored_trials(storage, study)
     assert len(trials) == reported == finished  # nothing finished was lost, the bar saw every stored trial
     assert_clean(trials)
+
+
+def test_a_storage_that_fails_stops_the_search_with_one_redacted_line():
+    class Failing(InMemoryStorage):
+        def create_new_trial(self, study_id, template_trial=None):
+            raise ConnectionError("server at postgresql://grtr:hunter2@db:5432/x closed the connection")
+
+    storage = Failing()
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "f")
+    writer = study_store.TrialWriter(storage, study_id)
+    writer.start()
+    writer.put(record(1))
+    with pytest.raises(study_store.StorageError) as caught:
+        writer.close()
+    assert "1 finished trial(s) could not be stored" in str(caught.value)
+    assert "hunter2" not in str(caught.value) and "grtr:***@db" in str(caught.value)
+    assert isinstance(caught.value, config.ConfigError)  # main.py: one line on stderr, exit code 2
