@@ -103,19 +103,24 @@ def print_data_range(datasets: optimizer.Datasets, timeframe: str) -> dict[str, 
 # ----------------------------------------------------------------------------------------------
 # Walk-forward validation
 # ----------------------------------------------------------------------------------------------
+def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A right-aligned console table."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_folds(result: dict[str, Any], title: str) -> None:
     """Stability across periods: the per-fold table and the aggregate."""
-    table = Table(title=title)
-    for column in ("fold", "test period", "train ret", "train Sharpe", "test ret", "test Sharpe", "test DD",
-                   "test trades", "test PF"):
-        table.add_column(column, justify="right")
-    for row in result["folds"]:
-        table.add_row(str(row["fold"]), f"{row['test_start'][:10]} .. {row['test_end'][:10]}",
-                      f"{row['train_total_return']:+.1%}", f"{row['train_sharpe']:.2f}",
-                      f"{row['test_total_return']:+.1%}", f"{row['test_sharpe']:.2f}",
-                      f"{row['test_max_drawdown']:.1%}", str(row["test_num_trades"]),
-                      reporting.format_metric("profit_factor", row["test_profit_factor"]))
-    console.print(table)
+    print_table(title, ("fold", "test period", "train ret", "train Sharpe", "test ret", "test Sharpe", "test DD",
+                        "test trades", "test PF"),
+                [(str(row["fold"]), f"{row['test_start'][:10]} .. {row['test_end'][:10]}",
+                  f"{row['train_total_return']:+.1%}", f"{row['train_sharpe']:.2f}", f"{row['test_total_return']:+.1%}",
+                  f"{row['test_sharpe']:.2f}", f"{row['test_max_drawdown']:.1%}", str(row["test_num_trades"]),
+                  reporting.format_metric("profit_factor", row["test_profit_factor"])) for row in result["folds"]])
     agg = result["aggregate"]
     console.print(f"stability across periods: {agg['profitable_folds']}/{agg['folds']} profitable test windows, mean "
                   f"test return {agg['mean_test_return']:+.1%}, compounded {agg['compounded_test_return']:+.1%}, mean "
@@ -125,17 +130,14 @@ def print_folds(result: dict[str, Any], title: str) -> None:
 
 def print_walk_forward(result: dict[str, Any]) -> None:
     """Re-optimizing walk-forward: each fold's winner on its unseen window, and the stitched figures."""
-    table = Table(title=f"re-optimizing walk-forward ({result['fold_trials']} trials a fold, on its train window "
-                        "only)")
-    for column in ("fold", "train window", "test window", "winner score", "passed", "test ret", "test Sharpe",
-                   "test DD", "test trades"):
-        table.add_column(column, justify="right")
-    for row in result["folds"]:
-        table.add_row(str(row["fold"]), f"{row['train_start'][:10]} .. {row['train_end'][:10]}",
-                      f"{row['test_start'][:10]} .. {row['test_end'][:10]}", f"{row['winner_score']:.2f}",
-                      "yes" if row["winner_passed"] else "no (flat)", f"{row['test_total_return']:+.1%}",
-                      f"{row['test_sharpe']:.2f}", f"{row['test_max_drawdown']:.1%}", str(row["test_num_trades"]))
-    console.print(table)
+    print_table(f"re-optimizing walk-forward ({result['fold_trials']} trials a fold, on its train window only)",
+                ("fold", "train window", "test window", "winner score", "passed", "test ret", "test Sharpe",
+                 "test DD", "test trades"),
+                [(str(row["fold"]), f"{row['train_start'][:10]} .. {row['train_end'][:10]}",
+                  f"{row['test_start'][:10]} .. {row['test_end'][:10]}", f"{row['winner_score']:.2f}",
+                  "yes" if row["winner_passed"] else "no (flat)", f"{row['test_total_return']:+.1%}",
+                  f"{row['test_sharpe']:.2f}", f"{row['test_max_drawdown']:.1%}", str(row["test_num_trades"]))
+                 for row in result["folds"]])
     agg = result["aggregate"]
     console.print(f"stitched out-of-sample ({agg['days']} days): return {agg['total_return']:+.1%}, Sharpe "
                   f"{agg['sharpe']:.2f}, probabilistic Sharpe (DSR with N = 1) {agg['dsr']:.2f}, max drawdown "

@@ -59,6 +59,8 @@ def one_run(data: optimizer.Datasets, method: str, workers: int, seed: int, tria
             say(f"    {method} x{workers} seed {seed}: {done[0]}/{trials} trials stored")
 
     result = search.run(trials, progress)
+    if result.interrupted:
+        raise SystemExit("interrupted")
     pick = search.params_of(result.best.params)
     sharpe = holdout.holdout_sharpe(data, pick)
     return {"seconds": result.seconds, "trials_per_s": trials / result.seconds, "best": result.best.value,
