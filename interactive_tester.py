@@ -169,8 +169,9 @@ class Session:
         if gates.side_of(self.params) != args[0]:
             raise UserError(f"mode {self.params['mode']} trades the {gates.side_of(self.params)} side; "
                             f"use save {gates.side_of(self.params)}")
-        path = gates.export_prod_config(self.params, {"source": "interactive_tester", "run": self.last},
-                                            self.prod_dir)
+        path = gates.export_prod_config(self.params, {"source": "interactive_tester", "run": self.last,
+                                                      "gates": "none: hand-tuned, no hold-out, DSR or PBO"},
+                                         self.prod_dir)
         self.console.print(f"saved {path}")
 
     def do_load(self, args: list[str]) -> None:

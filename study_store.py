@@ -189,7 +189,10 @@ class TrialWriter(threading.Thread):
                 self._cond.notify_all()
             if self.on_stored:
                 for trial in stored:
-                    self.on_stored(trial)
+                    try:
+                        self.on_stored(trial)
+                    except Exception as exc:  # noqa: BLE001 - a progress display never stops the storing
+                        logger.error("progress callback failed on trial %s: %s", trial.number, exc)
 
     def close(self) -> None:
         """Store everything queued, then stop; raises if some trial could not be stored."""

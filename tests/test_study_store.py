@@ -153,8 +153,8 @@ def test_sigkill_at_random_points_loses_at_most_one_batch_and_resume_repeats_not
         assert_clean(trials)
     before = len(trials)
     child = start_child(storage, study, 25, seed=7)
-    out, _ = child.communicate(timeout=300)
-    assert "result interrupted=False stored=25" in out
+    out = child.stdout.read()  # (not communicate(timeout=...): it would skip what readline() buffered)
+    assert child.wait(timeout=300) == 0 and "result interrupted=False stored=25" in out
     trials = stored_trials(storage, study)
     assert len(trials) == before + 25
     assert_clean(trials)
@@ -167,13 +167,29 @@ def test_sigterm_and_sigint_store_every_finished_trial(tmp_path, signum, jobs):
     child = start_child(storage, study, 2000, seed=3, jobs=jobs)
     finished, reported = read_until_stored(child, random.Random(jobs).randint(10, 40))
     os.kill(child.pid, signum)
-    rest, _ = child.communicate(timeout=120)
+    rest = child.stdout.read()
+    child.wait(timeout=120)
     finished += rest.count("@evaluated")
     reported += rest.count("@stored")
     assert child.returncode == 0 and "result interrupted=True" in rest
     trials = stored_trials(storage, study)
     assert len(trials) == reported == finished  # nothing finished was lost, the bar saw every stored trial
     assert_clean(trials)
+
+
+def test_a_failing_progress_callback_never_stops_the_storing():
+    storage = InMemoryStorage()
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "p")
+
+    def broken(_trial):
+        raise ValueError("display gone")
+
+    writer = study_store.TrialWriter(storage, study_id, broken)
+    writer.start()
+    for k in range(7):
+        writer.put(record(k))
+    writer.close()
+    assert [t.number for t in storage.get_all_trials(study_id)] == list(range(7))
 
 
 def test_a_storage_that_fails_stops_the_search_with_one_redacted_line():
