@@ -28,6 +28,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -353,6 +354,7 @@ def tier_pass_rates(tiers: Sequence[int]) -> list[dict[str, Any]]:
 # The search
 # ----------------------------------------------------------------------------------------------
 MAX_DUPLICATE_STREAK = 200  # proposals in a row that were all tried before: the space is exhausted
+WARM_START_TRIALS = 20      # CMA-ES warm-starts from a study that holds at least this many trials
 
 
 @dataclass
@@ -380,8 +382,14 @@ class _WorkerStats:
     note: str = ""
 
 
-def make_sampler(seed: int, kind: str | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler chosen in config or by --sampler, seeded: tpe (multivariate), cmaes or random."""
+def make_sampler(seed: int, kind: str | None = None, warm: list[FrozenTrial] | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """The sampler chosen in config or by --sampler, seeded: tpe (multivariate), cmaes or random.
+
+    ``warm``: for CMA-ES, the trials a study already holds (a resumed or shared study): its first
+    distribution is estimated from them (warm-started CMA-ES) instead of starting from the centre
+    of the space after random start-up trials.
+    """
     kind = kind or config.OPTUNA_SETTINGS["sampler"]
     startup = config.OPTUNA_SETTINGS["n_startup_trials"]
     if kind == "tpe":
@@ -394,8 +402,12 @@ def make_sampler(seed: int, kind: str | None = None) -> optuna.samplers.BaseSamp
         except ImportError:
             raise config.ConfigError("sampler 'cmaes' needs the cmaes package (pip install -r requirements.txt)") \
                 from None
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False,
-                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+        with warnings.catch_warnings():  # source_trials is marked experimental; the tests hold what it does here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.CmaEsSampler(source_trials=warm or None, seed=seed,
+                                                n_startup_trials=0 if warm else startup,
+                                                warn_independent_sampling=False,
+                                                independent_sampler=optuna.samplers.RandomSampler(seed=seed))
     raise config.ConfigError(f"unknown sampler '{kind}'; accepted: {', '.join(config.SAMPLER_CHOICES)}")
 
 
@@ -621,13 +633,18 @@ class Search:
     def _working_study(self, known: list[FrozenTrial], rng: random.Random) -> optuna.Study:
         """An in-memory study of the best and the latest trials (``known`` holds light copies), with a
         fresh seeded sampler."""
-        study = optuna.create_study(direction="maximize", sampler=make_sampler(rng.randrange(2**31),
-                                                                               self.sampler_kind))
         best, recent = self.window
         fitting = [t for t in known if set(t.distributions) == set(self.space)]
         order = sorted(range(len(fitting)), key=lambda k: fitting[k].value, reverse=True)[:best]
-        chosen = sorted(set(order) | set(range(max(0, len(fitting) - recent), len(fitting))))
-        study.add_trials([fitting[k] for k in chosen])
+        chosen = [fitting[k] for k in sorted(set(order) | set(range(max(0, len(fitting) - recent), len(fitting))))]
+        warm = None
+        if self.sampler_kind == "cmaes" and len(chosen) >= WARM_START_TRIALS:
+            numeric = {n: d for n, d in self.space.items() if not isinstance(d, CategoricalDistribution)}
+            warm = [optuna.trial.create_trial(params={n: t.params[n] for n in numeric}, distributions=numeric,
+                                              value=t.value) for t in chosen]  # CMA-ES's own space only
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(rng.randrange(2**31),
+                                                                               self.sampler_kind, warm))
+        study.add_trials(chosen)
         return study
 
     @staticmethod

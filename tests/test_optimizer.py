@@ -215,11 +215,17 @@ def test_a_worker_id_held_by_a_live_process_is_refused(datasets, tmp_path):
     assert first.run(1).stored == 1  # the holder is gone: the id is free again
 
 
-def test_samplers(datasets):
-    for kind in ("cmaes", "random"):
+def test_samplers(datasets, tmp_path):
+    for kind in config.SAMPLER_CHOICES:
         result = optimizer.Search(datasets, config.fixed_params("LONG"), config.PARAM_GRID_LONG, study_name=kind,
                                   storage=":memory:", seed=1, sampler=kind).run(45)
         assert result.stored == 45 and all(t.value is not None for t in result.trials)
+    # CMA-ES on a study that already holds trials starts from them (warm start on CMA-ES's numeric space).
+    url = f"journal:{tmp_path / 'c.journal'}"
+    for more, total in ((30, 30), (10, 40)):  # the second run warm-starts from the first run's 30 trials
+        resumed = optimizer.Search(datasets, config.fixed_params("LONG"), config.PARAM_GRID_LONG, study_name="c",
+                                   storage=url, seed=1, sampler="cmaes").run(more)
+        assert len(resumed.trials) == total
     with pytest.raises(config.ConfigError, match="unknown sampler 'nope'; accepted: tpe, cmaes, random"):
         optimizer.make_sampler(1, "nope")
     with pytest.raises(config.ConfigError, match="needs a storage the worker processes share"):
