@@ -123,6 +123,8 @@ def check_counts(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if (getattr(args, "fold_trials", None) or 1) < 1:
         raise UsageError(f"--fold-trials must be at least 1, got {args.fold_trials}")
+    if (getattr(args, "baseline_draws", None) or 1) < 1:
+        raise UsageError(f"--baseline-draws must be at least 1, got {args.baseline_draws}")
     if getattr(args, "worker_id", 0) < 0:
         raise UsageError(f"--worker-id must be 0 or more, got {args.worker_id}")
     if args.folds < 2:
@@ -134,7 +136,7 @@ def search_settings(args: argparse.Namespace) -> Any:
     from pipeline import SearchSettings
 
     return SearchSettings(sampler=args.sampler, worker_id=args.worker_id, reoptimize=not args.no_reoptimize,
-                          fold_trials=args.fold_trials)
+                          fold_trials=args.fold_trials, baseline_draws=args.baseline_draws)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -196,6 +198,9 @@ def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
                         help="never write prod_config_long.py / prod_config_short.py")
     parser.add_argument("--prod-dir", default=None,
                         help="folder of the exported prod_config_*.py (default: the repository root)")
+    parser.add_argument("--baseline-draws", type=int, default=None,
+                        help=f"random params sets drawn, at most, to rank the pick's hold-out Sharpe (default: "
+                             f"{config.HOLDOUT_RANDOM_DRAWS})")
     parser.add_argument("--no-reoptimize", action="store_true",
                         help="skip the re-optimizing walk-forward (then nothing is exported)")
 

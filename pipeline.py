@@ -63,6 +63,7 @@ class SearchSettings:
     worker_id: int = 0
     reoptimize: bool = True
     fold_trials: int | None = None
+    baseline_draws: int | None = None  # random params sets for the hold-out percentile (None: config's)
 
 
 def base_params(spec: RunSpec) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def validate_and_export(spec: RunSpec, search: optimizer.Search, datasets: optim
                       f"series)\n  {stats['meaning']}")
     # Everything above was decided on in-sample bars only; now the hold-out is read, once.
     check = holdout.holdout_check(datasets, params, search.filters)
-    baseline = holdout.random_baseline(search, config.HOLDOUT_RANDOM_DRAWS, seed, jobs)
+    baseline = holdout.random_baseline(search, settings.baseline_draws or config.HOLDOUT_RANDOM_DRAWS, seed, jobs)
     if check["available"]:
         check["holdout_sharpe_percentile"] = holdout.percentile(check["holdout"]["sharpe"], baseline["holdout_sharpes"])
         check["random_passing"] = baseline["passing"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 MAX_PENDING = 50      # trials finished but not yet stored, at most
 MAX_DELAY_S = 1.0     # seconds the oldest of them may wait, at most
 WORKER_STALE_S = 60.0  # a worker registration older than this (on another host) is free to take over
+RDB_OPEN_ATTEMPTS = 4
 
 ACCEPTED_STORAGE = ("journal:PATH, sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB (psycopg 3; "
                     "postgresql+psycopg:// is the same), or :memory:")
@@ -86,11 +88,25 @@ def open_storage(url: str | None) -> BaseStorage:
             return InMemoryStorage()
         if "://" not in url:
             raise config.ConfigError(f"storage '{shown}' is not a storage URL; accepted: {ACCEPTED_STORAGE}")
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        return _open_rdb(url)
     except config.ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any driver error: name the URL (redacted) and stop before work
         raise config.ConfigError(f"cannot open study storage '{shown}': {redact(str(exc), url)}") from None
+
+
+def _open_rdb(url: str) -> RDBStorage:
+    """RDBStorage(url); retried a little, because machines that start together on an empty database race
+    to create Optuna's tables (one of them sees "already exists" once)."""
+    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else None
+    for attempt in range(RDB_OPEN_ATTEMPTS):
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # noqa: BLE001 - the schema race raises driver-specific errors
+            if attempt == RDB_OPEN_ATTEMPTS - 1 or "already exists" not in str(exc):
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+    raise AssertionError("unreachable")
 
 
 def is_shared(storage: BaseStorage) -> bool:

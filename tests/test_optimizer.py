@@ -238,6 +238,10 @@ def test_samplers(datasets, tmp_path):
 
 @pytest.mark.parametrize(("argv", "fragment"), [
     (["optimize", "--trials", "0"], "--trials must be at least 1"),
+    (["optimize", "--baseline-draws", "0"], "--baseline-draws must be at least 1"),
+    (["optimize", "--worker-id", "-1"], "--worker-id must be 0 or more"),
+    (["validate", "--fold-trials", "0"], "--fold-trials must be at least 1"),
+    (["optimize", "--storage", "results/x.db"], "is not a storage URL; accepted: journal:PATH"),
     (["optimize", "--strategy", "NOPE"], "unknown strategy 'NOPE'"),
     (["validate", "--folds", "9", "--start", "2019-09-01"], "too few for 9 folds"),
 ])

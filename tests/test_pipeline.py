@@ -19,12 +19,7 @@ import pipeline
 from data_fetcher import load_candles
 
 pytestmark = pytest.mark.slow
-SMALL = ["--trials", "30", "--fold-trials", "10", "--folds", "3", "--jobs", "1"]
-
-
-@pytest.fixture(autouse=True)
-def few_random_draws(monkeypatch):
-    monkeypatch.setattr(config, "HOLDOUT_RANDOM_DRAWS", 120)  # one round of at most 120 draws
+SMALL = ["--trials", "30", "--fold-trials", "10", "--folds", "3", "--jobs", "1", "--baseline-draws", "120"]
 
 
 def run(tmp_path, *extra):
@@ -136,7 +131,8 @@ def test_short_runs_on_an_hourly_csv_with_timeframe(tmp_path, capsys):
     csv = tmp_path / "btc1h.csv"
     load_candles("sample", "BTCUSDT", "1h", start="2018-10-01").rename_axis("timestamp").to_csv(csv)
     argv = ["optimize", "--strategy", "SHORT", "--source", f"csv:{csv}", "--trials", "12", "--jobs", "1",
-            "--no-reoptimize", "--folds", "3", "--no-export", "--storage", f"journal:{tmp_path / 'h.journal'}"]
+            "--no-reoptimize", "--folds", "3", "--no-export", "--storage", f"journal:{tmp_path / 'h.journal'}",
+            "--baseline-draws", "60"]
     assert main.main([*argv, "--out", str(tmp_path / "a")]) == 2  # the grid asks for 30m bars
     assert "cannot make finer 30m bars" in capsys.readouterr().err
     assert main.main([*argv, "--timeframe", "1h", "--out", str(tmp_path / "b")]) == 0
@@ -145,7 +141,8 @@ def test_short_runs_on_an_hourly_csv_with_timeframe(tmp_path, capsys):
 
 
 def test_default_pipeline_finishes_on_the_sample(tmp_path, capsys):
-    code = main.main(["--trials", "20", "--fold-trials", "8", "--folds", "3", "--jobs", "1", "--out",
+    code = main.main(["--trials", "20", "--fold-trials", "8", "--folds", "3", "--jobs", "1", "--baseline-draws", "60",
+                      "--out",
                       str(tmp_path / "run"), "--storage", f"journal:{tmp_path / 'p.journal'}", "--no-export",
                       "--start", "2018-10-01"])
     assert code == 0

@@ -30,7 +30,8 @@ def postgres():
 def optimize(url: str, worker_id: int, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "main.py", "optimize", "--storage", url, "--study-name", "two",
                              "--trials", "30", "--jobs", "1", "--worker-id", str(worker_id), "--start", "2019-03-01",
-                             "--no-export", "--no-reoptimize", "--folds", "3", "--out", str(out)],
+                             "--no-export", "--no-reoptimize", "--folds", "3", "--baseline-draws", "50",
+                             "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
