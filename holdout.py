@@ -15,6 +15,7 @@ import optuna
 import backtester
 import config
 import optimizer
+import workers
 
 ROUND = 500  # random params sets drawn per round
 MIN_SAMPLE = 10  # fewer random passing sets give no percentile
@@ -65,7 +66,7 @@ def random_baseline(search: optimizer.Search, max_draws: int, seed: int, jobs: i
             trial = study.ask(search.space)
             drawn.append(trial.params)
             study.tell(trial, 0.0)
-        results += optimizer.parallel_map(one, drawn, jobs)
+        results += workers.parallel_map(one, drawn, jobs)
     sharpes = sorted(s for _, s in results if s is not None)
     return {"draws": len(results), "passing": len(sharpes), "holdout_sharpes": sharpes,
             "tier_pass_rates": optimizer.tier_pass_rates([tier for tier, _ in results])}

@@ -121,10 +121,10 @@ def check_counts(args: argparse.Namespace) -> None:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if getattr(args, "jobs", 1) < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-    if (getattr(args, "fold_trials", None) or 1) < 1:
-        raise UsageError(f"--fold-trials must be at least 1, got {args.fold_trials}")
-    if (getattr(args, "baseline_draws", None) or 1) < 1:
-        raise UsageError(f"--baseline-draws must be at least 1, got {args.baseline_draws}")
+    for flag in ("fold_trials", "baseline_draws"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if getattr(args, "worker_id", 0) < 0:
         raise UsageError(f"--worker-id must be 0 or more, got {args.worker_id}")
     if args.folds < 2:

@@ -27,6 +27,7 @@ from scipy.stats import kurtosis, norm, skew
 import backtester
 import config
 import optimizer
+import workers
 from metrics import DAY_MS, daily_returns
 
 EULER_GAMMA = 0.5772156649015329
@@ -143,7 +144,7 @@ def trial_return_matrix(datasets: Any, trials: Sequence[FrozenTrial], params_of:
         return daily_series(backtester.simulate(datasets.get(params["timeframe"]), params, start, stop,
                                                 with_metrics=False))
 
-    series = optimizer.parallel_map(run, picked, jobs)
+    series = workers.parallel_map(run, picked, jobs)
     if not series:
         return np.empty((0, 0)), []
     days = series[0][0]

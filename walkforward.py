@@ -27,6 +27,7 @@ from sklearn.model_selection import TimeSeriesSplit
 import backtester
 import config
 import optimizer
+import workers
 import study_store
 from metrics import DAY_MS
 from overfitting import daily_series, deflated_sharpe
@@ -131,7 +132,7 @@ def reoptimizing_walk_forward(datasets: optimizer.Datasets, base_params: dict[st
                 **{f"test_{key}": metrics[key] for key in FOLD_KEYS},
                 "days": days, "returns": returns if passed else np.zeros_like(returns)}
 
-    rows = optimizer.parallel_map(run_fold, list(range(len(ranges))), jobs)
+    rows = workers.parallel_map(run_fold, list(range(len(ranges))), jobs)
     days = np.concatenate([r.pop("days") for r in rows])
     returns = np.concatenate([r.pop("returns") for r in rows])
     return {"kind": "re-optimizing walk-forward", "fold_trials": fold_trials, "folds": rows,
