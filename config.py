@@ -540,33 +540,43 @@ _validate_library()
 # ---------------------------------------------------------------------------------------------
 OPTUNA_SETTINGS = {
     "n_trials": 3900,          # the original GrTr's setting; `python main.py` uses DEFAULT_PIPELINE_TRIALS
-    "n_jobs": 2,               # parallel backtests (threads; the bar loop releases the GIL)
-    "sampler": "tpe",          # tpe (multivariate, seeded), random or cmaes
-    "seed": 42,
-    "n_startup_trials": 40,    # random trials before TPE models the results
+    "n_jobs": 2,               # worker processes on one study storage (--jobs)
+    "sampler": "cmaes",        # cmaes, tpe (multivariate) or random (--sampler); cmaes: best hold-out (README)
+    "seed": 42,                # the study seed; each worker derives its own from it and its worker id
+    "n_startup_trials": 40,    # random trials before TPE / CMA-ES model the results
     "window_best": 100,        # the sampler sees the best N trials ...
     "window_recent": 200,      # ... and the latest N, so its cost per trial stays flat
     "refine_share": 0.2,       # the last share of a run's trials refines the leaders (neighbours of the top 10)
 }
+SAMPLER_CHOICES = ("tpe", "cmaes", "random")
 DEFAULT_PIPELINE_TRIALS = 300
-TRAIN_FRACTION = 0.50          # first half of the data for training
+# The final hold-out: the last share of the bars, cut off before the search, the filters, the walk-forward
+# and the statistics see the data; the chosen params are run on it once.
+HOLDOUT_FRACTION = 0.20
+HOLDOUT_RANDOM_PASSING = 100   # the pick is ranked among this many random params sets that pass the filters ...
+HOLDOUT_RANDOM_DRAWS = 20000   # ... drawing at most this many (passing is rare: fewer may be found)
+TRAIN_FRACTION = 0.50          # of the in-sample bars: first half for training
 GAP_FRACTION = 0.15            # then a gap the objective never sees, then the test period
-OBJECTIVE_FILTERS = {
-    "min_trades_train": 30, "min_trades_test": 10,          # tier 1: enough trades
-    "min_profit_factor": 1.0,                                # tier 2: profitable on both periods
-    "min_sharpe_ratio": 0.3, "max_sharpe_ratio": 3.0,        # tier 3: test/train Sharpe within bounds
-    "max_drawdown": -0.50,                                   # tier 4: drawdown on both periods
-    "min_cagr": 0.0,                                         # tier 5: annualized test return
-    "min_calmar": 0.3,                                       # tier 6: test Calmar
-    "min_trades_per_month": 0.5,                             # tier 7: test trade frequency
-    "max_sharpe": 6.0, "max_profit_factor": 10.0,            # tier 8: realism caps
+OBJECTIVE_FILTERS = {          # calibrated so that a random params set rarely passes (README, "Filters")
+    "min_trades_train": 50, "min_trades_test": 30,          # tier 1: enough trades to measure anything
+    "min_profit_factor": 1.0,                                # tier 2: profitable after costs on both periods
+    "min_sharpe_ratio": 0.4, "max_sharpe_ratio": 2.5,        # tier 3: test/train Sharpe within bounds
+    "max_drawdown": -0.40,                                   # tier 4: drawdown on both periods
+    "min_cagr": 0.05,                                        # tier 5: annualized test return above a cash yield
+    "min_calmar": 0.5,                                       # tier 6: test Calmar
+    "min_trades_per_month": 2.0,                             # tier 7: test trade frequency
+    "max_sharpe": 4.0, "max_profit_factor": 4.0,             # tier 8: realism caps
     "exit_mix_bonus": 0.25, "exit_mix_penalty": 0.5,         # score: reward profit-taking exits, penalise forced ones
 }
 WF_FOLDS = 5
 WF_TRAIN_RATIO = 3.0           # train bars per test bar in each walk-forward fold
 WF_MIN_PROFITABLE_FOLDS = 0.6  # share of profitable test folds for a strategy to pass validation
-VALIDATE_TOP = 5               # best trials validated walk-forward after a search
-PBO_TOP_TRIALS = 10            # trials compared by the Probability of Backtest Overfitting
+WF_FOLD_TRIALS = 200           # re-optimizing walk-forward: trials of each fold's search (--fold-trials)
+# Export gates (README, "Export gates"): the Probability of Backtest Overfitting at most MAX_PBO, the
+# Deflated Sharpe Ratio at least MIN_DSR.
+MAX_PBO = 0.30
+MIN_DSR = 0.95
+PBO_BLOCKS = 16                # CSCV blocks of days (C(16, 8) = 12,870 in/out-of-sample splits)
 
 
 _OPTUNA_BOUNDS = {
@@ -589,7 +599,10 @@ _SEARCH_BOUNDS = {
     "TRAIN_FRACTION": Bound(0, 1, low_open=True, high_open=True),
     "GAP_FRACTION": Bound(0, 1, high_open=True), "WF_FOLDS": Bound(2, 1000, whole=True),
     "WF_TRAIN_RATIO": Bound(0, 1000, low_open=True), "WF_MIN_PROFITABLE_FOLDS": Bound(0, 1),
-    "VALIDATE_TOP": Bound(1, 10**4, whole=True), "PBO_TOP_TRIALS": Bound(2, 10**4, whole=True),
+    "WF_FOLD_TRIALS": Bound(1, 10**6, whole=True),
+    "HOLDOUT_FRACTION": Bound(0, 0.5), "HOLDOUT_RANDOM_PASSING": Bound(1, 10**6, whole=True),
+    "HOLDOUT_RANDOM_DRAWS": Bound(1, 10**8, whole=True),
+    "MAX_PBO": Bound(0, 1), "MIN_DSR": Bound(0, 1, high_open=True), "PBO_BLOCKS": Bound(2, 20, whole=True),
 }
 
 
@@ -598,12 +611,15 @@ def _validate_optimization() -> None:
         bound.check(name, globals()[name])
     if TRAIN_FRACTION + GAP_FRACTION >= 0.95:
         raise ConfigError(f"TRAIN_FRACTION + GAP_FRACTION = {TRAIN_FRACTION + GAP_FRACTION} leaves no test period")
+    if PBO_BLOCKS % 2:
+        raise ConfigError(f"config.py: PBO_BLOCKS = {PBO_BLOCKS!r} is refused; accepted: an even whole number in "
+                          "[2, 20] (CSCV splits the blocks in halves)")
     if not isinstance(OPTUNA_SETTINGS, dict):
         raise ConfigError(f"config.py: OPTUNA_SETTINGS = {OPTUNA_SETTINGS!r} is refused; accepted: a dict")
     check_mapping("OPTUNA_SETTINGS", {k: v for k, v in OPTUNA_SETTINGS.items() if k != "sampler"}, _OPTUNA_BOUNDS)
-    if OPTUNA_SETTINGS.get("sampler") not in ("tpe", "random", "cmaes"):
-        raise ConfigError(f"OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS.get('sampler')!r}; accepted: tpe, random, "
-                          "cmaes")
+    if OPTUNA_SETTINGS.get("sampler") not in SAMPLER_CHOICES:
+        raise ConfigError(f"config.py: OPTUNA_SETTINGS['sampler'] = {OPTUNA_SETTINGS.get('sampler')!r} is refused; "
+                          f"accepted: {', '.join(SAMPLER_CHOICES)}")
     check_mapping("OBJECTIVE_FILTERS", OBJECTIVE_FILTERS, _FILTER_BOUNDS)
     if OBJECTIVE_FILTERS["max_sharpe_ratio"] < OBJECTIVE_FILTERS["min_sharpe_ratio"]:
         raise ConfigError("config.py: OBJECTIVE_FILTERS['max_sharpe_ratio'] must be >= min_sharpe_ratio")

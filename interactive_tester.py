@@ -27,7 +27,8 @@ from rich.table import Table
 import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
 import backtester
 import config
-import optimizer
+import gates
+import walkforward
 import reporting
 import strategy_loader
 from data_fetcher import DataError, load_candles
@@ -171,11 +172,12 @@ class Session:
     def do_save(self, args: list[str]) -> None:
         if len(args) != 1 or args[0] not in ("long", "short"):
             raise UserError("usage: save long|short")
-        if optimizer.side_of(self.params) != args[0]:
-            raise UserError(f"mode {self.params['mode']} trades the {optimizer.side_of(self.params)} side; "
-                            f"use save {optimizer.side_of(self.params)}")
-        path = optimizer.export_prod_config(self.params, {"source": "interactive_tester", "run": self.last},
-                                            self.prod_dir)
+        if gates.side_of(self.params) != args[0]:
+            raise UserError(f"mode {self.params['mode']} trades the {gates.side_of(self.params)} side; "
+                            f"use save {gates.side_of(self.params)}")
+        path = gates.export_prod_config(self.params, {"source": "interactive_tester", "run": self.last,
+                                                      "gates": "none: hand-tuned, no hold-out, DSR or PBO"},
+                                         self.prod_dir)
         self.console.print(f"saved {path}", markup=False)
 
     def do_load(self, args: list[str]) -> None:
@@ -193,7 +195,7 @@ class Session:
     # --- helpers ----------------------------------------------------------------------------
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Walk-forward of ``params`` on the loaded dataset (indicators cached)."""
-        return optimizer.walk_forward(self.data, params, self.folds)
+        return walkforward.stability_across_periods(self.data, params, self.folds)
 
     def print_run(self, result: dict[str, Any]) -> None:
         """Per-fold table, the overall figures with their changes, and realism warnings."""
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         params["symbol"] = args.symbol
         candles = load_candles(args.source, args.symbol, params["timeframe"])
         data = backtester.MarketData(candles, args.symbol, params["timeframe"])
-        optimizer.fold_ranges(len(data), args.folds, config.WF_TRAIN_RATIO, optimizer.lookback_bars(params))
+        walkforward.fold_ranges(len(data), args.folds, config.WF_TRAIN_RATIO, walkforward.lookback_bars(params))
     except (config.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

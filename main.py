@@ -16,11 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
+import cli  # first: a bad config.py ends here in one line, exit 2
 import config
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -158,51 +159,70 @@ def run_spec(args: argparse.Namespace, kind: str) -> Any:
     return RunSpec(strategy=args.strategy, source=args.source, symbol=symbols_of(args)[0],
                    out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
                    params_file=getattr(args, "params", None), timeframe=args.timeframe,
-                   tick=args.tick, qty_step=args.qty_step)
+                   tick=args.tick, qty_step=args.qty_step,
+                   prod_dir=Path(args.prod_dir) if getattr(args, "prod_dir", None) else None)
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """--trials, --jobs and --folds must be positive (checked before any work starts)."""
+    """--trials, --jobs, --fold-trials, --worker-id and --folds in range (checked before any work starts)."""
     if getattr(args, "trials", 1) < 1:
         raise UsageError(f"--trials must be at least 1, got {args.trials}")
     if getattr(args, "jobs", 1) < 1:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    for flag in ("fold_trials", "baseline_draws"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if getattr(args, "worker_id", 0) < 0:
+        raise UsageError(f"--worker-id must be 0 or more, got {args.worker_id}")
     if getattr(args, "folds", 2) < 2:
         raise UsageError(f"--folds must be at least 2, got {args.folds}")
 
 
-def search_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags of a search, for a run over several symbols."""
+def search_settings(args: argparse.Namespace) -> Any:
+    """The pipeline's SearchSettings from the flags."""
+    from pipeline import SearchSettings
+
+    return SearchSettings(sampler=args.sampler, worker_id=args.worker_id, reoptimize=not args.no_reoptimize,
+                          fold_trials=args.fold_trials, baseline_draws=args.baseline_draws)
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of a search over several symbols (multirun.py), its SearchSettings under "search"."""
     return {"trials": args.trials, "jobs": args.jobs, "folds": args.folds,
             "study_name": getattr(args, "study_name", None), "storage": args.storage, "seed": args.seed,
-            "export": not args.no_export,
-            "search_symbols": args.search_symbols, "aggregate": args.aggregate}
+            "export": not args.no_export, "search_symbols": args.search_symbols, "aggregate": args.aggregate,
+            "search": search_settings(args)}
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    """Search the strategy's grid, validate the best trials walk-forward, write outputs, maybe export."""
+    """Search the strategy's grid on the in-sample bars, validate, check the hold-out, export when every gate
+    passes (one symbol, or several through multirun.py)."""
     import multirun
     import pipeline
 
     check_counts(args)
     symbols = symbols_of(args)
     if len(symbols) > 1:
-        return multirun.optimize(run_spec(args, "optimize"), symbols, search_settings(args))
-    pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
-                          args.storage, args.seed, not args.no_export)
-    return 0
+        return multirun.optimize(run_spec(args, "optimize"), symbols, run_settings(args))
+    outcome = pipeline.run_optimize(run_spec(args, "optimize"), args.trials, args.jobs, args.folds, args.study_name,
+                                    args.storage, args.seed, not args.no_export, settings=search_settings(args))
+    return 0 if outcome["complete"] else EXIT_INTERRUPTED
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Walk-forward validation of one params set."""
+    """Stability across periods of one params set (and with --reoptimize the re-optimizing walk-forward)."""
     import multirun
     import pipeline
 
     check_counts(args)
     symbols = symbols_of(args)
-    if len(symbols) > 1:
-        return multirun.validate(run_spec(args, "validate"), symbols, args.folds, args.jobs)
-    pipeline.run_validate(run_spec(args, "validate"), args.folds)
+    if len(symbols) > 1:  # --jobs: symbols in parallel (each fold search then runs in its symbol's process)
+        return multirun.validate(run_spec(args, "validate"), symbols, args.folds, args.jobs,
+                                 {"reoptimize": args.reoptimize, "fold_trials": args.fold_trials, "seed": args.seed,
+                                  "sampler": args.sampler})
+    pipeline.run_validate(run_spec(args, "validate"), args.folds, reoptimize=args.reoptimize,
+                          fold_trials=args.fold_trials, seed=args.seed, jobs=args.jobs, sampler=args.sampler)
     return 0
 
 
@@ -214,10 +234,24 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     check_counts(args)
     symbols = symbols_of(args)
     if len(symbols) > 1:
-        return multirun.pipeline_run(run_spec(args, "pipeline"), symbols, search_settings(args))
-    pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds, not args.no_export,
-                          args.seed, args.storage)
-    return 0
+        return multirun.pipeline_run(run_spec(args, "pipeline"), symbols, run_settings(args))
+    outcome = pipeline.run_pipeline(run_spec(args, "pipeline"), args.trials, args.jobs, args.folds,
+                                    not args.no_export, args.seed, args.storage, settings=search_settings(args))
+    return 0 if outcome.get("optuna", {"complete": True})["complete"] else EXIT_INTERRUPTED
+
+
+def add_sampler_args(parser: argparse.ArgumentParser, jobs_help: str) -> None:
+    """Flags every search shares: worker processes, seed, sampler, the re-optimizing walk-forward's budget."""
+    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
+                        help=f"worker processes: {jobs_help} (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
+                        help="study seed; each worker derives its sampler seed from it and its worker id "
+                             "(default: %(default)s)")
+    parser.add_argument("--sampler", default=None, choices=list(config.SAMPLER_CHOICES),
+                        help=f"sampler (default: config's {config.OPTUNA_SETTINGS['sampler']})")
+    parser.add_argument("--fold-trials", type=int, default=None,
+                        help=f"re-optimizing walk-forward: trials of each fold's search (default: "
+                             f"{config.WF_FOLD_TRIALS})")
 
 
 def add_jobs_arg(parser: argparse.ArgumentParser) -> None:
@@ -227,20 +261,27 @@ def add_jobs_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
-    """Flags of a search: trial count, jobs, folds, seed, storage, export."""
+    """Flags of a search: trial count, workers, folds, seed, storage, export, walk-forward."""
     parser.add_argument("--trials", type=int, default=trials, help="trials to run (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
-                        help="parallel backtests of the search (default: %(default)s); several symbols are searched "
-                             "one after the other")
-    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
-                        help="sampler seed (default: %(default)s)")
+    add_sampler_args(parser, "the search's processes on one study (with several symbols: of the one search "
+                             "for all of them, or of each symbol's search in turn with --search-symbols each)")
+    parser.add_argument("--worker-id", type=int, default=0,
+                        help="this machine's worker id on a shared study: give each machine its own (0, 1, ...) "
+                             "so that no two draw the same trials (default: %(default)s)")
     parser.add_argument("--storage", default=None,
-                        help="study storage: any Optuna RDB URL (sqlite:///results/studies.db, "
-                             "postgresql://user@host/db) or journal:PATH (default: journal file "
-                             "results/studies.journal)")
+                        help="study storage: journal:PATH (default: results/studies.journal), "
+                             "sqlite:///results/studies.db, or postgresql://USER:PASSWORD@HOST:5432/DB for "
+                             "many machines (psycopg 3)")
     parser.add_argument("--no-export", action="store_true",
-                        help="never write prod_config_long.py / prod_config_short.py (with several symbols an "
-                             "export goes to the symbol's folder)")
+                        help="never write prod_config_long.py / prod_config_short.py")
+    parser.add_argument("--prod-dir", default=None,
+                        help="folder of the exported prod_config_*.py (default: the repository root; with several "
+                             "symbols each exports into its own folder: <out>/<SYMBOL>/, or <prod-dir>/<SYMBOL>/)")
+    parser.add_argument("--baseline-draws", type=int, default=None,
+                        help=f"random params sets drawn, at most, to rank the pick's hold-out Sharpe (default: "
+                             f"{config.HOLDOUT_RANDOM_DRAWS})")
+    parser.add_argument("--no-reoptimize", action="store_true",
+                        help="skip the re-optimizing walk-forward (then nothing is exported)")
     parser.add_argument("--search-symbols", choices=config.SEARCH_SYMBOLS_CHOICES, default=config.SEARCH_SYMBOLS,
                         help="with several symbols: 'together' searches one params set for all of them, 'each' one "
                              "per symbol (default: %(default)s)")
@@ -264,12 +305,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: subcommands, each flag explained in --help."""
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(  # a bad flag is one line, exit 2 (its subcommands' parsers are of the same class)
         prog="main.py", description="GrTr: backtest, optimize and validate strategies for Bybit USDT perpetuals. "
-                                    "With no subcommand, runs the default pipeline of config.py: walk-forward "
-                                    "validation of the active strategy's fixed params (ENABLE_FIXED_PARAMS), a "
-                                    "search of its grid (ENABLE_OPTUNA), validation of the best trials, reports, "
-                                    "and export to prod_config_*.py when a strategy passes.")
+                                    "With no subcommand, runs the default pipeline of config.py: stability across "
+                                    "periods of the active strategy's fixed params (ENABLE_FIXED_PARAMS), a "
+                                    "search of its grid on the in-sample bars (ENABLE_OPTUNA), the re-optimizing "
+                                    "walk-forward, DSR/PBO, one run on the hold-out, reports, and export to "
+                                    "prod_config_*.py when every export gate passes.")
     sub = parser.add_subparsers(dest="command")
     bt = sub.add_parser("backtest", help="backtest one params set and write trades.csv, equity.csv, "
                                          "metrics.json and report.html")
@@ -288,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--end", default=None, help="last day (UTC, default: now)")
     dl.set_defaults(func=cmd_download)
 
-    opt = sub.add_parser("optimize", help="search the strategy's grid with Optuna, validate the best trials "
-                                          "walk-forward and write best_params.json, trials.csv, reports")
+    opt = sub.add_parser("optimize", help="search the strategy's grid with Optuna on the in-sample bars, validate "
+                                          "the best trial (walk-forward, DSR/PBO, hold-out) and write "
+                                          "best_params.json, trials.csv, reports")
     add_strategy_args(opt)
     add_data_args(opt)
     add_search_args(opt, config.OPTUNA_SETTINGS["n_trials"])
@@ -303,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_args(val)
     add_data_args(val)
     val.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
-    add_jobs_arg(val)
+    val.add_argument("--reoptimize", action="store_true",
+                     help="also run the re-optimizing walk-forward: a search of the strategy's grid on each "
+                          "fold's train window, its winner tested on the next window")
+    add_sampler_args(val, "with several symbols, symbols validated in parallel; on one symbol, the fold searches "
+                          "of --reoptimize")
     val.add_argument("--out", default=None, help="output folder (default: results/validate-<timestamp>/)")
     val.set_defaults(func=cmd_validate)
 
@@ -331,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("interrupted: nothing exported", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,14 +8,20 @@ the others still run.
 
 Backtests and validations of several symbols run in ``jobs`` worker processes with one progress
 bar; each symbol's console output goes to its ``console.txt``. Searches run one symbol after the
-other (their ``--jobs`` is the search's own), or as one search of one params set for all symbols
-(``together``), scored by an aggregate of the per-symbol scores (``optimizer.DatasetGroup``).
+other (``each``: ``pipeline.run_optimize`` per symbol; their ``--jobs`` is the search's own), or as
+one search of one params set for all symbols (``together``), scored by an aggregate of the
+per-symbol scores (``optimizer.DatasetGroup``) on every symbol's in-sample bars only. After a
+``together`` search the best aggregate score is the pick, and every symbol gets the whole check of
+a one-symbol run on its own data (``pipeline.validate_and_export``): stability, the re-optimizing
+walk-forward, DSR/PBO over the study's distinct trials, its hold-out with the random baseline's
+percentile, the gates, and an export into its folder only when every gate passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing
 import sys
 import traceback
@@ -37,8 +43,9 @@ import strategy_loader
 from data_fetcher import DataError
 from metrics import json_safe
 
-SUMMARY_COLUMNS = ("symbol", "stage", "status", "return", "sharpe", "max_drawdown", "trades", "dsr", "pbo", "passed",
-                   "folder", "error")
+SUMMARY_COLUMNS = ("symbol", "stage", "status", "return", "sharpe", "max_drawdown", "trades", "holdout_sharpe",
+                   "holdout_percentile", "dsr", "pbo", "passed", "gate", "folder", "error")
+EXIT_INTERRUPTED = 130
 Task = Callable[[str, Path], dict[str, Any]]
 
 
@@ -144,6 +151,8 @@ def _cell(column: str, value: Any) -> str:
         return "passed" if value else "failed"
     if column in ("return", "max_drawdown") and isinstance(value, (int, float)):
         return f"{value:+.1%}" if column == "return" else f"{value:.1%}"
+    if column == "holdout_percentile" and isinstance(value, (int, float)):
+        return f"{value:.0f}" if math.isfinite(value) else "n/a"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -159,41 +168,50 @@ def backtest_row(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def validation_row(result: dict[str, Any]) -> dict[str, Any]:
-    """A walk-forward's figures: compounded test return, mean test Sharpe, worst test drawdown, test trades."""
+    """A validation's figures: stability across periods (compounded test return, mean test Sharpe, worst test
+    drawdown, test trades); passed = it, and the re-optimizing walk-forward when that ran."""
     agg = result["aggregate"]
+    wf = result.get("walk_forward")
     return {"return": agg["compounded_test_return"], "sharpe": agg["mean_test_sharpe"],
-            "max_drawdown": agg["worst_test_drawdown"], "trades": agg["test_trades"], "passed": agg["passed"]}
+            "max_drawdown": agg["worst_test_drawdown"], "trades": agg["test_trades"],
+            "passed": bool(agg["passed"] and (wf is None or wf["aggregate"]["passed"]))}
 
 
 def search_row(outcome: dict[str, Any]) -> dict[str, Any]:
-    """A search's figures (the chosen trial's test period, DSR and PBO; passed = filters and walk-forward)."""
-    best = outcome["best"]
-    return _search_figures(outcome["validation"]["test_metrics"], outcome["validation"].get("overfitting"),
-                           bool(best["passed_filters"] and best["passed_validation"]))
-
-
-def _search_figures(test: dict[str, Any], stats: dict[str, Any] | None, passed: bool) -> dict[str, Any]:
-    stats = stats or {}
-    return {"return": test["total_return"], "sharpe": test["sharpe"],
-            "max_drawdown": test["max_drawdown"], "trades": test["num_trades"],
+    """A search's figures: the chosen trial's in-sample test period, its hold-out Sharpe and percentile among
+    random filter-passing sets, DSR and PBO; passed = every export gate, gate = the one that decided."""
+    if not outcome["complete"]:
+        return {"status": "interrupted", "error": f"interrupted: resume with --study-name {outcome['study']}"}
+    validation, best = outcome["validation"], outcome["best"]
+    test, held = validation["test_metrics"], validation["holdout"]
+    stats = validation.get("overfitting") or {}
+    return {"return": test["total_return"], "sharpe": test["sharpe"], "max_drawdown": test["max_drawdown"],
+            "trades": test["num_trades"], "holdout_sharpe": held["holdout"]["sharpe"] if held["available"] else None,
+            "holdout_percentile": held.get("holdout_sharpe_percentile"),
             "dsr": stats.get("deflated_sharpe", {}).get("dsr"), "pbo": stats.get("pbo", {}).get("pbo"),
-            "passed": passed}
+            "passed": best["passed_gates"], "gate": best["deciding_gate"] or "all passed"}
 
 
 # ----------------------------------------------------------------------------------------------
 # The commands over several symbols
 # ----------------------------------------------------------------------------------------------
 def symbol_spec(template: Any, symbol: str) -> Any:
-    """The RunSpec of one symbol: its own folder, and an export that stays in that folder."""
+    """The RunSpec of one symbol: its own folder, and an export that stays in that folder (or in
+    ``<prod_dir>/<SYMBOL>/`` when a prod folder was given)."""
     folder = template.out / symbol
-    return replace(template, symbol=symbol, out=folder, export_dir=folder)
+    return replace(template, symbol=symbol, out=folder,
+                   prod_dir=template.prod_dir / symbol if template.prod_dir else folder)
 
 
-def validate_symbol(template: Any, folds: int, symbol: str, folder: Path) -> dict[str, Any]:
-    """One symbol's walk-forward validation (a worker-process task)."""
+def validate_symbol(template: Any, folds: int, options: dict[str, Any], symbol: str, folder: Path) -> dict[str, Any]:
+    """One symbol's validation (a worker-process task): stability across periods, and with
+    ``options["reoptimize"]`` the re-optimizing walk-forward (its fold searches in this process)."""
     import pipeline
 
-    return validation_row(pipeline.run_validate(replace(symbol_spec(template, symbol), out=folder), folds))
+    spec = replace(symbol_spec(template, symbol), out=folder)
+    return validation_row(pipeline.run_validate(spec, folds, reoptimize=options.get("reoptimize", False),
+                                                fold_trials=options.get("fold_trials"), seed=options.get("seed"),
+                                                sampler=options.get("sampler")))
 
 
 def optimize_symbol(template: Any, settings: dict[str, Any], symbol: str, folder: Path) -> dict[str, Any]:
@@ -204,7 +222,7 @@ def optimize_symbol(template: Any, settings: dict[str, Any], symbol: str, folder
     name = f"{settings['study_name']}-{symbol}" if settings["study_name"] else None
     return search_row(pipeline.run_optimize(spec, settings["trials"], settings["jobs"], settings["folds"], name,
                                             settings["storage"], settings["seed"], settings["export"],
-                                            settings.get("quiet", False)))
+                                            settings.get("quiet", False), settings["search"]))
 
 
 def backtest(task: Task, symbols: list[str], out: Path, jobs: int, strategy: str) -> int:
@@ -213,67 +231,89 @@ def backtest(task: Task, symbols: list[str], out: Path, jobs: int, strategy: str
     return 2 if write_summary(rows, out, f"backtest of {strategy}") else 0
 
 
-def validate(template: Any, symbols: list[str], folds: int, jobs: int) -> int:
+def validate(template: Any, symbols: list[str], folds: int, jobs: int, options: dict[str, Any] | None = None) -> int:
     """`main.py validate` over several symbols."""
-    rows = run_each(partial(validate_symbol, template, folds), symbols, template.out, jobs, "validate")
-    return 2 if write_summary(rows, template.out, f"walk-forward of {template.strategy}") else 0
+    rows = run_each(partial(validate_symbol, template, folds, options or {}), symbols, template.out, jobs,
+                    "validate")
+    return 2 if write_summary(rows, template.out, f"validation of {template.strategy}") else 0
+
+
+def _exit_code(rows: list[dict[str, Any]], failed: list[dict[str, Any]]) -> int:
+    """130 when a search was interrupted, 2 when a symbol failed, else 0."""
+    if any(row.get("status") == "interrupted" for row in rows):
+        return EXIT_INTERRUPTED
+    return 2 if failed else 0
+
+
+def search_symbols(template: Any, symbols: list[str], settings: dict[str, Any]
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The searches of a run over several symbols: one for all (``together``), or one per symbol in turn
+    (``each``; an interrupted search stops the symbols after it)."""
+    if settings["search_symbols"] == "together":
+        return optimize_together(template, symbols, settings)
+    rows: list[dict[str, Any]] = []
+    for symbol in symbols:
+        if rows and rows[-1].get("status") == "interrupted":
+            rows.append({"symbol": symbol, "stage": "optimize", "status": "not run",
+                         "error": "a search before it was interrupted", "folder": str(template.out / symbol)})
+            continue
+        rows.append(run_task(partial(optimize_symbol, template, settings), symbol, template.out / symbol, False,
+                             "optimize"))
+    return rows, {"search_symbols": "each"}
 
 
 def optimize(template: Any, symbols: list[str], settings: dict[str, Any]) -> int:
     """`main.py optimize` over several symbols: one search per symbol, or one params set for all of them."""
-    if settings["search_symbols"] == "together":
-        rows, extra = optimize_together(template, symbols, settings)
-    else:
-        rows = run_each(partial(optimize_symbol, template, settings), symbols, template.out, 1, "optimize",
-                        capture=False)
-        extra = {"search_symbols": "each"}
-    return 2 if write_summary(rows, template.out, f"optimization of {template.strategy}", extra) else 0
+    rows, extra = search_symbols(template, symbols, settings)
+    return _exit_code(rows, write_summary(rows, template.out, f"optimization of {template.strategy}", extra))
 
 
 def pipeline_run(template: Any, symbols: list[str], settings: dict[str, Any]) -> int:
-    """`python main.py` over several symbols: the fixed params validated on each, then the search(es)."""
+    """`python main.py` over several symbols: the fixed params' stability on each, then the search(es)."""
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {"search_symbols": settings["search_symbols"]}
     if config.ENABLE_FIXED_PARAMS:
         fixed = replace(template, out=template.out / "fixed")
-        rows += run_each(partial(validate_symbol, fixed, settings["folds"]), symbols, fixed.out,
+        rows += run_each(partial(validate_symbol, fixed, settings["folds"], {}), symbols, fixed.out,
                          settings["jobs"], "fixed")
     if config.ENABLE_OPTUNA:
-        searched = replace(template, out=template.out / "optuna")
-        if settings["search_symbols"] == "together":
-            found, extra = optimize_together(searched, symbols, settings)
-        else:
-            found = run_each(partial(optimize_symbol, searched, settings), symbols, searched.out, 1, "optimize",
-                             capture=False)
+        found, extra = search_symbols(replace(template, out=template.out / "optuna"), symbols, settings)
         rows += found
-    return 2 if write_summary(rows, template.out, f"pipeline of {template.strategy}", extra) else 0
+    return _exit_code(rows, write_summary(rows, template.out, f"pipeline of {template.strategy}", extra))
 
 
 def optimize_together(template: Any, symbols: list[str], settings: dict[str, Any]
                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One params set for every symbol: one search whose score aggregates the symbols' scores.
 
-    The search's outputs (trials.csv, best_params.json) go in the top folder. Of the best
-    VALIDATE_TOP trials, the one that passes walk-forward on the most symbols (then the best
-    worst-symbol mean test Sharpe) is chosen, and each symbol's folder gets its walk-forward
-    (validation.json, report.html), its DSR and PBO (overfitting.json) and, when it passed the
-    filters and its walk-forward, its prod config.
+    Each symbol's hold-out is cut off before the search, which reads only the in-sample bars of
+    every symbol. The search's trials.csv and best_params.json (its symbols and aggregate) go in the
+    top folder. The pick is the trial with the best aggregate score (nothing seen is used to choose
+    among the top trials); the random baseline is drawn once, judged by the same aggregate
+    objective, and ranked on each symbol's hold-out. Then each symbol's folder gets the whole check
+    of a one-symbol run on that symbol's data, its gates, and an export only when every gate passes.
     """
+    import holdout
     import optimizer
     import pipeline
+    import walkforward
 
     rows: dict[str, dict[str, Any]] = {}
-    grid = config.param_grid(template.strategy)
+    grid = pipeline.search_grid(template)
+    search_settings = settings["search"]
     members: list[optimizer.Datasets] = []
+    infos: dict[str, dict[str, Any]] = {}
     for symbol in symbols:
         spec = symbol_spec(template, symbol)
         try:
             datasets = pipeline.datasets_for(spec)
             params = pipeline.base_params(spec)
-            for timeframe in {params["timeframe"], *grid.get("timeframe", [])}:
-                data = datasets.get(timeframe)  # every dataset before the search: errors come first
-                optimizer.fold_ranges(len(data), settings["folds"], config.WF_TRAIN_RATIO,
-                                      optimizer.lookback_bars(params))
+            for timeframe in [params["timeframe"], *[tf for tf in grid.get("timeframe", [])
+                                                     if tf != params["timeframe"]]]:
+                data = datasets.get(timeframe)  # every dataset (and its hold-out cut) before the search
+                walkforward.fold_ranges(len(data), settings["folds"], config.WF_TRAIN_RATIO,
+                                        walkforward.lookback_bars(params))
+            infos[symbol] = pipeline.print_data_range(datasets, params["timeframe"])
             members.append(datasets)
         except Exception as exc:  # noqa: BLE001 - this symbol is left out; the search runs on the others
             rows[symbol] = _failure(symbol, spec.out, exc, "optimize")
@@ -282,64 +322,74 @@ def optimize_together(template: Any, symbols: list[str], settings: dict[str, Any
     if not members:
         return [rows[s] for s in symbols], extra
     group = optimizer.DatasetGroup(members, settings["aggregate"])
+    searched = {"symbols": extra["searched"], "aggregate": settings["aggregate"]}
     params = pipeline.base_params(symbol_spec(template, members[0].symbol))
+    fingerprint = {**pipeline.study_fingerprint(template, grid, [infos[m.symbol] for m in members]),
+                   "aggregate": settings["aggregate"]}
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     name = settings["study_name"] or f"{template.strategy}-{'+'.join(m.symbol for m in members)}-{stamp}"
     search = optimizer.Search(group, params, grid, study_name=name, storage=settings["storage"],
-                              seed=settings["seed"], jobs=settings["jobs"])
-    Console().print(f"study '{name}': one params set for {group.symbol}, score = {settings['aggregate']} of the "
-                    f"symbols' scores; {len(search.known)} trials so far, running {settings['trials']} more")
-    progress = pipeline.Progress(settings["trials"], [], settings.get("quiet", False))
+                              seed=settings["seed"], jobs=settings["jobs"], worker_id=search_settings.worker_id,
+                              sampler=search_settings.sampler, fingerprint=fingerprint)
+    console = pipeline.console
+    console.print(f"study '{name}': one params set for {group.symbol}, score = {settings['aggregate']} of the "
+                  f"symbols' in-sample scores; {len(search.known)} trials so far, running {settings['trials']} more "
+                  f"on {settings['jobs']} worker process(es), sampler {search.sampler_kind}")
+    progress = pipeline.Progress(settings["trials"], list(search.known), settings.get("quiet", False))
     try:
         result = search.run(settings["trials"], progress)
     finally:
         progress.close()
     if result.best is None:
         raise config.ConfigError("the search finished no trial")
-    candidates = []
-    for trial in sorted(result.trials, key=lambda t: t.value, reverse=True)[:config.VALIDATE_TOP]:
-        chosen = search.params_of(trial.params)
-        folds = {m.symbol: optimizer.walk_forward(m.get(chosen["timeframe"]), chosen, settings["folds"])["aggregate"]
-                 for m in members}
-        candidates.append((sum(f["passed"] for f in folds.values()), min(f["mean_test_sharpe"] for f in folds.values()),
-                           trial, chosen))
-    passing, _, trial, chosen = max(candidates, key=lambda c: (c[0], c[1]))
-    Console().print(f"chosen: trial {trial.number}, score {trial.value:.3f} ({settings['aggregate']} over "
-                    f"{group.symbol}), walk-forward passed on {passing} of {len(members)} symbols")
-    passed_filters = trial.user_attrs.get("fail_reason", "x") == ""
+    search_rates = optimizer.tier_pass_rates([t.user_attrs.get("tier", 0) for t in result.trials])
+    console.print(f"{len(result.trials)} trials in the study; this run stored {result.stored} in "
+                  f"{result.seconds:.1f} s, {result.duplicates} repeated params sets answered from the study"
+                  + "".join(f"; {note}" for note in result.notes))
+    console.print(pipeline.tier_rates_text(search_rates, "trials of the study (aggregate over the symbols)"))
     out = template.out
     out.mkdir(parents=True, exist_ok=True)
     pipeline.trials_frame(result.trials).to_csv(out / "trials.csv", index=False)
+    if result.interrupted:
+        console.print(f"[bold]interrupted[/bold]: {len(result.trials)} trials are stored; run again with "
+                      f"--study-name {name} to resume. Nothing was validated or exported.")
+        for member in members:
+            rows[member.symbol] = {"symbol": member.symbol, "stage": "optimize", "status": "interrupted",
+                                   "folder": str(out / member.symbol),
+                                   "error": f"interrupted: resume with --study-name {name}"}
+        return [rows[s] for s in symbols], {**extra, "study": name}
+    pick = result.best
+    chosen = search.params_of(pick.params)
+    console.print(f"chosen: trial {pick.number}, the best {settings['aggregate']} score over {group.symbol} "
+                  f"({pick.value:.3f}); now checked on each symbol's own data")
     best_doc = {"strategy": template.strategy, "strategy_file": str(config.strategy(chosen["mode"]).path),
-                "symbols": [m.symbol for m in members], "aggregate": settings["aggregate"], "score": trial.value,
-                "passed_filters": passed_filters, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "params": chosen}
+                **searched, "study": name, "trial": pick.number, "score": pick.value,
+                "passed_filters": pick.user_attrs.get("fail_reason", "x") == "",
+                "created": datetime.now(UTC).isoformat(timespec="seconds"), "params": chosen}
     best_path = out / "best_params.json"
     best_path.write_text(json.dumps(json_safe(best_doc), indent=2))
-    extra.update(score=trial.value, trial=trial.number, passed_filters=passed_filters, best_params=str(best_path))
+    extra.update(study=name, score=pick.value, trial=pick.number, passed_filters=best_doc["passed_filters"],
+                 best_params=str(best_path))
+    # The hold-outs are read from here on: the random baseline, then each symbol's final check.
+    baseline = holdout.random_baseline(search, search_settings.baseline_draws or config.HOLDOUT_RANDOM_DRAWS,
+                                       settings["seed"], settings["jobs"])
     for member in members:
-        task = partial(_together_symbol, template, member, search, result, trial, best_path, settings)
-        rows[member.symbol] = run_task(task, member.symbol, template.out / member.symbol, False, "optimize")
+        spec = symbol_spec(template, member.symbol)
+        task = partial(_together_symbol, spec, search, member, result, settings, infos[member.symbol],
+                       search_rates, holdout.baseline_of(baseline, member.symbol), searched)
+        rows[member.symbol] = run_task(task, member.symbol, spec.out, False, "optimize")
     return [rows[s] for s in symbols], extra
 
 
-def _together_symbol(template: Any, member: Any, search: Any, result: Any, trial: Any, best_path: Path,
-                     settings: dict[str, Any], symbol: str, folder: Path) -> dict[str, Any]:
-    """One symbol's outputs of a search over several: walk-forward, DSR/PBO, test-period figures, export."""
-    import backtester
-    import optimizer
+def _together_symbol(spec: Any, search: Any, member: Any, result: Any, settings: dict[str, Any],
+                     info: dict[str, Any], search_rates: list[dict[str, Any]], baseline: dict[str, Any],
+                     searched: dict[str, Any], symbol: str, folder: Path) -> dict[str, Any]:
+    """One symbol's check of the params set searched for several: everything a one-symbol run does after
+    its search, on this symbol's data (its stability, walk-forward, DSR/PBO, hold-out, gates, export)."""
     import pipeline
 
-    spec = replace(symbol_spec(template, symbol), out=folder, params_file=str(best_path))
-    wf = pipeline.run_validate(spec, settings["folds"])
-    chosen = {**search.params_of(trial.params), "symbol": symbol}
-    stats = optimizer.overfitting_statistics(member, result.trials, search.params_of, search.split)
-    (folder / "overfitting.json").write_text(json.dumps(json_safe(stats), indent=2))
-    data = member.get(chosen["timeframe"])
-    test = backtester.simulate(data, chosen, *optimizer.train_test_split(len(data), *search.split).test).metrics
-    passed = bool(trial.user_attrs.get("fail_reason", "x") == "" and wf["aggregate"]["passed"])
-    if passed and settings["export"]:
-        optimizer.export_prod_config(chosen, {"score": trial.value, "source": spec.source,
-                                              "symbols": search.datasets.symbol, "walk_forward": wf["aggregate"]},
-                                     spec.export_dir)
-    return _search_figures(test, stats, passed)
+    pipeline.console.rule(f"{symbol}: the chosen trial on this symbol")
+    outcome = pipeline.validate_and_export(replace(spec, out=folder), search, member, result, settings["folds"],
+                                           settings["export"], settings["jobs"], settings["seed"], settings["search"],
+                                           info, search_rates, baseline=baseline, searched=searched)
+    return search_row(outcome)

@@ -1,58 +1,56 @@
-"""Parameter search with Optuna, the hierarchical-filter objective, walk-forward validation and
-overfitting statistics.
+"""Parameter search with Optuna: the search space, the hierarchical-filter objective, the datasets
+with their final hold-out, and the search itself on one or many worker processes.
 
-Design for speed (the sampler and the storage, not the ~1 ms backtest, are the bottleneck):
-
-* Indicators are computed once per dataset and period (``MarketData``'s cache); a trial that
-  changes only management params recomputes nothing.
-* The sampler works on an in-memory *working study* that holds a bounded window of trials
-  (the best ``WINDOW_BEST`` and the latest ``WINDOW_RECENT``), so the cost of each ``ask`` stays
-  flat however many trials were run. Every trial also goes to the persistent study, written
-  behind the search by a background thread; trials that other processes wrote there are pulled
-  into the window, so several processes or machines share one study.
-* The persistent default is an Optuna journal file under ``results/`` (append-only, safe for
-  several processes, ~0.5 ms a trial); any Optuna RDB URL (``sqlite:///...``,
-  ``postgresql://...``) works too and is written behind the same way.
-* Trials are asked in batches of ``--jobs`` (TPE's constant liar keeps them apart) and their
-  backtests run in threads (the numba loop releases the GIL).
+* **Hold-out.** ``Datasets`` cuts the last ``HOLDOUT_FRACTION`` of each symbol's history off
+  before anything else sees it: ``get`` hands out the bars before the cut only (indicators need
+  only the past, so their values there are those of the full history), and only ``full`` (used
+  once, for the final check of the chosen params) reaches the hold-out.
+* **Speed.** Indicators are computed once per dataset; the sampler works on an in-memory
+  *working study* of a bounded window of trials (the best ``window_best`` and the latest
+  ``window_recent``), so its cost per trial stays flat; the last ``refine_share`` of a run tries
+  neighbours of the leaders.
+* **No trial run twice, none lost.** A proposal whose params were already tried (by this worker
+  or any other on the study) is answered from the known result and never stored again. Each
+  finished trial goes to ``study_store.TrialWriter``, which stores it within a bounded batch;
+  SIGINT and SIGTERM stop the search after the current trial and store everything first.
+* **Many workers.** ``--jobs N`` forks N worker processes on one storage; each derives its own
+  sampler seed from the study seed and its worker id, pulls the trials of the others into its
+  window, and reports each stored trial to the parent's progress bar.
+* **Many symbols.** A ``DatasetGroup`` scores one params set on several symbols' ``Datasets``
+  (each with its own hold-out cut off) and aggregates their scores (``AGGREGATES``: the worst by
+  default). A trial whose stops round onto the entry at the instrument's tick scores as a constraint.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import logging
 import math
-import pprint
+import multiprocessing
+import os
 import queue
 import random
-import shutil
+import signal
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
-from scipy.stats import kurtosis, norm, skew
-from sklearn.model_selection import TimeSeriesSplit
 
 import backtester
 import config
-import strategy_loader
-from metrics import daily_returns
+import study_store
+import workers
 
-logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SCORE_CONSTRAINT = -200.0
-EULER_GAMMA = 0.5772156649015329
+DAY_MS = 86_400_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +158,7 @@ def exit_mix_adjustment(exit_reasons: dict[str, int], f: dict[str, float]) -> fl
 
 
 # ----------------------------------------------------------------------------------------------
-# Datasets and evaluation of one params set
+# Datasets (in-sample and hold-out) and evaluation of one params set
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Split:
@@ -170,14 +168,15 @@ class Split:
     test: tuple[int, int]
 
 
-def train_test_split(n: int, train_fraction: float, gap_fraction: float) -> Split:
-    """First ``train_fraction`` of the bars for training, skip ``gap_fraction``, test on the rest."""
-    train_stop = int(n * train_fraction)
-    test_start = min(n, train_stop + int(n * gap_fraction))
-    if train_stop < 2 or n - test_start < 2:
-        raise config.ConfigError(f"{n} bars are too few for a {train_fraction:.0%} train / {gap_fraction:.0%} "
+def train_test_split(n: int, train_fraction: float, gap_fraction: float, start: int = 0) -> Split:
+    """Of bars [start, n): the first ``train_fraction`` train, ``gap_fraction`` is skipped, the rest tests."""
+    span = n - start
+    train_stop = start + int(span * train_fraction)
+    test_start = min(n, train_stop + int(span * gap_fraction))
+    if train_stop - start < 2 or n - test_start < 2:
+        raise config.ConfigError(f"{span} bars are too few for a {train_fraction:.0%} train / {gap_fraction:.0%} "
                                  "gap split")
-    return Split((0, train_stop), (test_start, n))
+    return Split((start, train_stop), (test_start, n))
 
 
 METRIC_ATTRS = ("total_return", "cagr", "sharpe", "sortino", "calmar", "max_drawdown", "profit_factor", "win_rate",
@@ -205,23 +204,125 @@ class Evaluation:
         return out
 
 
-class Datasets:
-    """One MarketData per timeframe (resampled once) so that a timeframe in the grid costs nothing twice."""
+def holdout_cut(index: pd.DatetimeIndex, fraction: float, bar_ms: int) -> pd.Timestamp | None:
+    """Open time of the first hold-out bar: the last ``fraction`` of the bars, moved back to a UTC
+    day boundary (for bars shorter than a day) so that every timeframe of the data cuts at the same
+    moment. None when ``fraction`` is 0."""
+    if fraction <= 0:
+        return None
+    n = len(index)
+    first = n - max(1, int(round(n * fraction)))
+    if first < 2:
+        raise config.ConfigError(f"{n} bars are too few to hold out {fraction:.0%} of them")
+    cut = index[first]
+    return cut.floor("D") if bar_ms < DAY_MS and cut.floor("D") > index[0] else cut
 
-    def __init__(self, loader: Callable[[str], Any], symbol: str, instrument: dict[str, float] | None = None) -> None:
+
+class Datasets:
+    """The candles of one symbol, one MarketData per timeframe, split into in-sample and hold-out.
+
+    ``get`` returns the in-sample bars only: nothing the search, the filters, the walk-forward or
+    the statistics read can depend on a hold-out bar. ``full`` holds every bar (indicators over the
+    whole history) and is used for the one final run of the chosen params on the hold-out.
+    ``window`` restricts the in-sample bars further to a time range (a walk-forward fold's train
+    window) while indicators stay warm from the first bar. Views made by ``window`` share the data,
+    the hold-out cut and the instrument.
+
+    ``instrument`` (tick, quantity step, ...) goes into every MarketData built here; None means
+    ``config.instrument_for(symbol)`` when first needed. A loader may set it while it loads (a
+    Bybit download caches the instrument info): it is read after the candles are loaded.
+    """
+
+    def __init__(self, loader: Callable[[str], Any], symbol: str, instrument: dict[str, float] | None = None,
+                 holdout_fraction: float | None = None) -> None:
         self._loader = loader
         self.symbol = symbol
-        self.instrument = instrument  # None: config.instrument_for(symbol) when first needed
-        self._data: dict[str, backtester.MarketData] = {}
-        self._lock = threading.Lock()
+        self.holdout_fraction = config.HOLDOUT_FRACTION if holdout_fraction is None else holdout_fraction
+        self._full: dict[str, backtester.MarketData] = {}
+        self._insample: dict[str, backtester.MarketData] = {}
+        self._lock = threading.RLock()
+        # shared with the views: the cut (set by the first dataset loaded) and the instrument
+        self._shared: dict[str, Any] = {"cut_known": False, "cut": None, "instrument": instrument}
+        self.time_window: tuple[int, int] | None = None
+
+    @property
+    def members(self) -> list[Datasets]:
+        """The symbols' datasets of a search: this one (a DatasetGroup has several)."""
+        return [self]
+
+    @property
+    def instrument(self) -> dict[str, float] | None:
+        """The instrument every MarketData of this symbol uses (None: config's, when first needed)."""
+        return self._shared["instrument"]
+
+    @instrument.setter
+    def instrument(self, value: dict[str, float] | None) -> None:
+        self._shared["instrument"] = value
+
+    @property
+    def cut(self) -> pd.Timestamp | None:
+        """Open time of the first hold-out bar (None without a hold-out); set by the first dataset loaded."""
+        return self._shared["cut"]
+
+    def full(self, timeframe: str) -> backtester.MarketData:
+        """Every bar at ``timeframe``, the hold-out included (for the final check only)."""
+        with self._lock:
+            if timeframe not in self._full:
+                candles = self._loader(timeframe)  # first: it may set the instrument
+                data = backtester.MarketData(candles, self.symbol, timeframe, instrument=self.instrument)
+                if not self._shared["cut_known"]:
+                    self._shared.update(cut_known=True, cut=holdout_cut(data.candles.index, self.holdout_fraction,
+                                                                        data.bar_ms))
+                self._full[timeframe] = data
+            return self._full[timeframe]
 
     def get(self, timeframe: str) -> backtester.MarketData:
-        """The dataset at ``timeframe``."""
+        """The in-sample bars at ``timeframe`` (everything before the hold-out)."""
         with self._lock:
-            if timeframe not in self._data:
-                self._data[timeframe] = backtester.MarketData(self._loader(timeframe), self.symbol, timeframe,
-                                                              instrument=self.instrument)
-            return self._data[timeframe]
+            if timeframe not in self._insample:
+                full = self.full(timeframe)
+                if self.cut is None:
+                    self._insample[timeframe] = full
+                else:
+                    candles = full.candles[full.candles.index < self.cut]
+                    if len(candles) < 2:
+                        raise config.ConfigError(f"{timeframe}: no in-sample bars before the hold-out at {self.cut}")
+                    self._insample[timeframe] = backtester.MarketData(candles, self.symbol, timeframe,
+                                                                      instrument=self.instrument)
+            return self._insample[timeframe]
+
+    def bars(self, timeframe: str) -> tuple[int, int]:
+        """The in-sample bar range [start, stop) of ``timeframe`` to use (the time window, else all)."""
+        data = self.get(timeframe)
+        if self.time_window is None:
+            return 0, len(data)
+        start_ms, stop_ms = self.time_window
+        return int(np.searchsorted(data.ts, start_ms)), int(np.searchsorted(data.ts, stop_ms))
+
+    def holdout_bars(self, timeframe: str) -> tuple[int, int]:
+        """The hold-out's bar range [start, stop) in ``full(timeframe)``; empty without a hold-out."""
+        full = self.full(timeframe)
+        if self.cut is None:
+            return len(full), len(full)
+        return int(np.searchsorted(full.ts, self.cut.value // 1_000_000)), len(full)
+
+    def window(self, start_ms: int, stop_ms: int) -> Datasets:
+        """A view of the in-sample bars with open time in [start_ms, stop_ms), sharing the data."""
+        view = Datasets.__new__(Datasets)
+        view.__dict__.update(self.__dict__)
+        view.time_window = (int(start_ms), int(stop_ms))
+        return view
+
+    def describe(self, timeframe: str) -> dict[str, Any]:
+        """Symbol, timeframe and the first/last bar of the in-sample part and of the hold-out."""
+        data, full = self.get(timeframe), self.full(timeframe)
+        start, stop = self.holdout_bars(timeframe)
+        out = {"symbol": self.symbol, "timeframe": timeframe, "in_sample_start": str(data.candles.index[0]),
+               "in_sample_end": str(data.candles.index[-1]), "in_sample_bars": len(data),
+               "holdout_fraction": self.holdout_fraction, "holdout_bars": stop - start}
+        if stop > start:
+            out["holdout_start"], out["holdout_end"] = str(full.candles.index[start]), str(full.candles.index[-1])
+        return out
 
 
 AGGREGATES: dict[str, Callable[[list[float]], float]] = {
@@ -230,7 +331,12 @@ AGGREGATES: dict[str, Callable[[list[float]], float]] = {
 
 class DatasetGroup:
     """Several symbols searched with one params set: a trial scores the aggregate of its per-symbol
-    scores (by default the worst, so a strategy must work on every symbol)."""
+    scores (by default the worst, so a strategy must work on every symbol).
+
+    Each member is a symbol's own ``Datasets`` with its own hold-out cut: a trial reads every
+    member's in-sample bars only. Everything after the search (stability, walk-forward, DSR/PBO,
+    the hold-out) is per symbol, on ``members``.
+    """
 
     def __init__(self, members: list[Datasets], aggregate: str = "min") -> None:
         if not members:
@@ -252,14 +358,16 @@ class DatasetGroup:
 
 def evaluate(datasets: Datasets | DatasetGroup, params: dict[str, Any], split_cfg: tuple[float, float],
              filters: dict[str, float] | None = None) -> Evaluation:
-    """Backtest the train and test periods of ``params`` and apply the filters (on each symbol of a group)."""
+    """Backtest the train and test periods of ``params`` (in-sample bars only) and apply the filters
+    (on each symbol of a group, then aggregated)."""
     reason = check_constraints(params)
     if reason:
         return Evaluation(SCORE_CONSTRAINT, f"constraint: {reason}", 0)
     if isinstance(datasets, DatasetGroup):
         return datasets.combine([evaluate(member, params, split_cfg, filters) for member in datasets.members])
     data = datasets.get(params["timeframe"])
-    split = train_test_split(len(data), *split_cfg)
+    start, stop = datasets.bars(params["timeframe"])
+    split = train_test_split(stop, *split_cfg, start=start)
     try:
         train = backtester.simulate(data, params, *split.train).metrics
         test = backtester.simulate(data, params, *split.test).metrics
@@ -270,197 +378,341 @@ def evaluate(datasets: Datasets | DatasetGroup, params: dict[str, Any], split_cf
     return Evaluation(score, fail_reason, tier, train, test)
 
 
-# ----------------------------------------------------------------------------------------------
-# Storage: persistent study written behind the search
-# ----------------------------------------------------------------------------------------------
-def open_storage(url: str | None) -> Any:
-    """The persistent storage: default a journal file under results/, else any RDB URL or journal:PATH."""
-    try:
-        if url is None or url.startswith("journal:"):
-            from optuna.storages import JournalStorage
-            from optuna.storages.journal import JournalFileBackend
+def tier_pass_rates(tiers: Sequence[int]) -> list[dict[str, Any]]:
+    """Per filter tier: trials that reached it, that passed it, and the share that passed.
 
-            path = Path(url[len("journal:"):]) if url else config.RESULTS_DIR / "studies.journal"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # noqa: BLE001 - any driver error: name the URL and stop before work starts
-        raise config.ConfigError(f"cannot open study storage '{url}': {exc}") from None
-
-
-class BehindWriter(threading.Thread):
-    """Copies finished trials into the persistent study from a background thread."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        super().__init__(daemon=True, name="study-writer")
-        self.study = study
-        self.queue: queue.Queue[FrozenTrial | None] = queue.Queue()
-        self.written = 0
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        while True:
-            trial = self.queue.get()
-            if trial is None:
-                return
-            try:
-                self.study.add_trial(trial)
-                self.written += 1
-            except Exception as exc:  # noqa: BLE001 - reported by close(), never lost silently
-                self.error = exc
-                logger.error("could not write trial %s to the study storage: %s", trial.number, exc)
-
-    def close(self) -> None:
-        """Write everything queued, then stop."""
-        self.queue.put(None)
-        self.join()
-        if self.error:
-            raise RuntimeError(f"some trials were not saved to the study storage: {self.error}")
+    ``tiers`` are the tiers trials reached (0 = rejected by a constraint, len(FILTER_TIERS) + 1 =
+    passed every tier); constraint rejections were never backtested and are left out.
+    """
+    reached = np.asarray([t for t in tiers if t > 0], dtype=int)
+    rows = []
+    for k, name in enumerate(FILTER_TIERS, start=1):
+        at = int((reached >= k).sum())
+        passed = int((reached > k).sum())
+        rows.append({"tier": k, "name": name, "reached": at, "passed": passed,
+                     "pass_rate": passed / at if at else float("nan")})
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
 # The search
 # ----------------------------------------------------------------------------------------------
+MAX_DUPLICATE_STREAK = 200  # proposals in a row that were all tried before: the space is exhausted
+WARM_START_TRIALS = 20      # CMA-ES warm-starts from a study that holds at least this many trials
+
+
 @dataclass
 class SearchResult:
-    """What a search leaves: every trial of the persistent study and the best one."""
+    """What a search leaves: every finished trial of the study (all runs, all workers) and the best one."""
 
     trials: list[FrozenTrial]
     best: FrozenTrial | None
-    interrupted: bool
+    interrupted: bool          # stopped by SIGINT/SIGTERM, or a worker died: the run is not complete
     seconds: float
     sampler_seconds: float
     backtest_seconds: float
     rate_last_10pct: float
+    stored: int = 0            # trials this run added to the study
+    duplicates: int = 0        # proposals answered from a known result instead of being run again
+    notes: list[str] = field(default_factory=list)
 
 
-def make_sampler(seed: int, kind: str | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler chosen in config (TPE multivariate by default), seeded."""
+@dataclass
+class _WorkerStats:
+    stored: int = 0
+    duplicates: int = 0
+    sampler_s: float = 0.0
+    backtest_s: float = 0.0
+    note: str = ""
+
+
+def make_sampler(seed: int, kind: str | None = None, warm: list[FrozenTrial] | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """The sampler chosen in config or by --sampler, seeded: tpe (multivariate), cmaes or random.
+
+    ``warm``: for CMA-ES, the trials a study already holds (a resumed or shared study): its first
+    distribution is estimated from them (warm-started CMA-ES) instead of starting from the centre
+    of the space after random start-up trials.
+    """
     kind = kind or config.OPTUNA_SETTINGS["sampler"]
+    startup = config.OPTUNA_SETTINGS["n_startup_trials"]
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=config.OPTUNA_SETTINGS["n_startup_trials"])
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    raise config.ConfigError(f"unknown sampler '{kind}'; accepted: tpe, random, cmaes")
+        try:
+            import cmaes  # noqa: F401 - Optuna's CmaEsSampler imports it on first use; fail here, clearly
+        except ImportError:
+            raise config.ConfigError("sampler 'cmaes' needs the cmaes package (pip install -r requirements.txt)") \
+                from None
+        with warnings.catch_warnings():  # source_trials is marked experimental; the tests hold what it does here
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.CmaEsSampler(source_trials=warm or None, seed=seed,
+                                                n_startup_trials=0 if warm else startup,
+                                                warn_independent_sampling=False,
+                                                independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    raise config.ConfigError(f"unknown sampler '{kind}'; accepted: {', '.join(config.SAMPLER_CHOICES)}")
+
+
+def params_key(params: dict[str, Any]) -> tuple:
+    """Identity of a parameter set: two trials with equal keys are the same strategy."""
+    return tuple(sorted(params.items()))
 
 
 class Search:
-    """A resumable, windowed Optuna search over a strategy's grid."""
+    """A resumable, windowed, deduplicating Optuna search over a strategy's grid, on 1..N processes."""
 
     def __init__(self, datasets: Datasets | DatasetGroup, base_params: dict[str, Any], grid: dict[str, Any], *,
-                 study_name: str, storage: str | None = None, seed: int = 42, jobs: int = 1,
+                 study_name: str, storage: str | None = None, seed: int = 42, jobs: int = 1, worker_id: int = 0,
                  sampler: str | None = None, window: tuple[int, int] | None = None,
-                 split: tuple[float, float] | None = None, filters: dict[str, float] | None = None) -> None:
+                 refine_share: float | None = None, split: tuple[float, float] | None = None,
+                 filters: dict[str, float] | None = None, fingerprint: dict[str, Any] | None = None) -> None:
         self.datasets = datasets
         self.base_params = base_params
         self.space, fixed = grid_to_space(grid, f"grid of {study_name}", base_params["mode"])
         self.fixed = {**fixed, "mode": base_params["mode"]}
         self.seed = seed
         self.jobs = max(1, jobs)
-        self.sampler_kind = sampler
+        self.worker_id = worker_id
+        self.sampler_kind = sampler or config.OPTUNA_SETTINGS["sampler"]
+        make_sampler(0, self.sampler_kind)  # an unknown or unusable sampler fails before any work
         self.window = window or (config.OPTUNA_SETTINGS["window_best"], config.OPTUNA_SETTINGS["window_recent"])
+        self.refine_share = config.OPTUNA_SETTINGS["refine_share"] if refine_share is None else refine_share
         self.split = split or (config.TRAIN_FRACTION, config.GAP_FRACTION)
         self.filters = filters
-        self.persistent = optuna.create_study(study_name=study_name, storage=open_storage(storage),
-                                              direction="maximize", load_if_exists=True)
+        self.study_name = study_name
+        self.storage_url = storage
+        self.storage = study_store.open_storage(storage)
+        if self.jobs > 1 and not study_store.is_shared(self.storage):
+            raise config.ConfigError("--jobs above 1 needs a storage the worker processes share (not :memory:)")
+        try:
+            self.persistent = optuna.create_study(study_name=study_name, storage=self.storage, direction="maximize",
+                                                  load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - a storage that opens but cannot hold a study
+            raise config.ConfigError(f"cannot open study '{study_name}' in "
+                                     f"'{study_store.redact(storage or str(study_store.default_journal()))}': "
+                                     f"{study_store.redact(str(exc), storage)}") from None
+        self.study_id = self.storage.get_study_id_from_name(study_name)
         self.known = list(self.persistent.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if fingerprint is not None:
+            self._check_fingerprint(fingerprint)
+        self._children: list[multiprocessing.Process] = []
+
+    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """A study holds trials of one dataset, split and grid; resuming it on others is refused."""
+        import json
+
+        wanted = json.loads(json.dumps(fingerprint, default=str))
+        stored = self.persistent.user_attrs.get("grtr_data")
+        if stored is None and not self.known:
+            self.persistent.set_user_attr("grtr_data", wanted)
+            return
+        if stored != wanted:
+            differs = sorted(k for k in set(wanted) | set(stored or {}) if (stored or {}).get(k) != wanted.get(k))
+            raise config.ConfigError(f"study '{self.study_name}' holds {len(self.known)} trials made on other data or "
+                                     f"settings ({', '.join(differs) or 'made before the hold-out existed'}); "
+                                     "use another --study-name")
 
     def params_of(self, trial_params: dict[str, Any]) -> dict[str, Any]:
         """The complete validated params of a trial."""
         return config.validate_params({**self.fixed, **trial_params}, "trial", base=self.base_params)
 
-    def _working_study(self) -> optuna.Study:
-        study = optuna.create_study(direction="maximize", sampler=make_sampler(self.seed + len(self.known),
-                                                                               self.sampler_kind))
-        best, recent = self.window
-        order = sorted(range(len(self.known)), key=lambda k: self.known[k].value, reverse=True)[:best]
-        chosen = sorted(set(order) | set(range(max(0, len(self.known) - recent), len(self.known))))
-        study.add_trials([self.known[k] for k in chosen if set(self.known[k].distributions) == set(self.space)])
-        return study
+    # --- running -----------------------------------------------------------------------------
+    def run(self, n_trials: int, on_trial: Callable[[FrozenTrial], None] | None = None) -> SearchResult:
+        """Run ``n_trials`` more trials on ``jobs`` workers; SIGINT/SIGTERM stop cleanly, everything stored.
 
-    def run(self, n_trials: int, on_trial: Callable[[FrozenTrial, Evaluation, bool], None] | None = None,
-            timeout: float | None = None) -> SearchResult:
-        """Run ``n_trials`` more trials; Ctrl-C stops cleanly with everything so far saved."""
+        ``on_trial`` is called with each trial once it is stored (with its study number).
+        """
         if n_trials < 1:
             raise config.ConfigError(f"--trials must be at least 1, got {n_trials}")
-        writer = BehindWriter(self.persistent)
-        writer.start()
-        started = time.perf_counter()
-        sampler_s = backtest_s = 0.0
-        done = 0
+        stop = threading.Event()
         stamps: list[float] = []
-        best_value = max((t.value for t in self.known), default=-math.inf)
-        interrupted = False
-        rebuild_every = max(50, self.window[1] // 2)
-        refine_count = int(n_trials * config.OPTUNA_SETTINGS["refine_share"])
-        rng = random.Random(self.seed + len(self.known))
-        working = self._working_study()
-        since_rebuild = 0
-        pool = ThreadPoolExecutor(self.jobs) if self.jobs > 1 else None
-        try:
-            while done < n_trials and (timeout is None or time.perf_counter() - started < timeout):
-                batch = min(self.jobs, n_trials - done)
-                t0 = time.perf_counter()
-                if done >= n_trials - refine_count:
-                    for _ in range(batch):
-                        working.enqueue_trial(self._neighbour(rng))
-                asked = [working.ask(self.space) for _ in range(batch)]
-                sampler_s += time.perf_counter() - t0
-                params = [self.params_of(t.params) for t in asked]
-                t0 = time.perf_counter()
-                args = [(self.datasets, p, self.split, self.filters) for p in params]
-                results = list(pool.map(lambda a: evaluate(*a), args)) if pool else [evaluate(*a) for a in args]
-                backtest_s += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                for trial, result in zip(asked, results, strict=True):
-                    for key, value in result.attrs().items():
-                        trial.set_user_attr(key, value)
-                    working.tell(trial, result.score)
-                    record = optuna.trial.create_trial(params=trial.params, distributions=self.space,
-                                                       value=result.score, user_attrs=dict(trial.user_attrs),
-                                                       system_attrs={"search_seed": self.seed})
-                    record.number = len(self.known)
-                    writer.queue.put(record)
-                    self.known.append(record)
-                    done += 1
-                    stamps.append(time.perf_counter())
-                    is_leader = result.score > best_value
-                    best_value = max(best_value, result.score)
-                    if on_trial:
-                        on_trial(record, result, is_leader)
-                sampler_s += time.perf_counter() - t0
-                since_rebuild += batch
-                if since_rebuild >= rebuild_every:
-                    t0 = time.perf_counter()
-                    self._pull_foreign_trials()
-                    working = self._working_study()
-                    sampler_s += time.perf_counter() - t0
-                    since_rebuild = 0
-        except KeyboardInterrupt:
-            interrupted = True
-            logger.warning("interrupted: %d trials done, saving them", done)
-        finally:
-            if pool:
-                pool.shutdown(wait=True)
-            writer.close()
+        started = time.perf_counter()
+
+        def stored(trial: FrozenTrial) -> None:
+            stamps.append(time.perf_counter())
+            if on_trial:
+                on_trial(trial)
+
+        with workers.StopOnSignals(stop, self._children):
+            if self.jobs == 1:
+                stats, died = [self._work(n_trials, 0, stored, stop, reopen=False)], []
+            else:
+                stats, died = self._run_workers(n_trials, stored, stop)
         elapsed = time.perf_counter() - started
         tail = max(1, len(stamps) // 10)
         rate_tail = tail / max(stamps[-1] - stamps[-tail - 1], 1e-9) if len(stamps) > tail else 0.0
-        trials = self.persistent.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = list(self.persistent.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        self.known = trials
         best = max(trials, key=lambda t: t.value) if trials else None
-        return SearchResult(list(trials), best, interrupted, elapsed, sampler_s, backtest_s, rate_tail)
+        notes = [s.note for s in stats if s.note] + [f"worker {k} died before storing its last trials" for k in died]
+        return SearchResult(trials, best, stop.is_set() or bool(died), elapsed, sum(s.sampler_s for s in stats),
+                            sum(s.backtest_s for s in stats), rate_tail, sum(s.stored for s in stats),
+                            sum(s.duplicates for s in stats), notes)
 
-    def _neighbour(self, rng: random.Random) -> dict[str, Any]:
+    def _run_workers(self, n_trials: int, stored: Callable[[FrozenTrial], None], stop: threading.Event
+                     ) -> tuple[list[_WorkerStats], list[int]]:
+        """Fork one process per job; relay their stored trials to ``stored``; collect their figures."""
+        ctx = multiprocessing.get_context("fork")
+        messages = ctx.Queue()
+        quotas = [n_trials // self.jobs + (k < n_trials % self.jobs) for k in range(self.jobs)]
+        engine = getattr(self.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()  # no pooled connection may be shared with the children
+        self._children[:] = []
+        for k, quota in enumerate(quotas):
+            if quota:
+                process = ctx.Process(target=self._child, args=(quota, k, messages), daemon=True)
+                process.start()
+                self._children.append(process)
+        finished: dict[int, _WorkerStats] = {}
+        errors: list[BaseException] = []
+        while True:
+            try:
+                kind, k, payload = messages.get(timeout=0.2)
+            except queue.Empty:
+                if any(p.is_alive() for p in self._children):
+                    continue
+                try:
+                    kind, k, payload = messages.get(timeout=0.5)
+                except queue.Empty:
+                    break
+            if kind == "trial":
+                stored(payload)
+            elif kind == "done":
+                finished[k] = payload
+            else:
+                errors.append(payload)
+        for process in self._children:
+            process.join()
+        if errors:
+            raise errors[0] if isinstance(errors[0], config.ConfigError) else RuntimeError(str(errors[0]))
+        died = [k for k, quota in enumerate(quotas) if quota and k not in finished]
+        return list(finished.values()), died
+
+    def _child(self, quota: int, local_index: int, messages: Any) -> None:
+        """Body of a forked worker: search its quota, send each stored trial, then its figures."""
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        workers.stop_when_parent_dies()
+        code = 0
+        try:
+            stats = self._work(quota, local_index, lambda t: messages.put(("trial", local_index, t)), stop,
+                               reopen=True)
+            messages.put(("done", local_index, stats))
+        except BaseException as exc:  # noqa: BLE001 - everything reaches the parent, which reports it
+            messages.put(("error", local_index, exc if isinstance(exc, config.ConfigError)
+                          else RuntimeError(f"worker {local_index}: {type(exc).__name__}: {exc}")))
+            code = 1
+        finally:
+            messages.close()
+            messages.join_thread()
+            os._exit(code)
+
+    def _work(self, quota: int, local_index: int, on_stored: Callable[[FrozenTrial], None] | None,
+              stop: threading.Event, reopen: bool) -> _WorkerStats:
+        """One worker: ask, skip known params, backtest, tell, store; pull the other workers' trials."""
+        storage = study_store.open_storage(self.storage_url) if reopen else self.storage
+        study = optuna.load_study(study_name=self.study_name, storage=storage) if reopen else self.persistent
+        label = f"{self.worker_id}.{local_index}"
+        if study_store.is_shared(storage):
+            study_store.claim_worker(storage, self.study_id, label)
+        stored_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        known = [_light(t) for t in stored_trials]
+        seen = {params_key(t.params): t.value for t in known}
+        numbers = {t.number for t in stored_trials}
+        rng = random.Random(study_store.worker_seed(self.seed, self.worker_id, local_index, len(known)))
+        stats = _WorkerStats()
+        writer = study_store.TrialWriter(storage, self.study_id, on_stored)
+        writer.start()
+        rebuild_every = max(50, self.window[1] // 2)
+        refine_from = quota - int(quota * self.refine_share)
+        working = self._working_study(known, rng)
+        since_rebuild = streak = 0
+        try:
+            while stats.stored < quota and not stop.is_set():
+                t0 = time.perf_counter()
+                if stats.stored >= refine_from:
+                    working.enqueue_trial(self._neighbour(known, rng))
+                trial = working.ask(self.space)
+                key = params_key(trial.params)
+                if key in seen:
+                    working.tell(trial, seen[key])
+                    stats.duplicates += 1
+                    streak += 1
+                    stats.sampler_s += time.perf_counter() - t0
+                    if streak >= MAX_DUPLICATE_STREAK:
+                        stats.note = (f"worker {label}: {streak} proposals in a row were tried before; the search "
+                                      "space looks exhausted")
+                        break
+                    continue
+                streak = 0
+                stats.sampler_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                result = evaluate(self.datasets, self.params_of(trial.params), self.split, self.filters)
+                stats.backtest_s += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                working.tell(trial, result.score)
+                record = study_store.new_trial(trial.params, trial.distributions, result.score, result.attrs(),
+                                               {"grtr_worker": label})
+                writer.put(record)
+                known.append(_light(record))
+                seen[key] = result.score
+                stats.stored += 1
+                since_rebuild += 1
+                if since_rebuild >= rebuild_every:
+                    self._pull(study, known, seen, numbers, label)
+                    if study_store.is_shared(storage):
+                        study_store.beat_worker(storage, self.study_id, label)
+                    if self.sampler_kind != "cmaes":  # CMA-ES keeps its state in its study: never rebuilt
+                        working = self._working_study(known, rng)
+                    since_rebuild = 0
+                stats.sampler_s += time.perf_counter() - t0
+        finally:
+            writer.close()
+        return stats
+
+    def _working_study(self, known: list[FrozenTrial], rng: random.Random) -> optuna.Study:
+        """An in-memory study of the best and the latest trials (``known`` holds light copies), with a
+        fresh seeded sampler."""
+        best, recent = self.window
+        fitting = [t for t in known if set(t.distributions) == set(self.space)]
+        order = sorted(range(len(fitting)), key=lambda k: fitting[k].value, reverse=True)[:best]
+        chosen = [fitting[k] for k in sorted(set(order) | set(range(max(0, len(fitting) - recent), len(fitting))))]
+        warm = None
+        if self.sampler_kind == "cmaes" and len(chosen) >= WARM_START_TRIALS:
+            numeric = {n: d for n, d in self.space.items() if not isinstance(d, CategoricalDistribution)}
+            warm = [optuna.trial.create_trial(params={n: t.params[n] for n in numeric}, distributions=numeric,
+                                              value=t.value) for t in chosen]  # CMA-ES's own space only
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(rng.randrange(2**31),
+                                                                               self.sampler_kind, warm))
+        study.add_trials(chosen)
+        return study
+
+    @staticmethod
+    def _pull(study: optuna.Study, known: list[FrozenTrial], seen: dict[tuple, float], numbers: set[int],
+              label: str) -> None:
+        """Trials other workers stored since the last pull join the window and the known params."""
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.number in numbers:
+                continue
+            numbers.add(trial.number)
+            if trial.system_attrs.get("grtr_worker") != label:
+                known.append(_light(trial))
+                seen.setdefault(params_key(trial.params), trial.value)
+
+    def _neighbour(self, known: list[FrozenTrial], rng: random.Random) -> dict[str, Any]:
         """Params of one of the 10 best trials with one or two of them moved a little (leader refinement).
 
         TPE spreads its trials over the whole space; in the last share of a run, neighbours of
         the leaders are tried instead, which raises the best score the budget reaches.
         """
-        fitting = [t for t in self.known if set(t.params) == set(self.space)]
-        leaders = sorted(fitting, key=lambda t: t.value, reverse=True)[:10]
+        import heapq
+
+        fitting = (t for t in known if len(t.params) == len(self.space))
+        leaders = heapq.nlargest(10, fitting, key=lambda t: t.value)
         if not leaders:
             return {}  # nothing to refine yet: the sampler proposes as usual
         params = dict(rng.choice(leaders).params)
@@ -476,31 +728,28 @@ class Search:
                 params[name] = min(dist.high, max(dist.low, value + rng.gauss(0.0, span / 2)))
         return params
 
-    def _pull_foreign_trials(self) -> None:
-        """Trials other processes wrote to the persistent study join the window."""
-        mine = {(tuple(sorted(t.params.items())), t.value) for t in self.known}
-        for trial in self.persistent.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            key = (tuple(sorted(trial.params.items())), trial.value)
-            if key not in mine:
-                self.known.append(trial)
-                mine.add(key)
+
+def _light(trial: FrozenTrial) -> FrozenTrial:
+    """A trial with params and value only: what the samplers read, cheap to copy into a working study."""
+    return optuna.trial.create_trial(params=trial.params, distributions=trial.distributions, value=trial.value)
 
 
 # ----------------------------------------------------------------------------------------------
 # Leader report
 # ----------------------------------------------------------------------------------------------
-def leader_report(trial: FrozenTrial, result: Evaluation, history: list[FrozenTrial]) -> str:
+def leader_report(trial: FrozenTrial, history: list[FrozenTrial]) -> str:
     """The "new leader" text: tiers passed, the five params furthest from the crowd, all params."""
+    attrs = trial.user_attrs
+    tier, reason = attrs.get("tier", 0), attrs.get("fail_reason", "")
     lines = [f"new leader: trial {trial.number}  score {trial.value:.3f}"]
-    status = []
-    for k, name in enumerate(FILTER_TIERS, start=1):
-        status.append(f"{name} {'ok' if result.tier > k else ('FAIL' if result.tier == k else '-')}")
-    lines.append("  tiers: " + ", ".join(status) + (f"  ({result.fail_reason})" if result.fail_reason else ""))
-    if result.test:
-        lines.append(f"  train: return {result.train['total_return']:+.1%} Sharpe {result.train['sharpe']:.2f} "
-                     f"trades {result.train['num_trades']}   test: return {result.test['total_return']:+.1%} "
-                     f"Sharpe {result.test['sharpe']:.2f} DD {result.test['max_drawdown']:.1%} "
-                     f"trades {result.test['num_trades']}")
+    status = [f"{name} {'ok' if tier > k else ('FAIL' if tier == k else '-')}"
+              for k, name in enumerate(FILTER_TIERS, start=1)]
+    lines.append("  tiers: " + ", ".join(status) + (f"  ({reason})" if reason else ""))
+    if "test_sharpe" in attrs:
+        lines.append(f"  train: return {attrs['train_total_return']:+.1%} Sharpe {attrs['train_sharpe']:.2f} "
+                     f"trades {attrs['train_num_trades']:.0f}   test: return {attrs['test_total_return']:+.1%} "
+                     f"Sharpe {attrs['test_sharpe']:.2f} DD {attrs['test_max_drawdown']:.1%} "
+                     f"trades {attrs['test_num_trades']:.0f}")
     z_scores = []
     for name, value in trial.params.items():
         values = [t.params[name] for t in history if name in t.params and isinstance(t.params[name], (int, float))
@@ -518,182 +767,3 @@ def leader_report(trial: FrozenTrial, result: Evaluation, history: list[FrozenTr
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-# ----------------------------------------------------------------------------------------------
-# Walk-forward validation
-# ----------------------------------------------------------------------------------------------
-def lookback_bars(params: dict[str, Any]) -> int:
-    """The longest look-back of ``params`` in bars: the ATR's and the strategy's (its file declares it)."""
-    return int(max(params["atr_period"], strategy_loader.get(params["mode"]).lookback(params)))
-
-
-def fold_ranges(n: int, folds: int, train_ratio: float, purge: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Walk-forward (train, test) bar ranges from scikit-learn's TimeSeriesSplit with a purge gap."""
-    if folds < 2:
-        raise config.ConfigError(f"--folds must be at least 2, got {folds}")
-    test_size = (n - purge) // (folds + 1)
-    if test_size < 50:
-        raise config.ConfigError(f"{n} bars are too few for {folds} folds with a {purge}-bar purge gap "
-                                 f"(each test fold would hold {test_size} bars; need at least 50)")
-    max_train = max(int(test_size * train_ratio), 50)
-    splitter = TimeSeriesSplit(n_splits=folds, max_train_size=max_train, test_size=test_size, gap=purge)
-    return [((int(tr[0]), int(tr[-1]) + 1), (int(te[0]), int(te[-1]) + 1))
-            for tr, te in splitter.split(np.arange(n))]
-
-
-FOLD_KEYS = ("total_return", "sharpe", "max_drawdown", "num_trades", "profit_factor")
-
-
-def walk_forward(data: backtester.MarketData, params: dict[str, Any], folds: int,
-                 train_ratio: float | None = None) -> dict[str, Any]:
-    """Per-fold train/test figures and their aggregate; indicators from the full history, sliced."""
-    train_ratio = train_ratio or config.WF_TRAIN_RATIO
-    purge = lookback_bars(params)
-    rows = []
-    for k, (train, test) in enumerate(fold_ranges(len(data), folds, train_ratio, purge), start=1):
-        m_train = backtester.simulate(data, params, *train).metrics
-        m_test = backtester.simulate(data, params, *test).metrics
-        rows.append({"fold": k, "train_bars": list(train), "test_bars": list(test),
-                     "train_start": str(data.candles.index[train[0]]), "test_start": str(data.candles.index[test[0]]),
-                     "test_end": str(data.candles.index[test[1] - 1]),
-                     **{f"train_{key}": m_train[key] for key in FOLD_KEYS},
-                     **{f"test_{key}": m_test[key] for key in FOLD_KEYS}})
-    test_returns = np.array([r["test_total_return"] for r in rows])
-    aggregate = {
-        "folds": len(rows), "purge_bars": purge,
-        "mean_test_return": float(test_returns.mean()),
-        "compounded_test_return": float(np.prod(1 + test_returns) - 1),
-        "mean_test_sharpe": float(np.mean([r["test_sharpe"] for r in rows])),
-        "worst_test_drawdown": float(min(r["test_max_drawdown"] for r in rows)),
-        "test_trades": int(sum(r["test_num_trades"] for r in rows)),
-        "profitable_folds": int((test_returns > 0).sum()),
-    }
-    aggregate["passed"] = bool(aggregate["profitable_folds"] / len(rows) >= config.WF_MIN_PROFITABLE_FOLDS
-                               and aggregate["mean_test_sharpe"] > 0)
-    return {"folds": rows, "aggregate": aggregate}
-
-
-# ----------------------------------------------------------------------------------------------
-# Overfitting statistics
-# ----------------------------------------------------------------------------------------------
-def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
-    """Expected maximum Sharpe of ``n_trials`` skill-less trials (Bailey & Lopez de Prado, 2014)."""
-    if n_trials < 2:
-        return 0.0
-    return math.sqrt(sharpe_variance) * ((1 - EULER_GAMMA) * norm.ppf(1 - 1 / n_trials)
-                                         + EULER_GAMMA * norm.ppf(1 - 1 / (n_trials * math.e)))
-
-
-def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray) -> dict[str, float]:
-    """Deflated Sharpe Ratio of a return series given the per-period Sharpes of all trials searched.
-
-    DSR = Phi((SR - SR0) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)) with SR0 the
-    expected maximum Sharpe of as many trials without skill; per-period (not annualised) Sharpes.
-    """
-    returns = np.asarray(returns, dtype=float)
-    t = returns.size
-    sd = returns.std(ddof=1) if t > 1 else 0.0
-    if t < 3 or sd == 0:
-        return {"dsr": 0.0, "sharpe": 0.0, "sharpe0": 0.0, "n_trials": int(trial_sharpes.size), "periods": int(t)}
-    sr = returns.mean() / sd
-    sr0 = expected_max_sharpe(int(trial_sharpes.size), float(np.var(trial_sharpes, ddof=1))
-                              if trial_sharpes.size > 1 else 0.0)
-    g3 = float(skew(returns))
-    g4 = float(kurtosis(returns, fisher=False))
-    denominator = math.sqrt(max(1 - g3 * sr + (g4 - 1) / 4 * sr * sr, 1e-12))
-    dsr = float(norm.cdf((sr - sr0) * math.sqrt(t - 1) / denominator))
-    return {"dsr": dsr, "sharpe": float(sr), "sharpe0": float(sr0), "n_trials": int(trial_sharpes.size),
-            "periods": int(t)}
-
-
-def probability_of_backtest_overfitting(returns: np.ndarray, blocks: int = 8) -> dict[str, float]:
-    """PBO by combinatorially symmetric cross-validation (Bailey, Borwein, Lopez de Prado, Zhu, 2015).
-
-    ``returns`` is periods x strategies. The periods are cut into ``blocks`` equal parts; for every
-    half of the blocks chosen as in-sample, the in-sample best strategy's out-of-sample rank gives
-    the logit lambda = ln(w / (1 - w)), w = rank / (N + 1); PBO is the share of lambda <= 0.
-    """
-    returns = np.asarray(returns, dtype=float)
-    periods, n = returns.shape
-    if n < 2 or periods < blocks or blocks % 2:
-        return {"pbo": float("nan"), "combinations": 0, "strategies": int(n)}
-    edges = np.linspace(0, periods, blocks + 1).astype(int)
-    parts = [returns[edges[k]:edges[k + 1]] for k in range(blocks)]
-    logits = []
-    for chosen in itertools.combinations(range(blocks), blocks // 2):
-        ins = np.vstack([parts[k] for k in chosen])
-        outs = np.vstack([parts[k] for k in range(blocks) if k not in chosen])
-        best = int(np.argmax(_sharpe_columns(ins)))
-        oos = _sharpe_columns(outs)
-        rank = int((oos < oos[best]).sum()) + 1  # 1 = worst, n = best
-        w = rank / (n + 1)
-        logits.append(math.log(w / (1 - w)))
-    logits_arr = np.array(logits)
-    return {"pbo": float((logits_arr <= 0).mean()), "combinations": int(logits_arr.size), "strategies": int(n)}
-
-
-def _sharpe_columns(block: np.ndarray) -> np.ndarray:
-    sd = block.std(axis=0, ddof=1)
-    mean = block.mean(axis=0)
-    return np.where(sd > 0, mean / np.where(sd > 0, sd, 1), 0.0)
-
-
-def overfitting_statistics(datasets: Datasets, trials: list[FrozenTrial], params_of: Callable[[dict], dict],
-                           split: tuple[float, float]) -> dict[str, Any]:
-    """DSR of the best trial on its test period and PBO over the top trials' daily returns."""
-    ranked = sorted((t for t in trials if t.value is not None), key=lambda t: t.value, reverse=True)
-    if not ranked:
-        return {}
-    sharpes = np.array([t.user_attrs.get("test_sharpe", 0.0) for t in trials
-                        if t.user_attrs.get("fail_reason", "").split(":")[0] != "constraint"]) / math.sqrt(365)
-    best_params = params_of(ranked[0].params)
-    data = datasets.get(best_params["timeframe"])
-    split_bars = train_test_split(len(data), *split)
-    best = backtester.simulate(data, best_params, *split_bars.test, with_metrics=False)
-    dsr = deflated_sharpe(daily_returns(best.ts, best.equity, best.initial_capital, data.bar_ms), sharpes)
-    top = [params_of(t.params) for t in ranked[:config.PBO_TOP_TRIALS]]
-    top = [p for p in top if p["timeframe"] == best_params["timeframe"]]
-    series = []
-    for p in top:
-        run = backtester.simulate(data, p, with_metrics=False)
-        series.append(daily_returns(run.ts, run.equity, run.initial_capital, data.bar_ms))
-    pbo = probability_of_backtest_overfitting(np.column_stack(series)) if len(series) > 1 else \
-        {"pbo": float("nan"), "combinations": 0, "strategies": len(series)}
-    return {"deflated_sharpe": dsr, "pbo": pbo,
-            "meaning": (f"DSR {dsr['dsr']:.2f}: the probability that the best trial's Sharpe beats the best of "
-                        f"{dsr['n_trials']} skill-less trials; PBO {pbo['pbo']:.2f}: how often the in-sample best of "
-                        f"the top {pbo['strategies']} trials ranks below the median out of sample.")}
-
-
-# ----------------------------------------------------------------------------------------------
-# Export to production
-# ----------------------------------------------------------------------------------------------
-def side_of(params: dict[str, Any]) -> str:
-    """The live side a params set trades: its strategy's SIDE, long or short."""
-    strategy = strategy_loader.get(params["mode"])
-    if strategy.side not in ("long", "short"):
-        raise config.ConfigError(f"strategy '{strategy.name}' trades both ways and has no prod config; export "
-                                 "a long or a short strategy")
-    return strategy.side
-
-
-def export_prod_config(params: dict[str, Any], metadata: dict[str, Any], directory: Path | None = None) -> Path:
-    """Write prod_config_long.py or prod_config_short.py, keeping the previous file as a timestamped backup."""
-    directory = Path(directory or config.BASE_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"prod_config_{side_of(params)}.py"
-    if path.exists():
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        shutil.copy2(path, directory / f"{path.stem}.{stamp}.bak.py")
-    clean = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
-    safe_metadata = json.loads(json.dumps(metadata, default=str))
-    strategy = strategy_loader.get(params["mode"])
-    text = (f'"""Live params of the {side_of(params)} side, written by GrTr\'s optimizer (main.py)."""\n\n'
-            f"SYMBOL = {params['symbol']!r}\nTIMEFRAME = {params['timeframe']!r}\n"
-            f"# the strategy file these params need (run_live.py loads it), and its content's hash when exported\n"
-            f"STRATEGY_FILE = {str(strategy.path)!r}\nSTRATEGY_SHA256 = {strategy.sha256!r}\n"
-            f"METADATA = {pprint.pformat(safe_metadata, sort_dicts=False)}\n"
-            f"PARAMS = {pprint.pformat(clean, sort_dicts=False)}\n")
-    path.write_text(text)
-    return path

@@ -260,9 +260,16 @@ def metrics_table_html(metrics: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Figures of a search and its validation
 # ----------------------------------------------------------------------------------------------
+def _fold_figure(key: str, value: Any) -> str:
+    """One figure of a fold: returns and drawdowns in %, Sharpe with 2 decimals, the rest as format_metric."""
+    if key in ("total_return", "max_drawdown"):
+        return f"{value * 100:+.1f}%"
+    return f"{value:.2f}" if key == "sharpe" else format_metric(key, value)
+
+
 def fold_table_html(result: dict[str, Any]) -> str:
-    """The walk-forward folds as a compact HTML table: periods as dates, returns and drawdowns in %,
-    train and test figures under one header each, then the aggregate."""
+    """The folds of a fixed params set (stability across periods) as a compact HTML table: periods as
+    dates, returns and drawdowns in %, train and test figures under one header each, then the aggregate."""
     head = ("<tr><th rowspan='2'>Fold</th><th rowspan='2'>Train from</th><th rowspan='2'>Test period</th>"
             f"<th colspan='{len(FOLD_FIGURES)}'>Train</th><th colspan='{len(FOLD_FIGURES)}'>Test</th></tr><tr>"
             + "".join(f"<th>{label}</th>" for _ in range(2) for _, label in FOLD_FIGURES) + "</tr>")
@@ -270,19 +277,49 @@ def fold_table_html(result: dict[str, Any]) -> str:
     for fold in result["folds"]:
         cells = [str(fold["fold"]), str(fold["train_start"])[:10],
                  f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}"]
-        for part in ("train", "test"):
-            for key, _ in FOLD_FIGURES:
-                value = fold[f"{part}_{key}"]
-                cells.append(f"{value * 100:+.1f}%" if key in ("total_return", "max_drawdown")
-                             else format_metric(key, value) if key != "sharpe" else f"{value:.2f}")
+        cells += [_fold_figure(key, fold[f"{part}_{key}"]) for part in ("train", "test") for key, _ in FOLD_FIGURES]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     agg = result["aggregate"]
     summary = (f"{agg['profitable_folds']} of {agg['folds']} test folds profitable; mean test return "
                f"{agg['mean_test_return']:+.1%}, compounded {agg['compounded_test_return']:+.1%}; mean test Sharpe "
                f"{agg['mean_test_sharpe']:.2f}; worst test drawdown {agg['worst_test_drawdown']:.1%}; purge gap "
                f"{agg['purge_bars']} bars: {'PASSED' if agg['passed'] else 'not passed'}.")
-    return (f"<h2>Walk-forward folds</h2><table class='folds'>{head}{''.join(rows)}</table>"
+    heading = str(result.get("kind", "walk-forward folds")).capitalize()
+    return (f"<h2>{html.escape(heading)}</h2><table class='folds'>{head}{''.join(rows)}</table>"
             f"<p>{html.escape(summary)}</p>")
+
+
+def walk_forward_table_html(result: dict[str, Any]) -> str:
+    """The re-optimizing walk-forward as a compact HTML table: each fold's train and test window, its
+    search's winner (score, whether it passed the filters) and the winner's figures on the test window
+    it never saw, then the stitched out-of-sample aggregate."""
+    head = ("<tr><th rowspan='2'>Fold</th><th rowspan='2'>Train window</th><th rowspan='2'>Test period</th>"
+            "<th colspan='2'>Winner of the fold's search</th>"
+            f"<th colspan='{len(FOLD_FIGURES)}'>Test (unseen by that search)</th></tr><tr><th>Score</th>"
+            "<th>Passed</th>" + "".join(f"<th>{label}</th>" for _, label in FOLD_FIGURES) + "</tr>")
+    rows = []
+    for fold in result["folds"]:
+        cells = [str(fold["fold"]), f"{str(fold['train_start'])[:10]} – {str(fold['train_end'])[:10]}",
+                 f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}", f"{fold['winner_score']:.2f}",
+                 "yes" if fold["winner_passed"] else "no: trades nothing"]
+        cells += [_fold_figure(key, fold[f"test_{key}"]) for key, _ in FOLD_FIGURES]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    agg = result["aggregate"]
+    summary = (f"{result['fold_trials']} trials a fold, each search on its train window only. Stitched out-of-sample "
+               f"({agg['days']} days): return {agg['total_return']:+.1%}, Sharpe {agg['sharpe']:.2f}, probabilistic "
+               f"Sharpe {agg['dsr']:.2f}, max drawdown {agg['max_drawdown']:.1%}; {agg['profitable_folds']} of "
+               f"{agg['folds']} folds profitable: {'PASSED' if agg['passed'] else 'not passed'}.")
+    heading = str(result.get("kind", "re-optimizing walk-forward")).capitalize()
+    return (f"<h2>{html.escape(heading)}</h2><table class='folds'>{head}{''.join(rows)}</table>"
+            f"<p>{html.escape(summary)}</p>")
+
+
+def stitched_figure(result: dict[str, Any]) -> go.Figure:
+    """The stitched out-of-sample equity of the re-optimizing walk-forward."""
+    fig = go.Figure(go.Scatter(x=result["stitched"]["time"], y=result["stitched"]["equity"], mode="lines",
+                               name="stitched out-of-sample equity"))
+    fig.update_layout(title="Re-optimizing walk-forward: stitched out-of-sample equity", height=360)
+    return fig
 
 
 def _filter_group(trial: FrozenTrial) -> str:
@@ -295,7 +332,8 @@ def _filter_group(trial: FrozenTrial) -> str:
 
 def history_figure(trials: list[FrozenTrial]) -> go.Figure:
     """Scores of the trials that passed every filter (and the best so far) on their own scale; below,
-    in a band of its own, each failed trial at the filter that stopped it."""
+    in a band of its own, each failed trial at the filter that stopped it (trials in study order)."""
+    trials = sorted(trials, key=lambda t: t.number)  # several workers may store them out of order
     groups = [_filter_group(t) for t in trials]
     passed = [k for k, g in enumerate(groups) if g == ""]
     failed = [k for k, g in enumerate(groups) if g != ""]

@@ -1,17 +1,23 @@
-"""Search speed: the LONG grid on two years of hourly candles, 3,900 trials, all cores.
+"""Search methods compared on speed, on the in-sample best, and on what matters: the hold-out.
 
-Prints wall seconds, trials/s overall and over the last 10% of trials, seconds in the sampler
-and in backtests, peak RSS, and the best score reached, next to plain multivariate TPE's best
-score on the same budget (Optuna's TPESampler over every trial, in-memory; median over seeds).
-Last line: JSON.
+For each method (plain TPE over every trial; GrTr's windowed TPE with leader refinement; CMA-ES;
+random) at each worker count and seed: ``--trials`` LONG trials on the in-sample bars of the data
+(the bundled hourly sample unless ``--source``), then the pick (the best trial, as the pipeline
+picks) is run once on the hold-out. Reported per run and as medians over the seeds: wall seconds,
+trials/s, the in-sample best score, the pick's hold-out Sharpe and its percentile among random
+params sets that pass the filters in-sample (one shared baseline). Progress lines while it runs;
+the last line is one JSON object.
 
-    python benchmarks/bench_optimize.py [--trials 3900] [--seeds 3] [--jobs 2] [--skip-plain]
+    python benchmarks/bench_optimize.py [--trials 3900] [--seeds 3] [--workers 1 2]
+        [--methods tpe_plain tpe_windowed_refine cmaes random] [--source sample|csv:PATH]
+        [--baseline-draws 20000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import sys
@@ -19,71 +25,102 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
+import holdout  # noqa: E402
 import optimizer  # noqa: E402
 from data_fetcher import load_candles  # noqa: E402
 
-
-def datasets() -> optimizer.Datasets:
-    """The bundled BTC sample at 1h: two years (Oct 2017 - Oct 2019)."""
-    return optimizer.Datasets(lambda tf: load_candles("sample", "BTCUSDT", tf), "BTCUSDT")
-
-
-def ours(data: optimizer.Datasets, trials: int, seed: int, jobs: int, folder: Path) -> dict:
-    """GrTr's windowed search with its persistent journal storage."""
-    search = optimizer.Search(data, config.fixed_params("LONG"), config.param_grid("LONG"), study_name=f"bench-{seed}",
-                              storage=f"journal:{folder / f'bench-{seed}.journal'}", seed=seed, jobs=jobs)
-    result = search.run(trials)
-    return {"seconds": result.seconds, "rate": trials / result.seconds, "rate_last_10pct": result.rate_last_10pct,
-            "sampler_s": result.sampler_seconds, "backtest_s": result.backtest_seconds, "best": result.best.value}
+METHODS = {
+    "tpe_plain": {"sampler": "tpe", "window": (10**9, 10**9), "refine_share": 0.0},
+    "tpe_windowed_refine": {"sampler": "tpe"},  # config's window and refine_share: GrTr's default search
+    "cmaes": {"sampler": "cmaes"},
+    "random": {"sampler": "random", "refine_share": 0.0},
+}
 
 
-def plain_tpe(data: optimizer.Datasets, trials: int, seed: int) -> dict:
-    """Plain multivariate TPE over all trials (the reference for the best score), same objective."""
-    base = config.fixed_params("LONG")
-    space, fixed = optimizer.grid_to_space(config.param_grid("LONG"))
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
-    started = time.perf_counter()
-    for _ in range(trials):
-        trial = study.ask(space)
-        params = config.validate_params({**fixed, **trial.params, "mode": base["mode"]}, "trial", base=base)
-        study.tell(trial, optimizer.evaluate(data, params, (config.TRAIN_FRACTION, config.GAP_FRACTION)).score)
-    return {"seconds": time.perf_counter() - started, "best": study.best_value}
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def one_run(data: optimizer.Datasets, method: str, workers: int, seed: int, trials: int, folder: Path,
+            baseline: list[float]) -> dict:
+    """One search; the pick's hold-out Sharpe and percentile."""
+    params = {**config.fixed_params("LONG"), "symbol": data.symbol}
+    search = optimizer.Search(data, params, config.param_grid("LONG"), study_name=f"{method}-{workers}-{seed}",
+                              storage=f"journal:{folder / f'{method}-{workers}-{seed}.journal'}", seed=seed,
+                              jobs=workers, **METHODS[method])
+    done = [0]
+
+    def progress(_trial: object) -> None:
+        done[0] += 1
+        if done[0] % 500 == 0:
+            say(f"    {method} x{workers} seed {seed}: {done[0]}/{trials} trials stored")
+
+    result = search.run(trials, progress)
+    if result.interrupted:
+        raise SystemExit("interrupted")
+    pick = search.params_of(result.best.params)
+    sharpe = holdout.holdout_sharpe(data, pick)
+    return {"seconds": result.seconds, "trials_per_s": trials / result.seconds, "best": result.best.value,
+            "passed_filters": result.best.user_attrs.get("fail_reason") == "", "holdout_sharpe": sharpe,
+            "holdout_percentile": holdout.percentile(sharpe, baseline), "duplicates": result.duplicates}
+
+
+def median(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return round(statistics.median(finite), 4) if finite else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3900)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--skip-plain", action="store_true", help="do not run the plain-TPE reference")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--source", default="sample", help="candles: sample (bundled) or csv:PATH")
+    parser.add_argument("--baseline-draws", type=int, default=20000,
+                        help="random params sets drawn for the percentile baseline (at most)")
     args = parser.parse_args()
-    data = datasets()
-    data.get("1h")
-    runs, plain = [], []
+    data = optimizer.Datasets(lambda tf: load_candles(args.source, "BTCUSDT", tf), "BTCUSDT")
+    info = data.describe("1h")
+    say(f"data: in-sample {info['in_sample_start'][:10]} .. {info['in_sample_end'][:10]}, hold-out "
+        f"{info.get('holdout_start', '')[:10]} .. {info.get('holdout_end', '')[:10]}")
+    probe = optimizer.Search(data, {**config.fixed_params("LONG"), "symbol": "BTCUSDT"}, config.param_grid("LONG"),
+                             study_name="baseline", storage=":memory:")
+    started = time.perf_counter()
+    base = holdout.random_baseline(probe, args.baseline_draws, seed=12345, jobs=max(args.workers),
+                                   passing=10**9)
+    say(f"baseline: {base['passing']} of {base['draws']} random params sets pass the filters in-sample "
+        f"({time.perf_counter() - started:.0f} s)")
+    runs: dict[str, dict[int, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for seed in range(args.seeds):
-            runs.append(ours(data, args.trials, seed, args.jobs, Path(folder)))
-            print(f"seed {seed}: {runs[-1]}", flush=True)
-            if not args.skip_plain:
-                plain.append(plain_tpe(data, args.trials, seed))
-                print(f"seed {seed} plain TPE: {plain[-1]}", flush=True)
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    figures = {"trials": args.trials, "jobs": args.jobs, "seeds": args.seeds, "wall_s": round(med["seconds"], 2),
-               "trials_per_s": round(med["rate"], 1), "trials_per_s_last_10pct": round(med["rate_last_10pct"], 1),
-               "sampler_s": round(med["sampler_s"], 2), "backtest_s": round(med["backtest_s"], 2),
-               "peak_rss_mb": round(peak_rss_mb, 1), "best_score": round(med["best"], 4)}
-    if plain:
-        figures["plain_tpe_best_score"] = round(statistics.median(p["best"] for p in plain), 4)
-        figures["plain_tpe_wall_s"] = round(statistics.median(p["seconds"] for p in plain), 1)
-    for key, value in figures.items():
-        print(f"{key:28s} {value}")
+        for method in args.methods:
+            for workers in args.workers:
+                for seed in range(args.seeds):
+                    run = one_run(data, method, workers, seed, args.trials, Path(folder), base["holdout_sharpes"])
+                    runs.setdefault(method, {}).setdefault(workers, []).append(run)
+                    say(f"{method} x{workers} seed {seed}: {run['seconds']:.1f} s ({run['trials_per_s']:.0f} "
+                        f"trials/s), best {run['best']:.3f}{'' if run['passed_filters'] else ' (fails filters)'}, "
+                        f"hold-out Sharpe {run['holdout_sharpe']:.2f}, percentile {run['holdout_percentile']:.0f}")
+    figures: dict = {"trials": args.trials, "seeds": args.seeds, "source": args.source,
+                     "baseline": {"draws": base["draws"], "passing": base["passing"]}, "methods": {}}
+    print(f"{'method':22s} {'workers':>7s} {'wall s':>8s} {'trials/s':>9s} {'best':>8s} {'hold-out SR':>11s} "
+          f"{'pct':>5s}")
+    for method, by_workers in runs.items():
+        for workers, rows in by_workers.items():
+            med = {key: median([r[key] for r in rows]) for key in ("seconds", "trials_per_s", "best",
+                                                                   "holdout_sharpe", "holdout_percentile")}
+            med["seeds_passing_filters"] = sum(r["passed_filters"] for r in rows)
+            med["per_seed_best"] = [round(r["best"], 4) for r in rows]
+            med["per_seed_holdout_sharpe"] = [round(r["holdout_sharpe"], 4) for r in rows]
+            figures["methods"].setdefault(method, {})[str(workers)] = med
+            print(f"{method:22s} {workers:7d} {med['seconds'] or 0:8.1f} {med['trials_per_s'] or 0:9.1f} "
+                  f"{med['best'] or 0:8.3f} {med['holdout_sharpe'] or 0:11.2f} "
+                  f"{'n/a' if med['holdout_percentile'] is None else format(med['holdout_percentile'], '.0f'):>5s}")
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    figures["peak_rss_mb"] = {"parent": round(usage[0] / 1024, 1), "largest_worker": round(usage[1] / 1024, 1)}
     print(json.dumps(figures))
 
 

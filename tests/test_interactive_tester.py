@@ -13,7 +13,7 @@ from rich.console import Console
 import backtester
 import config
 import interactive_tester as it
-import optimizer
+import walkforward
 from data_fetcher import load_candles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_scripted_session(data, tmp_path):
                            "set atr_period 30", "undo", "sweep atr_stop_multiplier 3 4 2", "save long", "exit",
                            "run"])
     text = session.console.export_text()
-    expected = optimizer.walk_forward(data, {**session.start, "risk_per_trade": 0.02}, 4)["aggregate"]
+    expected = walkforward.stability_across_periods(data, {**session.start, "risk_per_trade": 0.02}, 4)["aggregate"]
     row = next(line for line in text.splitlines() if "│" in line and line.split("│")[1].strip() == "test Sharpe")
     assert row.split("│")[2].strip() == f"{expected['mean_test_sharpe']:.2f}"
     assert f"{expected['compounded_test_return']:+.1%}" in text
@@ -46,7 +46,8 @@ def test_scripted_session(data, tmp_path):
     assert session.params["atr_period"] == session.start["atr_period"]  # undone
     assert session.params["risk_per_trade"] == 0.02
     for value in (3.0, 4.0):
-        agg = optimizer.walk_forward(data, {**session.params, "atr_stop_multiplier": value}, 4)["aggregate"]
+        params = {**session.params, "atr_stop_multiplier": value}
+        agg = walkforward.stability_across_periods(data, params, 4)["aggregate"]
         assert f"{agg['compounded_test_return']:+.1%}" in text
     assert "best test Sharpe" in text
     assert text.count("> run") == 1  # nothing after exit

@@ -205,6 +205,9 @@ def test_every_setting_refuses_a_value_outside_its_range(monkeypatch, name, boun
     ("STOP_TRIGGER_BY", "Mark", "STOP_TRIGGER_BY = 'Mark' is refused; accepted: LastPrice, MarkPrice, IndexPrice"),
     ("INSTRUMENTS", {"BTCUSDT": {"qty_step": 0.001}}, "INSTRUMENTS['BTCUSDT']['max_leverage'] is missing"),
     ("LEASE_STALE_SECONDS", 0, "LEASE_STALE_SECONDS = 0 is refused"),
+    ("PBO_BLOCKS", 15, "PBO_BLOCKS = 15 is refused; accepted: an even whole number in [2, 20]"),
+    ("OPTUNA_SETTINGS", {**config.OPTUNA_SETTINGS, "sampler": "cma"},
+     "OPTUNA_SETTINGS['sampler'] = 'cma' is refused; accepted: tpe, cmaes, random"),
 ])
 def test_settings_of_other_kinds_are_checked(monkeypatch, name, value, expected):
     monkeypatch.setattr(config, name, value)

@@ -21,6 +21,7 @@ from rich.console import Console
 import backtester
 import config
 import core
+import gates
 import interactive_tester as it
 import main
 import optimizer
@@ -328,8 +329,11 @@ def test_user_strategy_through_every_command(user_folder, tmp_path, capsys):
     metrics = json.loads((tmp_path / "bt" / "metrics.json").read_text())
     assert metrics["num_trades"] > 50 and metrics["exit_reasons"]["signal_exit"] > 0
 
+    # the re-optimizing walk-forward and the hold-out's random baseline on small budgets (their defaults: 200 a
+    # fold and up to 20,000 draws)
     assert main.main(["optimize", *flags, "--trials", "50", "--start", "2018-06-01", "--out", str(tmp_path / "opt"),
-                      "--storage", f"journal:{tmp_path / 's.journal'}", "--no-export"]) == 0
+                      "--storage", f"journal:{tmp_path / 's.journal'}", "--no-export", "--fold-trials", "10",
+                      "--baseline-draws", "100"]) == 0
     best_path = tmp_path / "opt" / "best_params.json"
     best = json.loads(best_path.read_text())
     assert best["params"]["mode"] == "donchian_breakout"
@@ -366,7 +370,7 @@ def test_user_strategy_through_every_command(user_folder, tmp_path, capsys):
 def test_prod_config_of_a_user_strategy_loads_for_the_live_trader(user_folder, tmp_path, monkeypatch, capsys):
     strategy = strategy_loader.add_path(str(user_folder))[0]
     params = {**strategy.fixed_params(), "symbol": "BTCUSDT"}
-    optimizer.export_prod_config(params, {"score": 1.0}, tmp_path)
+    gates.export_prod_config(params, {"score": 1.0}, tmp_path)
     monkeypatch.setattr(config, "BASE_DIR", tmp_path)
     assert run_live.load_prod_params("long") == params
     assert capsys.readouterr().err == ""
@@ -412,7 +416,8 @@ def test_three_symbols_with_one_bad_source(user_folder, three_sources, tmp_path,
 
     # the default pipeline, one params set searched for the symbols that load (the worst symbol's score)
     assert main.main([*flags, "--trials", "12", "--folds", "3", "--jobs", "1", "--out", str(tmp_path / "run"),
-                      "--storage", f"journal:{tmp_path / 'p.journal'}"]) == 2
+                      "--storage", f"journal:{tmp_path / 'p.journal'}", "--fold-trials", "6",
+                      "--baseline-draws", "60"]) == 2
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["search_symbols"] == "together" and summary["searched"] == ["AAAUSDT", "BBBUSDT"]
     stages = {(r["symbol"], r["stage"]): r for r in summary["rows"]}
