@@ -273,20 +273,16 @@ def fold_table_html(result: dict[str, Any]) -> str:
     head = ("<tr><th rowspan='2'>Fold</th><th rowspan='2'>Train from</th><th rowspan='2'>Test period</th>"
             f"<th colspan='{len(FOLD_FIGURES)}'>Train</th><th colspan='{len(FOLD_FIGURES)}'>Test</th></tr><tr>"
             + "".join(f"<th>{label}</th>" for _ in range(2) for _, label in FOLD_FIGURES) + "</tr>")
-    rows = []
-    for fold in result["folds"]:
-        cells = [str(fold["fold"]), str(fold["train_start"])[:10],
-                 f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}"]
-        cells += [_fold_figure(key, fold[f"{part}_{key}"]) for part in ("train", "test") for key, _ in FOLD_FIGURES]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    rows = [[str(fold["fold"]), str(fold["train_start"])[:10],
+             f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}",
+             *(_fold_figure(key, fold[f"{part}_{key}"]) for part in ("train", "test") for key, _ in FOLD_FIGURES)]
+            for fold in result["folds"]]
     agg = result["aggregate"]
     summary = (f"{agg['profitable_folds']} of {agg['folds']} test folds profitable; mean test return "
                f"{agg['mean_test_return']:+.1%}, compounded {agg['compounded_test_return']:+.1%}; mean test Sharpe "
                f"{agg['mean_test_sharpe']:.2f}; worst test drawdown {agg['worst_test_drawdown']:.1%}; purge gap "
                f"{agg['purge_bars']} bars: {'PASSED' if agg['passed'] else 'not passed'}.")
-    heading = str(result.get("kind", "walk-forward folds")).capitalize()
-    return (f"<h2>{html.escape(heading)}</h2><table class='folds'>{head}{''.join(rows)}</table>"
-            f"<p>{html.escape(summary)}</p>")
+    return _folds_html(str(result.get("kind", "walk-forward folds")), head, rows, summary)
 
 
 def walk_forward_table_html(result: dict[str, Any]) -> str:
@@ -297,20 +293,22 @@ def walk_forward_table_html(result: dict[str, Any]) -> str:
             "<th colspan='2'>Winner of the fold's search</th>"
             f"<th colspan='{len(FOLD_FIGURES)}'>Test (unseen by that search)</th></tr><tr><th>Score</th>"
             "<th>Passed</th>" + "".join(f"<th>{label}</th>" for _, label in FOLD_FIGURES) + "</tr>")
-    rows = []
-    for fold in result["folds"]:
-        cells = [str(fold["fold"]), f"{str(fold['train_start'])[:10]} – {str(fold['train_end'])[:10]}",
-                 f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}", f"{fold['winner_score']:.2f}",
-                 "yes" if fold["winner_passed"] else "no: trades nothing"]
-        cells += [_fold_figure(key, fold[f"test_{key}"]) for key, _ in FOLD_FIGURES]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    rows = [[str(fold["fold"]), f"{str(fold['train_start'])[:10]} – {str(fold['train_end'])[:10]}",
+             f"{str(fold['test_start'])[:10]} – {str(fold['test_end'])[:10]}", f"{fold['winner_score']:.2f}",
+             "yes" if fold["winner_passed"] else "no: trades nothing",
+             *(_fold_figure(key, fold[f"test_{key}"]) for key, _ in FOLD_FIGURES)] for fold in result["folds"]]
     agg = result["aggregate"]
     summary = (f"{result['fold_trials']} trials a fold, each search on its train window only. Stitched out-of-sample "
                f"({agg['days']} days): return {agg['total_return']:+.1%}, Sharpe {agg['sharpe']:.2f}, probabilistic "
                f"Sharpe {agg['dsr']:.2f}, max drawdown {agg['max_drawdown']:.1%}; {agg['profitable_folds']} of "
                f"{agg['folds']} folds profitable: {'PASSED' if agg['passed'] else 'not passed'}.")
-    heading = str(result.get("kind", "re-optimizing walk-forward")).capitalize()
-    return (f"<h2>{html.escape(heading)}</h2><table class='folds'>{head}{''.join(rows)}</table>"
+    return _folds_html(str(result.get("kind", "re-optimizing walk-forward")), head, rows, summary)
+
+
+def _folds_html(heading: str, head: str, rows: list[list[str]], summary: str) -> str:
+    """A fold table: its heading, header rows, one row of (escaped) cells per fold, and the summary line."""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
+    return (f"<h2>{html.escape(heading.capitalize())}</h2><table class='folds'>{head}{body}</table>"
             f"<p>{html.escape(summary)}</p>")
 
 
