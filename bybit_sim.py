@@ -20,7 +20,10 @@ codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py 
 tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
 the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
 each: when a fill reaches the private stream and ``execution/list``, whether market orders fill
-partly, the mark price's offset from the last price, which end of a range a kline page holds.
+partly, the mark price's offset from the last price, which end of a range a kline page holds, whether
+an execution/list page repeats a row. ``other_margin`` holds margin for positions on other symbols
+(it is not available to new orders). Tests switch a lockstep replay to the speed clock with
+:meth:`SimExchange.run_clock` (market time moves while the client is down) and stop it with ``hold``.
 """
 
 from __future__ import annotations

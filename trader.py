@@ -382,7 +382,8 @@ class Trader(Bookkeeping, Reconciliation):
         else:
             positions, busy = self.settle(data, close_ms, repair=False)
             self._note_stops(positions)
-        self._sync_capital()
+        if latest:  # a close caught up from an outage sends no entry: its sizes do not matter
+            self._sync_capital()
         paused = self._paused()
         for side in self.sides:
             params = side.config.params
