@@ -50,7 +50,8 @@ FILL_WAIT_SECONDS = 10.0  # how long an order's fills (or a position change's) m
 CLOSE_ATTEMPTS = 3  # a market close that filled partly (IOC) is sent again for the rest, this often
 INSUFFICIENT_BALANCE = 110007  # docs: v5/error.mdx: the order's margin is not available
 POSITION_GONE = 110017  # docs: v5/error.mdx: a reduce-only order finds no position to reduce
-NO_MARGIN = "not enough available margin on the exchange"  # entry_skipped's reason (repeats merge on it)
+NO_MARGIN = "not enough available margin on the exchange"  # entry_skipped's reasons (repeats merge on them)
+STOP_CROSSED = "the market is already beyond its stop"
 ACTIONS = {core.A_OPEN: "entry", core.A_ADD: "add"}
 
 
@@ -288,7 +289,7 @@ class Trader(Bookkeeping, Reconciliation):
 
     def _sync_capital(self) -> None:
         """Bring the sides' books to the strategy's capital on the exchange (trader_capital.py), once every
-        execution up to this close is booked.
+        execution up to this close is booked (at the closes the trader trades on).
 
         A fill after the close (booked at the next close) is in the wallet but not in the books yet: a
         visible funding payment is allowed for; any other such fill defers the comparison to the next close.
@@ -451,13 +452,13 @@ class Trader(Bookkeeping, Reconciliation):
             elif paused and action == core.A_OPEN:
                 logger.info("%s: entry skipped: paused by control.json", side.name)
                 action = core.A_NONE
-            elif not self.dry_run and self._margin_missing(side, action, state[core.S_ORDER_QTY], bar_ts):
+            elif not self.dry_run and self._cannot_send(side, action, bar_ts):
                 action = core.A_NONE
         if action == core.A_OPEN:
             self._enter(side, f"{side.name}-{bar_ts}-open", data)
         elif action == core.A_ADD:
             link_id = f"{side.name}-{bar_ts}-add"
-            stop = side.exchange_stop or state[core.S_STOP]  # an add that finds the position gone is protected too
+            stop = self._add_stop(side)
             if self._order(side, link_id, "add", self.exchange.place_add, side=SIDE_ORDER[side.name][0],
                            qty=fmt(state[core.S_ORDER_QTY], self.instrument["qty_step"]),
                            stop=fmt(stop, self.instrument["tick_size"]), trigger_by=config.STOP_TRIGGER_BY):
@@ -487,20 +488,37 @@ class Trader(Bookkeeping, Reconciliation):
             self._read_stops()
             self._sync_targets(side)
 
-    def _margin_missing(self, side: Side, action: int, qty: float, bar_ts: int) -> str | None:
-        """None when the exchange has the margin for the entry or add of ``qty`` (core.required_margin at the last
-        price, against the wallet's available balance, read now); else the entry_skipped reason, emitted."""
+    def _cannot_send(self, side: Side, action: int, bar_ts: int) -> bool:
+        """True (with one entry_skipped event) when the exchange would refuse the entry or add the core left: the
+        margin for it is not available (core.required_margin at the last price, against the wallet's available
+        balance, read now), or the market is already beyond the stop it carries (the backtest refuses such an
+        entry too)."""
+        state = side.state
         wallet = self._read_wallet()
-        price = self.exchange.last_price()
-        needed = core.required_margin(qty, price, self.leverage, side.p[core.P_TAKER])
-        if needed <= wallet.available:
-            return None
-        detail = f"{qty:g} at {price:g} needs {needed:.2f} USDT of margin, {wallet.available:.2f} available"
+        prices = self.exchange.prices()
+        last = prices[0]
+        qty = state[core.S_ORDER_QTY]
+        stop = state[core.S_ORDER_STOP] if action == core.A_OPEN else self._add_stop(side)
+        needed = core.required_margin(qty, last, self.leverage, side.p[core.P_TAKER])
+        figures: dict[str, float] = {}
+        if self._beyond_market(stop, side.direction, prices):
+            reason, detail = STOP_CROSSED, f"the stop {stop:g}, the last price {last:g}"
+        elif needed > wallet.available:
+            reason, detail = NO_MARGIN, f"{qty:g} at {last:g} needs {needed:.2f} USDT of margin, " \
+                                        f"{wallet.available:.2f} available"
+            figures = {"needed_margin": needed, "available": wallet.available}
+        else:
+            return False
         logger.warning("%s: %s decided on the close of %s not sent: %s: %s", side.name, ACTIONS[action],
-                       pd.Timestamp(bar_ts, unit="ms", tz="UTC"), NO_MARGIN, detail)
-        self.events.emit("entry_skipped", side.name, reason=NO_MARGIN, detail=detail, bar_ts=bar_ts,
-                         action=ACTIONS[action], needed_margin=needed, available=wallet.available)
-        return NO_MARGIN
+                       pd.Timestamp(bar_ts, unit="ms", tz="UTC"), reason, detail)
+        self.events.emit("entry_skipped", side.name, reason=reason, detail=detail, bar_ts=bar_ts,
+                         action=ACTIONS[action], **figures)
+        return True
+
+    def _add_stop(self, side: Side) -> float:
+        """The stop an add carries: the one the exchange holds (an add that finds the position stopped out then
+        opens a protected one)."""
+        return side.exchange_stop or side.state[core.S_STOP]
 
     def _move_stop(self, side: Side, bar_ts: int, data: backtester.MarketData) -> None:
         """Send the stop the core moved (never a looser one); a stop the market has passed closes at market."""
@@ -522,14 +540,15 @@ class Trader(Bookkeeping, Reconciliation):
                 # liquidation price too, the exchange liquidates it (the backtest's rule): nothing to send.
                 self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
 
-    def _trigger_price(self) -> float:
-        """The price stops trigger by (config.STOP_TRIGGER_BY): the last price, else the mark."""
-        last, mark = self.exchange.prices()
+    def _trigger_price(self, prices: tuple[float, float] | None = None) -> float:
+        """The price stops trigger by (config.STOP_TRIGGER_BY): the last price, else the mark (of ``prices``, the
+        (last, mark) pair, else asked now)."""
+        last, mark = prices or self.exchange.prices()
         return last if config.STOP_TRIGGER_BY == "LastPrice" else mark  # the index follows the mark closely
 
-    def _beyond_market(self, stop: float, direction: float) -> bool:
+    def _beyond_market(self, stop: float, direction: float, prices: tuple[float, float] | None = None) -> bool:
         """True when the price the stop triggers by has already crossed ``stop``."""
-        return (self._trigger_price() - stop) * direction <= 0
+        return (self._trigger_price(prices) - stop) * direction <= 0
 
     def _order(self, owner: Side, link_id: str, action: str, place: Any, **request: Any) -> bool:
         """Send one order through the adapter's ``place`` method, never twice: a known orderLinkId is not
@@ -616,8 +635,15 @@ class Trader(Bookkeeping, Reconciliation):
         try:
             self.exchange.move_stop(side.config.position_idx, stop, config.STOP_TRIGGER_BY)
         except ExchangeRefused as exc:
+            held = self._read_stops().get(side.config.position_idx)
+            if held is None or held.direction != side.direction:
+                logger.info("%s %s not set: the position is gone on the exchange (a fill the trader books at the "
+                            "next close)", side.name, action)
+                return False
+            if self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
+                logger.info("%s %s to %s not set: the market has passed it", side.name, action, stop)
+                return False  # the caller closes at market, as the backtest fills a stop the open has crossed
             self._note_rejections(side, side.stop_rejections + 1)
-            self._read_stops()
             logger.error("%s %s to %s rejected (%d in a row): %s (retCode %s); the exchange holds %s", side.name,
                          action, stop, side.stop_rejections, exc.message, exc.code, side.exchange_stop or "no stop")
             self.events.emit("stop_rejected", side.name, action=action, stop=float(stop),
@@ -639,9 +665,11 @@ class Trader(Bookkeeping, Reconciliation):
             side.stop_rejections = count
             self.store.set(f"stop_rejections_{side.name}", count)
 
-    def _read_stops(self) -> None:
-        """The stops the exchange holds, read back (position/list stopLoss)."""
-        self._note_stops({p.idx: p for p in self.exchange.positions() if p.size > 0})
+    def _read_stops(self) -> dict[int, PositionInfo]:
+        """The stops the exchange holds, read back (position/list stopLoss); the open positions by positionIdx."""
+        positions = {p.idx: p for p in self.exchange.positions() if p.size > 0}
+        self._note_stops(positions)
+        return positions
 
     def _note_stops(self, positions: dict[int, PositionInfo]) -> None:
         for side in self.sides:
