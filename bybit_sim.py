@@ -20,7 +20,10 @@ codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py 
 tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
 the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
 each: when a fill reaches the private stream and ``execution/list``, whether market orders fill
-partly, the mark price's offset from the last price, which end of a range a kline page holds.
+partly, the mark price's offset from the last price, which end of a range a kline page holds, whether
+an execution/list page repeats a row. ``other_margin`` holds margin for positions on other symbols
+(it is not available to new orders). Tests switch a lockstep replay to the speed clock with
+:meth:`SimExchange.run_clock` (market time moves while the client is down) and stop it with ``hold``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ class Behaviour:
     split_fills: int = 1        # executions per market fill
     mark_offset: float = 0.0    # mark (and index) price = last price x (1 + mark_offset)
     kline_page: str = "end"     # a start+end+limit page holds the range's newest bars ("end") or oldest ("start")
+    # share of execution/list pages that carry one row twice: a row of the query repeated (the docs say nothing of
+    # overlaps; pages of a list that grows while it is read by cursor, and adjacent time windows, can overlap)
+    repeat_rows: float = 0.0
 
     PRESETS = {"ws_first": ("now", "lag"), "rest_first": ("bar", "now"), "rest_late": ("now", "bar"),
                "sync": ("now", "now")}
@@ -153,7 +159,7 @@ class SimExchange:
                  api_permissions: dict[str, list[str]] | None = None, api_ips: list[str] | None = None,
                  api_read_only: bool = False, api_expires_ms: int | None = None,
                  behaviour: Behaviour | None = None, instrument_status: str = "Trading",
-                 funding: pd.Series | None = None) -> None:
+                 funding: pd.Series | None = None, other_margin: float = 0.0) -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         if not 0 < history_bars < len(candles):
@@ -169,13 +175,15 @@ class SimExchange:
                              arrays["volume"], TIMEFRAMES[timeframe], symbol, balance,
                              costs or config.costs(), instrument or config.instrument_for(symbol), history_bars,
                              funding_ts=funding_ts, funding_rates=funding_rates,
-                             mark_offset=self.behaviour.mark_offset, fill_style=style)
+                             mark_offset=self.behaviour.mark_offset, fill_style=style, other_margin=other_margin)
         self.timeframe = timeframe
         self.interval = BYBIT_INTERVALS[timeframe]
         self.lockstep = lockstep and not speed
         self.speed = speed
         self.faults = faults or FaultConfig()
         self.random = random.Random(seed)
+        self._repeats = random.Random(seed + 1)  # its own draws: repeating rows leaves the faults' sequence alone
+        self.repeated_rows = 0
         self.api_key = api_key
         self.api_secret = api_secret
         self.api_permissions = api_permissions  # what GET /v5/user/query-api reports (None: a trade-only key)
@@ -199,6 +207,8 @@ class SimExchange:
         self._stop: asyncio.Event | None = None
         self._ticker_sent: set[web.WebSocketResponse] = set()
         self.on_request: Callable[[str], None] | None = None  # called after each REST request is handled
+        self._clock_task: asyncio.Future | None = None
+        self.held = False  # the speed clock is stopped (hold)
 
     # --- lifecycle --------------------------------------------------------------------------
     @property
@@ -246,10 +256,11 @@ class SimExchange:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         started.set()
-        clock = asyncio.ensure_future(self._clock()) if self.speed else None
+        if self.speed:
+            self._clock_task = asyncio.ensure_future(self._clock())
         await self._stop.wait()
-        if clock:
-            clock.cancel()
+        if self._clock_task:
+            self._clock_task.cancel()
         for ws in list(self.public) + list(self.private):
             await ws.close()
         await self._runner.cleanup()
@@ -257,7 +268,20 @@ class SimExchange:
     async def _clock(self) -> None:
         while not self.engine.finished:
             await asyncio.sleep(1.0 / self.speed)
-            await self._advance()
+            if not self.held:
+                await self._advance()
+
+    def run_clock(self, speed: float) -> None:
+        """Switch from lockstep to the speed clock, ``speed`` bars a second from now on (tests: once the client
+        is up, so the market moves while it is down, as a real one does)."""
+        def start() -> None:
+            self.speed, self.lockstep = speed, False
+            self._clock_task = asyncio.ensure_future(self._clock())
+        self._loop.call_soon_threadsafe(start)
+
+    def hold(self, held: bool) -> None:
+        """Stop (True) or resume (False) the speed clock: tests compare the client with the exchange meanwhile."""
+        self.held = held
 
     def call(self, action: Callable[[], Any]) -> Any:
         """Run ``action`` on the sim's event loop (tests acting on the engine by hand) and flush its events."""
@@ -310,7 +334,7 @@ class SimExchange:
         """What the exchange saw."""
         engine = self.engine
         return {**engine.counters, "faults": dict(self.fault_counts), "requests": dict(self.requests),
-                "bars_played": self.bars_played,
+                "bars_played": self.bars_played, "repeated_rows": self.repeated_rows,
                 "longest_unprotected_bars": engine.longest_unprotected_bars,
                 "longest_unprotected_seconds": self.longest_unprotected_ms / 1000, "finished": engine.finished}
 
@@ -617,6 +641,9 @@ class SimExchange:
                 rows = [e for e in rows if e["execType"] == params["execType"]]
         rows.sort(key=lambda e: (e["execTime"], e["seq"]), reverse=True)
         page, cursor = _page([shape.execution(self.engine, e, ws=False) for e in rows], params, 50, 100)
+        if rows and self._repeats.random() < self.behaviour.repeat_rows:
+            page = [*page, shape.execution(self.engine, self._repeats.choice(rows), ws=False)]
+            self.repeated_rows += 1
         for exec_id, (kind, left) in list(self._rest_hidden.items()):  # this request did not show them
             if kind == "lag":
                 if left <= 1:

@@ -651,6 +651,15 @@ TRADER_SETTING_BOUNDS = {  # what each setting (and its flag) accepts
 # "MarkPrice" (immune to wicks on the last price) or "IndexPrice".
 STOP_TRIGGER_BY = "LastPrice"
 STOP_TRIGGER_CHOICES = ("LastPrice", "MarkPrice", "IndexPrice")
+# The money the live trader sizes from is the exchange wallet's (its USDT equity less unrealised PnL, read at
+# every bar close); MAX_CAPITAL caps how much of it the strategy trades (None: all of it; --max-capital).
+# The backtest and paper replays size from CAPITAL.
+MAX_CAPITAL = None
+MAX_CAPITAL_BOUND = Bound(0, low_open=True, unit="USDT")
+# After this many refused stop moves in a row the trader closes the position (reduce-only, at market)
+# rather than leave it under a stop it does not control.
+STOP_REJECTIONS_TO_CLOSE = 3
+STOP_REJECTIONS_BOUND = Bound(1, 100, whole=True)
 # One trader per account and symbol: a lease in state.sqlite written by a trader on another host (a shared
 # folder, where file locks may not reach) counts as held while its heartbeat is younger than this.
 LEASE_STALE_SECONDS = 300.0
@@ -662,6 +671,9 @@ def _validate_trader() -> None:
         raise ConfigError(f"config.py: STOP_TRIGGER_BY = {STOP_TRIGGER_BY!r} is refused; accepted: "
                           f"{', '.join(STOP_TRIGGER_CHOICES)}")
     Bound(10, 86_400, unit="seconds").check("LEASE_STALE_SECONDS", LEASE_STALE_SECONDS)
+    if MAX_CAPITAL is not None:
+        MAX_CAPITAL_BOUND.check("MAX_CAPITAL", MAX_CAPITAL)
+    STOP_REJECTIONS_BOUND.check("STOP_REJECTIONS_TO_CLOSE", STOP_REJECTIONS_TO_CLOSE)
 
 
 _validate_trader()
@@ -677,6 +689,8 @@ WATCHDOG_ALERT_LEVELS = {
     "stop_moved": "off",
     "desync": "on", "rescue": "on", "order_rejected": "on", "error": "on",
     "stop_restored": "on", "tick_guard": "on",     # a missing stop set again; a crossed stop closed by the trader
+    "stop_rejected": "on",                         # the exchange refused a stop move (N in a row: position closed)
+    "wallet_sync": "on",                           # the wallet changed by more than the booked fills explain
     "entry_skipped": "on", "security_warning": "on",
     "heartbeat_stale": "on", "heartbeat_recovered": "on",
     "restart": "on",                               # each restart, the restart limit, a failed restart

@@ -27,9 +27,11 @@ from numba import njit
 # carries the kind of the stop that was hit: stop_loss, breakeven_stop, trailing_stop or profit_lock_stop.
 # ----------------------------------------------------------------------------------------------
 EXIT_REASONS = ("stop_loss", "breakeven_stop", "trailing_stop", "take_profit", "partial_take_profit",
-                "signal_exit", "stagnation_exit", "time_exit", "liquidation", "end_of_data", "profit_lock_stop")
+                "signal_exit", "stagnation_exit", "time_exit", "liquidation", "end_of_data", "profit_lock_stop",
+                "stop_rejected")
 R_STOP_LOSS, R_BREAKEVEN, R_TRAILING, R_TAKE_PROFIT, R_PARTIAL = 0, 1, 2, 3, 4
 R_SIGNAL, R_STAGNATION, R_TIME, R_LIQUIDATION, R_END, R_PROFIT_LOCK = 5, 6, 7, 8, 9, 10
+R_STOP_REJECTED = 11  # live only: closed at market after the exchange refused its stop moves (trader.py)
 
 # Signal codes a strategy's signals() produce (strategy files, strategy_loader.py).
 SIG_LONG, SIG_SHORT, SIG_EXIT_LONG, SIG_EXIT_SHORT = 1, -1, 10, -10

@@ -156,6 +156,13 @@ class Wallet:
     equity: float
     wallet_balance: float
     available: float
+    unrealised: float = 0.0  # unrealisedPnl: of every open USDT perpetual position
+
+    @property
+    def realised(self) -> float:
+        """The equity less the unrealised PnL: the money the core's wallet stands for (it marks its positions
+        itself); the walletBalance (less spotBorrow, plus option value) of docs: v5/account/wallet-balance.mdx."""
+        return self.equity - self.unrealised
 
 
 def _number(value: Any) -> float:
@@ -296,7 +303,7 @@ class Bybit:
         free = _number(account.get("totalAvailableBalance")) if account.get("totalAvailableBalance") not in (None, "") \
             else _number(coin.get("equity")) - _number(coin.get("totalPositionIM")) - _number(coin.get("totalOrderIM"))
         return Wallet(equity=_number(coin.get("equity")), wallet_balance=_number(coin.get("walletBalance")),
-                      available=free)
+                      available=free, unrealised=_number(coin.get("unrealisedPnl")))
 
     def wallet_equity(self) -> float:
         """The USDT equity of the UNIFIED account (wallet balance plus unrealised PnL)."""
@@ -370,10 +377,12 @@ class Bybit:
         return self._place(f"{link_id} entry", link_id, direction, side=side, orderType="Market", qty=qty,
                            positionIdx=position_idx, stopLoss=stop, slTriggerBy=trigger_by, tpslMode="Full")
 
-    def place_add(self, link_id: str, side: str, qty: str, position_idx: int, direction: float) -> str:
-        """A market order adding to the position (the position's stop covers it: Full mode)."""
+    def place_add(self, link_id: str, side: str, qty: str, stop: str, position_idx: int, trigger_by: str,
+                  direction: float) -> str:
+        """A market order adding to the position, with the stop the position holds attached (Full mode): had the
+        position been stopped out since the add was decided, the add opens a position that has its stop."""
         return self._place(f"{link_id} add", link_id, direction, side=side, orderType="Market", qty=qty,
-                           positionIdx=position_idx)
+                           positionIdx=position_idx, stopLoss=stop, slTriggerBy=trigger_by, tpslMode="Full")
 
     def place_close(self, link_id: str, side: str, qty: str, position_idx: int, direction: float) -> str:
         """A reduce-only market order."""

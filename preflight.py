@@ -20,6 +20,7 @@ import pandas as pd
 
 import backtester
 import core
+import trader_capital
 from data_fetcher import BYBIT_INTERVALS, OHLCV, TIMEFRAMES
 from exchange import WEEK_MS, Bybit
 from trader_utils import RetryPolicy, key_expiry, redact
@@ -41,11 +42,12 @@ class Row:
 
 @dataclass
 class Plan:
-    """What the trader would run: symbol, timeframe, sides (name -> params)."""
+    """What the trader would run: symbol, timeframe, sides (name -> params), the --max-capital cap."""
 
     symbol: str
     timeframe: str
     sides: dict[str, dict[str, Any]]
+    max_capital: float | None = None
 
 
 class Preflight:
@@ -135,10 +137,13 @@ class Preflight:
         return pd.DataFrame({k: [float(r[j + 1]) for r in rows] for j, k in enumerate(OHLCV)}, index=index)
 
     def margin(self) -> tuple[str, str]:
-        """The margin an entry at the configured risk needs (core.decide_entry's sizing on the wallet's equity)."""
+        """The margin an entry at the configured risk needs (core.decide_entry's sizing on each side's share of the
+        capital the trader would trade: trader_capital.py)."""
         wallet = self.exchange.wallet()
         if wallet.equity <= 0:
             return FAIL, "the UNIFIED account holds no USDT"
+        capital = trader_capital.strategy_capital(wallet, self.plan.max_capital)
+        states = dict(zip(self.plan.sides, trader_capital.new_states(capital, len(self.plan.sides)), strict=True))
         instrument = self.instrument or self.exchange.instrument().spec()
         candles = self._candles(500)
         data = backtester.MarketData(candles, self.plan.symbol, self.plan.timeframe)
@@ -147,19 +152,21 @@ class Preflight:
         for name, params in self.plan.sides.items():
             p = backtester.build_core_params(params, TIMEFRAMES[self.plan.timeframe], self.plan.symbol,
                                              instrument=instrument)
-            state = core.new_state(wallet.equity)
+            state = states[name]
             atr = data.indicator("atr", params["atr_period"])
             i = len(data) - 1
             core.decide_entry(state, p, i, data.high[i], data.low[i], data.close[i], atr[i],
                               1 if name == "long" else -1, data.high[i - 1], data.low[i - 1])
             qty = state[core.S_ORDER_QTY] if state[core.S_ORDER_ACTION] == core.A_OPEN else 0.0
             if qty <= 0:
-                return FAIL, (f"equity {wallet.equity:.2f} USDT: a {name} entry at risk {params['risk_per_trade']:g} "
+                return FAIL, (f"capital {capital:.2f} USDT: a {name} entry at risk {params['risk_per_trade']:g} "
                               f"rounds below the minimum quantity or notional")
             need = core.required_margin(qty, data.close[i], p[core.P_LEVERAGE], p[core.P_TAKER])
             total += need
             needs.append(f"{name} {qty:g} needs {need:.2f}")
-        detail = f"equity {wallet.equity:.2f} USDT, available {wallet.available:.2f}; {'; '.join(needs)} USDT"
+        capped = f" (capped by --max-capital {self.plan.max_capital:g})" if capital < wallet.realised else ""
+        detail = (f"equity {wallet.equity:.2f} USDT, capital {capital:.2f}{capped}, available "
+                  f"{wallet.available:.2f}; {'; '.join(needs)} USDT")
         return (FAIL, f"{detail}: more than is available") if total > wallet.available else (PASS, detail)
 
     def mode(self) -> tuple[str, str]:

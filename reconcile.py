@@ -29,7 +29,7 @@ logger = logging.getLogger("grtr.trader")
 
 class Reconciliation:
     """Settle, reconcile, rescue and guard; mixed into trader.Trader, whose store, sides, events and
-    helpers (sync_executions, _unbooked, _side_of, _data, _forming_close, _close, _send_stop,
+    helpers (sync_executions, _unbooked, _side_of, _data, _forming_close, _close, _send_stop, _note_stops,
     _sync_targets, _forget_position, _beyond_market, _try) it uses."""
 
     exchange: Any
@@ -111,6 +111,7 @@ class Reconciliation:
         with self.store.transaction():
             data = self._data()
             positions, busy = self.settle(data, self._forming_close(), repair=True)
+            self._note_stops(positions)
             orders = self.exchange.open_orders()
             for side in self.sides:
                 position = positions.pop(side.config.position_idx, None)
@@ -174,7 +175,7 @@ class Reconciliation:
             self.events.emit("desync", side.name, detail=f"a tighter stop {exchange_stop:g} is on the exchange "
                                                          f"(state {state[core.S_STOP]:g}); adopted")
             state[core.S_STOP] = exchange_stop
-            side.sent_stop = exchange_stop
+            side.sent_stop = side.exchange_stop = exchange_stop
             return
         if exchange_stop and abs(exchange_stop - state[core.S_STOP]) <= tick / 2:
             side.sent_stop = state[core.S_STOP]
@@ -184,7 +185,6 @@ class Reconciliation:
                         self._forming_close())
             return
         if self._send_stop(side, "stop_restored"):
-            side.sent_stop = state[core.S_STOP]
             self.events.emit("stop_restored", side.name, stop=float(state[core.S_STOP]),
                              exchange_stop=exchange_stop or None)
 
@@ -207,7 +207,7 @@ class Reconciliation:
         core.open_fill(state, p, d, qty, price, fee, float(entry_ms), float(bar))
         if exchange_stop and (exchange_stop - state[core.S_STOP]) * d > 0:
             state[core.S_STOP] = exchange_stop
-        side.sent_stop = exchange_stop
+        side.sent_stop = side.exchange_stop = exchange_stop
         entry_time = pd.Timestamp(entry_ms, unit="ms", tz="UTC").isoformat()
         self.events.emit("rescue", side.name, qty=qty, entry_price=price, stop=float(state[core.S_STOP]), atr=a,
                          entry_time=entry_time,

@@ -147,7 +147,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
             os.environ["BYBIT_REST_URL"] = sim.rest_url
             os.environ["BYBIT_WS_URL"] = sim.ws_url
             session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
-            trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
+            trader = Trader(session, symbol, timeframe, configs, out, env="paper", max_capital=None,
                             keep_state_history=True)
             days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
             fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
@@ -395,7 +395,7 @@ def run_check(args: argparse.Namespace, configs: list[SideConfig]) -> int:
         raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
     session = make_http(env=env, timeout=args.http_timeout)
     symbol, timeframe = configs[0].params["symbol"], configs[0].params["timeframe"]
-    plan = preflight.Plan(symbol, timeframe, {c.side: c.params for c in configs})
+    plan = preflight.Plan(symbol, timeframe, {c.side: c.params for c in configs}, args.max_capital)
     heading = (f"GrTr preflight on Bybit {env} ({session.endpoint}), {symbol} {timeframe}, "
                f"sides {', '.join(plan.sides)}; no order is placed")
     table, ok = preflight.check(Bybit(session, symbol, preflight.quick_retry()), plan,
@@ -419,7 +419,8 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
         if args.mainnet and args.yes:
             confirm_account(Bybit(session, symbol).api_key_info(), os.environ[MAINNET_CONFIRM_VARIABLE],
                             MAINNET_CONFIRM_VARIABLE)
-        trader = Trader(session, symbol, timeframe, configs, workdir, env=env, dry_run=args.dry_run)
+        trader = Trader(session, symbol, timeframe, configs, workdir, env=env, dry_run=args.dry_run,
+                        max_capital=args.max_capital)
         stale = trader_lock.claim_lease(trader.store, lock.me, workdir / "heartbeat.json",
                                         config.LEASE_STALE_SECONDS)
         if stale:
@@ -532,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "config.INSTRUMENTS entry)")
     parser.add_argument("--qty-step", type=float, default=None, help="with --paper: the instrument's quantity step")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
+    parser.add_argument("--max-capital", type=cli.bounded(config.MAX_CAPITAL_BOUND), default=config.MAX_CAPITAL,
+                        metavar="USDT", help="trade at most this much of the wallet (sizes follow the wallet's equity "
+                                             "up to it; default: config.MAX_CAPITAL, None = all of it)")
     parser.add_argument("--check", action="store_true",
                         help="preflight against the exchange (no order placed): key, clock, wallet, instrument, "
                              "mode, klines, executions, streams; exit 1 when a check fails")
@@ -554,6 +558,9 @@ def check_combination(args: argparse.Namespace) -> None:
     if args.paper and (args.mainnet or args.fresh_state):
         raise UsageError("--paper replays on a private simulator in an empty --out: --mainnet and --fresh-state "
                          "do not apply")
+    if args.paper and args.max_capital is not None:
+        raise UsageError("--max-capital does not apply to --paper: a paper replay trades config.CAPITAL per side, "
+                         "as the backtest does")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,6 +139,10 @@ class Engine:
     funding_ts: np.ndarray | None = None     # funding events (core.funding_schedule); None: the 8-hourly grid
     funding_rates: np.ndarray | None = None  # their rates, NaN = costs["funding_rate"]
     mark_offset: float = 0.0  # mark price = last price x (1 + mark_offset); the index price follows the mark
+    # initial margin held by positions on other symbols of the same unified account: it is part of the account's
+    # totalInitialMargin and is not available to new orders (docs: v5/account/wallet-balance.mdx,
+    # totalAvailableBalance = totalMarginBalance - Haircut - totalInitialMargin)
+    other_margin: float = 0.0
     fill_style: FillStyle = field(default_factory=FillStyle)
     positions: dict[int, Position] = field(default_factory=dict)
     orders: dict[str, Order] = field(default_factory=dict)
@@ -206,8 +210,8 @@ class Engine:
         return sum((price - p.avg_price) * p.size * p.direction for p in self.position_slots())
 
     def used_margin(self) -> float:
-        """Initial margin of the open positions."""
-        return sum(p.size * p.avg_price / self.leverage for p in self.position_slots())
+        """Initial margin of the open positions (those on other symbols included)."""
+        return self.other_margin + sum(p.size * p.avg_price / self.leverage for p in self.position_slots())
 
     def equity(self) -> float:
         """Wallet balance plus unrealised PnL."""

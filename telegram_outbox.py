@@ -242,8 +242,22 @@ def event_alert(event: dict[str, Any], tail: list[str]) -> Alert:
         return Alert(kind, f"🚨 <b>Tick guard {who}</b>: price {num(g('price'))} crossed the stop {num(g('stop'))} "
                            f"with the position open; closing {num(g('qty'))} at market")
     if kind == "entry_skipped":
-        return Alert(kind, f"⏭ <b>Entry skipped {who}</b>: {esc(g('reason'))}",
-                     f"{kind}|{g('symbol')}|{g('side')}|{g('reason')}")
+        what = "Add" if g("action") == "add" else "Entry"
+        detail = f"\n{esc(g('detail'))}" if g("detail") else ""
+        return Alert(kind, f"⏭ <b>{what} skipped {who}</b>: {esc(g('reason'))}{detail}",
+                     f"{kind}|{g('symbol')}|{g('side')}|{g('action')}|{g('reason')}")
+    if kind == "stop_rejected":  # repeats: the same refusal of the same side's stop, whatever the price
+        held = num(g("exchange_stop")) if g("exchange_stop") else "no stop"
+        closing = "; closing the position at market" if (g("rejections") or 0) >= (g("limit") or 1) else ""
+        return Alert(kind, f"🛑 <b>Stop move refused {who}</b>: {num(g('stop'))}, the exchange holds {held}\n"
+                           f"{esc(g('ret_code'))}: {esc(g('ret_msg'))} · {esc(g('rejections'))} of "
+                           f"{esc(g('limit'))} in a row{closing}",
+                     f"{kind}|{g('symbol')}|{g('side')}|{g('ret_code')}|{g('ret_msg')}")
+    if kind == "wallet_sync":
+        return Alert(kind, f"💱 <b>Wallet changed</b> {symbol}: the exchange's capital "
+                           f"{usdt(g('capital'), signed=False)}, the trader's books {usdt(g('books'), signed=False)}"
+                           f" ({usdt(g('difference'))} not explained by its fills: a deposit, a withdrawal, trades "
+                           "elsewhere on the account); sizes follow the exchange")
     if kind == "fatal":
         code = g("exit_code")
         after = "\nnot restarted: the cause needs your fix, then start it again" if code == 2 else ""

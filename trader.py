@@ -35,8 +35,10 @@ import backtester
 import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
-from exchange import Bybit, ExchangeRefused, Fill
+import trader_capital
+from exchange import Bybit, ExchangeRefused, PositionInfo, Wallet
 from reconcile import Reconciliation
+from trader_fills import Bookkeeping
 from trader_store import Store
 from trader_utils import RetryPolicy, check_api_key, redact
 
@@ -46,8 +48,11 @@ SIDE_DIRECTION = {"long": 1.0, "short": -1.0}
 SIDE_ORDER = {"long": ("Buy", "Sell"), "short": ("Sell", "Buy")}  # (entry side, exit side)
 FILL_WAIT_SECONDS = 10.0  # how long an order's fills (or a position change's) may take to become visible
 CLOSE_ATTEMPTS = 3  # a market close that filled partly (IOC) is sent again for the rest, this often
-EXCHANGE_STOPS = ("StopLoss", "PartialStopLoss", "TrailingStop")  # docs: v5/enum.mdx stopOrderType
-FORCED = {"BustTrade": "liquidation", "AdlTrade": "adl"}  # docs: v5/enum.mdx execType
+INSUFFICIENT_BALANCE = 110007  # docs: v5/error.mdx: the order's margin is not available
+POSITION_GONE = 110017  # docs: v5/error.mdx: a reduce-only order finds no position to reduce
+NO_MARGIN = "not enough available margin on the exchange"  # entry_skipped's reasons (repeats merge on them)
+STOP_CROSSED = "the market is already beyond its stop"
+ACTIONS = {core.A_OPEN: "entry", core.A_ADD: "add"}
 
 
 @dataclass
@@ -126,15 +131,18 @@ def fmt(value: float, step: float) -> str:
 
 @dataclass
 class Side:
-    """A side's live state: config, params vector, core state, the stop last sent, resting targets."""
+    """A side's live state: config, params vector, core state, the stop last sent and the one the exchange holds
+    (read back after every move), resting targets, stop moves refused in a row."""
 
     config: SideConfig
     p: np.ndarray
     state: np.ndarray
     sent_stop: float = 0.0
+    exchange_stop: float = 0.0
     targets: list[str] = field(default_factory=list)
     resync: bool = False
     crossed_at: float | None = None  # when the tick guard first saw the stop crossed
+    stop_rejections: int = 0
 
     @property
     def name(self) -> str:
@@ -146,13 +154,18 @@ class Side:
         return SIDE_DIRECTION[self.config.side]
 
 
-class Trader(Reconciliation):
-    """A bar-close driven trader of one symbol, one or both sides."""
+class Trader(Bookkeeping, Reconciliation):
+    """A bar-close driven trader of one symbol, one or both sides.
+
+    ``max_capital`` caps the wallet money the strategy trades (None: all of it, trader_capital.py);
+    after ``stop_rejections`` refused stop moves in a row a position is closed at market (reduce-only).
+    """
 
     def __init__(self, http: Any, symbol: str, timeframe: str, sides: list[SideConfig], workdir: Path,
-                 env: str, dry_run: bool = False, capital: float | None = None,
+                 env: str, dry_run: bool = False, max_capital: float | None = config.MAX_CAPITAL,
                  retry: RetryPolicy | None = None, fill_wait_seconds: float = FILL_WAIT_SECONDS,
-                 keep_state_history: bool = False) -> None:
+                 keep_state_history: bool = False,
+                 stop_rejections: int = config.STOP_REJECTIONS_TO_CLOSE) -> None:
         self.retry = retry or RetryPolicy()
         self.http = http  # the pybit session (tests act on the exchange through it by hand)
         self.exchange = Bybit(http, symbol, self.retry)
@@ -166,7 +179,10 @@ class Trader(Reconciliation):
         for side in sides:
             side.position_idx = (1 if side.side == "long" else 2) if self.hedge else 0
         self.configs = sides
-        self.capital = capital
+        self.max_capital = max_capital
+        self.stop_rejection_limit = stop_rejections
+        self.start_capital = 0.0  # the strategy's capital at start: new states share it
+        self.wallet_seen: Wallet | None = None  # the exchange's wallet as last read
         self.fill_wait_seconds = fill_wait_seconds
         self.store = Store(workdir / "state.sqlite")
         self.events = EventLog(workdir / "logs" / "events.jsonl", symbol)
@@ -200,7 +216,11 @@ class Trader(Reconciliation):
         self.instrument = self.exchange.instrument().spec()
         if not self.dry_run:
             self.exchange.set_position_mode(self.hedge)
-            self.exchange.set_leverage(float(self.configs[0].params["leverage"]))
+            self.exchange.set_leverage(self.leverage)
+        self.start_capital = trader_capital.strategy_capital(self._read_wallet(), self.max_capital)
+        logger.info("capital %.2f USDT: the wallet's equity %.2f less its unrealised PnL %.2f%s", self.start_capital,
+                    self.wallet_seen.equity, self.wallet_seen.unrealised,
+                    f", capped by --max-capital {self.max_capital:g}" if self.max_capital is not None else "")
         first_ms = self.store.get("history_start_ms")
         candles = self._download(days=history_days) if first_ms is None else self._download(start_ms=first_ms)
         self.candles = candles
@@ -247,15 +267,61 @@ class Trader(Reconciliation):
             self.candles = self._download(start_ms=self.store.get("history_start_ms"))
         self.candles = self.candles[self.candles.index.as_unit("ms").asi8 <= self.last_bar_ts]
         self.sides = []
-        for cfg in self.configs:
+        fresh = trader_capital.new_states(self.start_capital, len(self.configs))
+        for cfg, new in zip(self.configs, fresh, strict=True):
             p = backtester.build_core_params(cfg.params, self.bar_ms, self.symbol, instrument=self.instrument)
-            if self.capital is not None:
-                p[core.P_CAPITAL] = self.capital
             state = self.store.load_state(cfg.side)
-            side = Side(cfg, p, state if state is not None else core.new_state(p[core.P_CAPITAL]))
-            side.sent_stop = side.state[core.S_STOP]
+            side = Side(cfg, p, state if state is not None else new)
+            side.sent_stop = side.exchange_stop = side.state[core.S_STOP]
             side.targets = self.store.get(f"targets_{cfg.side}", [])
+            side.stop_rejections = self.store.get(f"stop_rejections_{cfg.side}", 0)
             self.sides.append(side)
+
+    @property
+    def leverage(self) -> float:
+        """The leverage set on the exchange for both sides (the first side's params)."""
+        return float(self.configs[0].params["leverage"])
+
+    def _read_wallet(self) -> Wallet:
+        """The exchange's wallet now (kept for the heartbeat)."""
+        self.wallet_seen = self.exchange.wallet()
+        return self.wallet_seen
+
+    def _sync_capital(self) -> None:
+        """Bring the sides' books to the strategy's capital on the exchange (trader_capital.py), once every
+        execution up to this close is booked (at the closes the trader trades on).
+
+        A fill after the close (booked at the next close) is in the wallet but not in the books yet: a
+        visible funding payment is allowed for; any other such fill defers the comparison to the next close.
+        A difference nothing visible explains waits (bounded) for an execution to show, as a funding payment
+        can reach the wallet before its execution shows; still there, it is the wallet's (a deposit, a
+        withdrawal, money moved elsewhere on the account): the books follow it, with a ``wallet_sync`` event.
+        """
+        states = [s.state for s in self.sides]
+        capital = trader_capital.strategy_capital(self._read_wallet(), self.max_capital)
+        if trader_capital.within_rounding(states, capital):
+            return
+        deadline = time.monotonic() + self.fill_wait_seconds
+        pause = 0.01
+        while True:
+            later = self._unbooked()
+            if any(not f.funding for f in later):
+                return
+            held = [f for f in later if (side := self._side_of(f)) is not None and side.state[core.S_DIR]]
+            target = capital + sum(f.fee for f in held)  # the books pay these at the next close
+            if trader_capital.within_rounding(states, target):
+                return
+            if time.monotonic() >= deadline:
+                break
+            self.exchange.wait_for_stream(pause)
+            pause = min(2 * pause, 0.5)
+            capital = trader_capital.strategy_capital(self._read_wallet(), self.max_capital)
+        books = trader_capital.books(states)
+        factor = trader_capital.rescale(states, target)
+        logger.warning("the books held %.2f USDT, the exchange's capital is %.2f: books scaled by %.6f", books,
+                       target, factor)
+        self.events.emit("wallet_sync", None, books=books, capital=target, difference=target - books, factor=factor,
+                         max_capital=self.max_capital)
 
     def catch_up(self) -> int:
         """Handle, in order, every bar that closed after the last one handled; returns how many.
@@ -310,9 +376,15 @@ class Trader(Reconciliation):
         data = self._data()
         i = len(data) - 1
         close_ms = ts + self.bar_ms
+        positions: dict[int, PositionInfo] | None = None
+        busy: dict[str, set[str]] = {}
         if self.dry_run:
             self.sync_executions(data, until_ms=close_ms)
-        busy = {} if self.dry_run else self.settle(data, close_ms, repair=False)[1]
+        else:
+            positions, busy = self.settle(data, close_ms, repair=False)
+            self._note_stops(positions)
+        if latest:  # a close caught up from an outage sends no entry: its sizes do not matter
+            self._sync_capital()
         paused = self._paused()
         for side in self.sides:
             params = side.config.params
@@ -327,7 +399,8 @@ class Trader(Reconciliation):
                                         f"({side.p[core.P_TICK]:g}) from the entry")
             if self.keep_state_history:  # as decided at this close, before its orders fill: the backtest's moment
                 self.store.record_state_history(side.name, ts, side.state)
-            self._act(side, data, i, paused, latest, busy.get(side.name, set()))
+            held = side.state[core.S_QTY] if positions is None else self._exchange_size(side, positions)
+            self._act(side, data, i, paused, latest, busy.get(side.name, set()), held)
         self.last_bar_ts = ts
         equity = sum(s.state[core.S_WALLET] + (core.unrealized(s.state, data.close[i]) if s.state[core.S_DIR] else 0)
                      for s in self.sides)
@@ -349,79 +422,133 @@ class Trader(Reconciliation):
 
     # --- orders -----------------------------------------------------------------------------
     def _act(self, side: Side, data: backtester.MarketData, i: int, paused: bool, latest: bool,
-             pending: set[str] | None = None) -> None:
+             pending: set[str], held: float) -> None:
         """Send what the core decided for ``side``; ``pending``: orderLinkIds of the side's fills after this
-        close, not booked yet (an entry or add is sent only when they are its own, sent before a restart)."""
+        close, not booked yet (an entry or add is sent only when they are its own, sent before a restart);
+        ``held``: the size the exchange holds for the side."""
         state = side.state
         action = int(state[core.S_ORDER_ACTION])
+        state[core.S_ORDER_ACTION] = core.A_NONE
         bar_ts = int(data.ts[i])
-        entry_side, _ = SIDE_ORDER[side.name]
-        step, tick = self.instrument["qty_step"], self.instrument["tick_size"]
+        if state[core.S_DIR] and held <= 0:
+            # A fill after this close (a stop or a target, booked at the next close) has closed the position:
+            # nothing decided on it can be sent (stop moves and targets of a zero position are refused).
+            logger.info("%s: the exchange no longer holds the position (a fill after the close of %s); its orders "
+                        "wait for that fill to be booked", side.name, pd.Timestamp(bar_ts, unit="ms", tz="UTC"))
+            return
         if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
             action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
         own = {f"{side.name}-{bar_ts}-open" if action == core.A_OPEN else f"{side.name}-{bar_ts}-add"}
-        busy = bool((pending or set()) - own)
-        if action in (core.A_OPEN, core.A_ADD) and (not latest or busy):
+        if action in (core.A_OPEN, core.A_ADD):
             why = "decided on a bar missed during an outage" if not latest else \
-                "a fill of this side after the bar close is not booked yet"
-            logger.warning("%s: %s decided on the close of %s not sent: %s", side.name,
-                           "entry" if action == core.A_OPEN else "add", pd.Timestamp(bar_ts, unit="ms", tz="UTC"), why)
-            self.events.emit("entry_skipped", side.name, reason=why, bar_ts=bar_ts)
-            action = core.A_NONE
-        if action == core.A_OPEN:
-            if paused:
+                "a fill of this side after the bar close is not booked yet" if pending - own else \
+                "decided on a close that is no longer the newest (the next bar has closed meanwhile)" \
+                if not self.dry_run and self.exchange.server_time_ms() >= bar_ts + 2 * self.bar_ms else None
+            if why is not None:
+                logger.warning("%s: %s decided on the close of %s not sent: %s", side.name, ACTIONS[action],
+                               pd.Timestamp(bar_ts, unit="ms", tz="UTC"), why)
+                self.events.emit("entry_skipped", side.name, reason=why, bar_ts=bar_ts, action=ACTIONS[action])
+                action = core.A_NONE
+            elif paused and action == core.A_OPEN:
                 logger.info("%s: entry skipped: paused by control.json", side.name)
-            else:
-                link_id = f"{side.name}-{bar_ts}-open"
-                qty, stop = fmt(state[core.S_ORDER_QTY], step), fmt(state[core.S_ORDER_STOP], tick)
-                if self._order(side, link_id, "open", self.exchange.place_entry, side=entry_side, qty=qty, stop=stop,
-                               trigger_by=config.STOP_TRIGGER_BY):
-                    self._await_fills(link_id, data)
-                if state[core.S_DIR]:
-                    self.events.emit("entry", side.name, qty=float(state[core.S_QTY]),
-                                     price=float(state[core.S_ENTRY]), stop=float(state[core.S_STOP]),
-                                     risk=float(abs(state[core.S_ENTRY] - state[core.S_STOP]) * state[core.S_QTY]),
-                                     order_link_id=link_id)
-                    side.sent_stop = state[core.S_STOP]
-                    self._sync_targets(side)
+                action = core.A_NONE
+            elif not self.dry_run and self._cannot_send(side, action, bar_ts):
+                action = core.A_NONE
+        if action == core.A_OPEN:
+            self._enter(side, f"{side.name}-{bar_ts}-open", data)
         elif action == core.A_ADD:
             link_id = f"{side.name}-{bar_ts}-add"
-            if self._order(side, link_id, "add", self.exchange.place_add, side=entry_side,
-                           qty=fmt(state[core.S_ORDER_QTY], step)):
+            stop = self._add_stop(side)
+            if self._order(side, link_id, "add", self.exchange.place_add, side=SIDE_ORDER[side.name][0],
+                           qty=fmt(state[core.S_ORDER_QTY], self.instrument["qty_step"]),
+                           stop=fmt(stop, self.instrument["tick_size"]), trigger_by=config.STOP_TRIGGER_BY):
                 self._await_fills(link_id, data)
-            self.events.emit("add", side.name, qty=float(state[core.S_ORDER_QTY]), price=float(data.close[i]),
-                             total_qty=float(state[core.S_QTY]), avg_price=float(state[core.S_ENTRY]))
+                self.events.emit("add", side.name, qty=float(state[core.S_ORDER_QTY]), price=float(data.close[i]),
+                                 total_qty=float(state[core.S_QTY]), avg_price=float(state[core.S_ENTRY]))
             self._sync_targets(side)
         elif action == core.A_CLOSE:
             self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_ORDER_REASON])}", data)
         if state[core.S_DIR] and state[core.S_STOP] != side.sent_stop:
-            old = side.sent_stop
-            if (state[core.S_STOP] - old) * state[core.S_DIR] < 0:
-                logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
-            elif self._send_stop(side, "stop_moved"):
-                side.sent_stop = state[core.S_STOP]
-                kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing", core.R_PROFIT_LOCK: "profit_lock",
-                        core.R_STOP_LOSS: "stop_loss"}[int(state[core.S_STOP_KIND])]
-                self.events.emit("stop_moved", side.name, old_stop=float(old), new_stop=float(state[core.S_STOP]),
-                                 kind=kind)
-            else:
-                price = self._trigger_price()
-                if core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price,
-                                        price) == core.EXIT_STOP:
-                    # The market already opened beyond the new stop: the stop is crossed, as a gapped-through
-                    # stop in the backtest, so the position is closed at market now (reduce-only). Beyond the
-                    # liquidation price too, the exchange liquidates it (the backtest's rule): nothing to send.
-                    self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
-        state[core.S_ORDER_ACTION] = core.A_NONE
+            self._move_stop(side, bar_ts, data)
 
-    def _trigger_price(self) -> float:
-        """The price stops trigger by (config.STOP_TRIGGER_BY): the last price, else the mark."""
-        last, mark = self.exchange.prices()
+    def _enter(self, side: Side, link_id: str, data: backtester.MarketData) -> None:
+        """The entry market order with its stop attached; once its fills are booked, its targets."""
+        state = side.state
+        qty, stop = fmt(state[core.S_ORDER_QTY], self.instrument["qty_step"]), \
+            fmt(state[core.S_ORDER_STOP], self.instrument["tick_size"])
+        if self._order(side, link_id, "open", self.exchange.place_entry, side=SIDE_ORDER[side.name][0], qty=qty,
+                       stop=stop, trigger_by=config.STOP_TRIGGER_BY):
+            self._await_fills(link_id, data)
+        if state[core.S_DIR]:
+            self.events.emit("entry", side.name, qty=float(state[core.S_QTY]), price=float(state[core.S_ENTRY]),
+                             stop=float(state[core.S_STOP]),
+                             risk=float(abs(state[core.S_ENTRY] - state[core.S_STOP]) * state[core.S_QTY]),
+                             order_link_id=link_id)
+            side.sent_stop = state[core.S_STOP]
+            self._read_stops()
+            self._sync_targets(side)
+
+    def _cannot_send(self, side: Side, action: int, bar_ts: int) -> bool:
+        """True (with one entry_skipped event) when the exchange would refuse the entry or add the core left: the
+        margin for it is not available (core.required_margin at the last price, against the wallet's available
+        balance, read now), or the market is already beyond the stop it carries (the backtest refuses such an
+        entry too)."""
+        state = side.state
+        wallet = self._read_wallet()
+        prices = self.exchange.prices()
+        last = prices[0]
+        qty = state[core.S_ORDER_QTY]
+        stop = state[core.S_ORDER_STOP] if action == core.A_OPEN else self._add_stop(side)
+        needed = core.required_margin(qty, last, self.leverage, side.p[core.P_TAKER])
+        figures: dict[str, float] = {}
+        if self._beyond_market(stop, side.direction, prices):
+            reason, detail = STOP_CROSSED, f"the stop {stop:g}, the last price {last:g}"
+        elif needed > wallet.available:
+            reason, detail = NO_MARGIN, f"{qty:g} at {last:g} needs {needed:.2f} USDT of margin, " \
+                                        f"{wallet.available:.2f} available"
+            figures = {"needed_margin": needed, "available": wallet.available}
+        else:
+            return False
+        logger.warning("%s: %s decided on the close of %s not sent: %s: %s", side.name, ACTIONS[action],
+                       pd.Timestamp(bar_ts, unit="ms", tz="UTC"), reason, detail)
+        self.events.emit("entry_skipped", side.name, reason=reason, detail=detail, bar_ts=bar_ts,
+                         action=ACTIONS[action], **figures)
+        return True
+
+    def _add_stop(self, side: Side) -> float:
+        """The stop an add carries: the one the exchange holds (an add that finds the position stopped out then
+        opens a protected one)."""
+        return side.exchange_stop or side.state[core.S_STOP]
+
+    def _move_stop(self, side: Side, bar_ts: int, data: backtester.MarketData) -> None:
+        """Send the stop the core moved (never a looser one); a stop the market has passed closes at market."""
+        state = side.state
+        old = side.sent_stop
+        if (state[core.S_STOP] - old) * state[core.S_DIR] < 0:
+            logger.error("%s: refusing to loosen the stop from %s to %s", side.name, old, state[core.S_STOP])
+        elif self._send_stop(side, "stop_moved"):
+            kind = {core.R_BREAKEVEN: "breakeven", core.R_TRAILING: "trailing", core.R_PROFIT_LOCK: "profit_lock",
+                    core.R_STOP_LOSS: "stop_loss"}[int(state[core.S_STOP_KIND])]
+            self.events.emit("stop_moved", side.name, old_stop=float(old), new_stop=float(state[core.S_STOP]),
+                             kind=kind, exchange_stop=side.exchange_stop)
+        elif state[core.S_DIR]:
+            price = self._trigger_price()
+            if core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price,
+                                    price) == core.EXIT_STOP:
+                # The market already opened beyond the new stop: the stop is crossed, as a gapped-through
+                # stop in the backtest, so the position is closed at market now (reduce-only). Beyond the
+                # liquidation price too, the exchange liquidates it (the backtest's rule): nothing to send.
+                self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
+
+    def _trigger_price(self, prices: tuple[float, float] | None = None) -> float:
+        """The price stops trigger by (config.STOP_TRIGGER_BY): the last price, else the mark (of ``prices``, the
+        (last, mark) pair, else asked now)."""
+        last, mark = prices or self.exchange.prices()
         return last if config.STOP_TRIGGER_BY == "LastPrice" else mark  # the index follows the mark closely
 
-    def _beyond_market(self, stop: float, direction: float) -> bool:
+    def _beyond_market(self, stop: float, direction: float, prices: tuple[float, float] | None = None) -> bool:
         """True when the price the stop triggers by has already crossed ``stop``."""
-        return (self._trigger_price() - stop) * direction <= 0
+        return (self._trigger_price(prices) - stop) * direction <= 0
 
     def _order(self, owner: Side, link_id: str, action: str, place: Any, **request: Any) -> bool:
         """Send one order through the adapter's ``place`` method, never twice: a known orderLinkId is not
@@ -454,9 +581,17 @@ class Trader(Reconciliation):
         try:
             return call() or True
         except ExchangeRefused as exc:
+            if exc.code == POSITION_GONE and (action == "close" or action.startswith("tp")):
+                logger.info("%s %s not placed: the position is gone on the exchange (a fill the trader books at "
+                            "the next close)", owner.name, action)
+                return None
             logger.error("%s %s rejected: %s (retCode %s)", owner.name, action, exc.message, exc.code)
-            self.events.emit("order_rejected", owner.name, action=action, order_link_id=link_id,
-                             ret_code=exc.code, ret_msg=exc.message)
+            if exc.code == INSUFFICIENT_BALANCE and action in ("open", "add"):  # the margin check's estimate was short
+                self.events.emit("entry_skipped", owner.name, reason=NO_MARGIN, action=ACTIONS[
+                    core.A_OPEN if action == "open" else core.A_ADD], detail=f"{exc.message} (retCode {exc.code})")
+            else:
+                self.events.emit("order_rejected", owner.name, action=action, order_link_id=link_id,
+                                 ret_code=exc.code, ret_msg=exc.message)
             return None
 
     def _await_fills(self, link_id: str, data: backtester.MarketData) -> float:
@@ -487,13 +622,59 @@ class Trader(Reconciliation):
         self.sync_executions(data, until_ms=until_ms)
 
     def _send_stop(self, side: Side, action: str) -> bool:
-        """Set the state's stop on the exchange (``action`` names the call in logs and events)."""
+        """Set the state's stop on the exchange and read back the one it holds (``action`` names the call).
+
+        A refusal is a ``stop_rejected`` event; after ``stop_rejections`` refusals in a row the position is
+        closed at market (reduce-only): it is not left under a stop the trader does not control.
+        """
+        state = side.state
         if self.dry_run:
-            logger.info("dry run: would move the %s stop to %s", side.name, side.state[core.S_STOP])
+            logger.info("dry run: would move the %s stop to %s", side.name, state[core.S_STOP])
             return False
-        stop = fmt(side.state[core.S_STOP], self.instrument["tick_size"])
-        return self._try(side, action, None, lambda: self.exchange.move_stop(side.config.position_idx, stop,
-                                                                               config.STOP_TRIGGER_BY)) is not None
+        stop = fmt(state[core.S_STOP], self.instrument["tick_size"])
+        try:
+            self.exchange.move_stop(side.config.position_idx, stop, config.STOP_TRIGGER_BY)
+        except ExchangeRefused as exc:
+            held = self._read_stops().get(side.config.position_idx)
+            if held is None or held.direction != side.direction:
+                logger.info("%s %s not set: the position is gone on the exchange (a fill the trader books at the "
+                            "next close)", side.name, action)
+                return False
+            if self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
+                logger.info("%s %s to %s not set: the market has passed it", side.name, action, stop)
+                return False  # the caller closes at market, as the backtest fills a stop the open has crossed
+            self._note_rejections(side, side.stop_rejections + 1)
+            logger.error("%s %s to %s rejected (%d in a row): %s (retCode %s); the exchange holds %s", side.name,
+                         action, stop, side.stop_rejections, exc.message, exc.code, side.exchange_stop or "no stop")
+            self.events.emit("stop_rejected", side.name, action=action, stop=float(stop),
+                             exchange_stop=side.exchange_stop or None, ret_code=exc.code, ret_msg=exc.message,
+                             rejections=side.stop_rejections, limit=self.stop_rejection_limit)
+            if side.stop_rejections >= self.stop_rejection_limit and state[core.S_DIR]:
+                logger.error("%s: %d stop moves refused in a row: closing the position at market", side.name,
+                             side.stop_rejections)
+                self._close(side, f"{side.name}-{int(state[core.S_ENTRY_TS])}-close{core.R_STOP_REJECTED}",
+                            self._data(), self._forming_close())
+            return False
+        side.sent_stop = state[core.S_STOP]
+        self._note_rejections(side, 0)
+        self._read_stops()
+        return True
+
+    def _note_rejections(self, side: Side, count: int) -> None:
+        if side.stop_rejections != count:
+            side.stop_rejections = count
+            self.store.set(f"stop_rejections_{side.name}", count)
+
+    def _read_stops(self) -> dict[int, PositionInfo]:
+        """The stops the exchange holds, read back (position/list stopLoss); the open positions by positionIdx."""
+        positions = {p.idx: p for p in self.exchange.positions() if p.size > 0}
+        self._note_stops(positions)
+        return positions
+
+    def _note_stops(self, positions: dict[int, PositionInfo]) -> None:
+        for side in self.sides:
+            position = positions.get(side.config.position_idx)
+            side.exchange_stop = position.stop_loss if position and position.direction == side.direction else 0.0
 
     def _sync_targets(self, side: Side) -> None:
         """Rest exactly the take-profit orders core.resting_targets lists (after an entry, add or partial)."""
@@ -521,7 +702,8 @@ class Trader(Reconciliation):
         """After the last fill: no targets, no stop on record."""
         side.targets = []
         self.store.set(f"targets_{side.name}", [])
-        side.sent_stop = 0.0
+        side.sent_stop = side.exchange_stop = 0.0
+        self._note_rejections(side, 0)
 
     def close_all(self) -> None:
         """Close every open position at market (reduce-only), e.g. --close-on-exit."""
@@ -532,165 +714,32 @@ class Trader(Reconciliation):
                                 self._forming_close())
                     self.store.save_state(side.name, side.state, int(time.time() * 1000))
 
-    # --- fills ------------------------------------------------------------------------------
-    def _lookback_ms(self) -> int:
-        """How far before the last booked execution execution/list is read again: a fill that showed on
-        REST late (after a later one was booked from the stream) is still found."""
-        return 2 * self.bar_ms
-
-    def _unbooked(self, until_ms: int | None = None) -> list[Fill]:
-        """Executions not booked yet (before ``until_ms``), oldest first."""
-        since = max(0, self.store.get("exec_since_ms", 0) - self._lookback_ms())
-        return [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
-                and (until_ms is None or f.time_ms < until_ms)]
-
-    def _forming_close(self) -> int:
-        """The close time of the bar forming now: executions from then on belong to the next bar close."""
-        return self.last_bar_ts + 2 * self.bar_ms
-
-    def book_fills(self) -> None:
-        """Book the executions of the forming bar now (the private WebSocket announced one)."""
-        with self.store.transaction():
-            self.sync_executions(self._data(), until_ms=self._forming_close())
-            for side in self.sides:
-                self.store.save_state(side.name, side.state, int(time.time() * 1000))
-
-    def sync_executions(self, data: backtester.MarketData, until_ms: int | None = None) -> None:
-        """Book every execution not booked yet (before ``until_ms``), in exchange order, into its side's state.
-
-        At a bar close only what happened up to that close is booked: funding due at the next open
-        belongs to the next bar, as in the backtester.
-        """
-        self._book_all(self._unbooked(until_ms), data)
-
-    def _book_all(self, fills: list[Fill], data: backtester.MarketData) -> None:
-        """Book ``fills`` in order, each with its record; then rest the targets the fills changed."""
-        booked = []
-        for fill in fills:
-            side = self._side_of(fill)
-            with self.store.transaction():
-                self._book(side, fill, data)
-                self.store.record_execution(fill.exec_id, side.name if side else "", fill.raw, fill.time_ms)
-                if side:
-                    self.store.save_state(side.name, side.state, fill.time_ms)
-                self.store.set("exec_since_ms", max(fill.time_ms, self.store.get("exec_since_ms", 0)))
-            booked.append(fill.exec_id)
-        self.exchange.forget(booked)
-        for side in self.sides:
-            if side.resync:
-                side.resync = False
-                if side.state[core.S_DIR]:
-                    self._sync_targets(side)  # after all of this pass's fills: the next levels rest at once
-
-    def _side_of(self, fill: Fill) -> Side | None:
-        """The side a fill belongs to: in hedge mode by its position's direction; one-way has one side."""
-        if not self.hedge:
-            return self.sides[0]
-        return next((s for s in self.sides if s.direction == fill.position_direction), None)
-
-    def _bar_index(self, data: backtester.MarketData, ms: int) -> int:
-        """The history index of the bar an execution happened in (a fill at the next open: the next bar)."""
-        if ms >= data.ts[-1] + self.bar_ms:
-            return len(data.ts)
-        return int(np.searchsorted(data.ts, ms, side="right") - 1)
-
-    def _ours(self, side: Side, fill: Fill) -> bool:
-        """A fill of the side's own orders, or of the exchange's orders on its position (its stop, a takeover)."""
-        return fill.link_id.startswith(f"{side.name}-") or fill.stop_order_type in EXCHANGE_STOPS \
-            or fill.exec_type in FORCED
-
-    def _book(self, side: Side | None, fill: Fill, data: backtester.MarketData) -> None:
-        if side is None:
-            self.events.emit("desync", None, detail=f"execution {fill.exec_id} on an unmanaged position")
-            return
-        state, p = side.state, side.p
-        if fill.funding:
-            if state[core.S_DIR]:
-                core.book_funding(state, fill.fee)
-            return
-        ms, bar = fill.time_ms, self._bar_index(data, fill.time_ms)
-        d = 1.0 if fill.side == "Buy" else -1.0
-        ours = self._ours(side, fill)
-        if not fill.closing:
-            if state[core.S_DIR] == 0 and not ours:
-                self.rescue(side, d, fill.qty, fill.price, ms, 0.0, data, fee=fill.fee)  # a position opened by hand
-                return
-            if state[core.S_DIR] not in (0.0, d):
-                self.events.emit("desync", side.name, detail=f"an opening {fill.side} fill of {fill.qty:g} on the "
-                                                             "other side's position; left to reconcile")
-                return
-            if not ours:
-                self.events.emit("desync", side.name, detail=f"{fill.qty:g} added to the position by hand at "
-                                                             f"{fill.price:g}")
-                side.resync = True
-            core.open_fill(state, p, d, fill.qty, fill.price, fill.fee, float(ms), float(bar))
-            return
-        if state[core.S_DIR] == 0:
-            self.events.emit("desync", side.name, detail=f"a closing fill of {fill.qty:g} at {fill.price:g} "
-                                                         f"({fill.exec_type}) of a position already closed in the "
-                                                         "state; not booked")
-            return
-        reason = self._exit_reason(state, fill) if ours else core.R_SIGNAL
-        if fill.exec_type in FORCED:
-            self.events.emit(FORCED[fill.exec_type], side.name, qty=fill.qty, price=fill.price)
-        if not ours:
-            self.events.emit("desync", side.name, detail=f"{fill.qty:g} closed by hand at {fill.price:g}")
-        if reason == core.R_PARTIAL:
-            level = int(fill.link_id.split("-tp")[1].split("-")[0])
-            state[core.S_LEVELS_DONE] = level + 1
-        row = np.zeros(core.N_TRADE_COLS)
-        row[1] = ms
-        remaining_before = state[core.S_QTY]
-        flat = core.close_fill(state, p, fill.qty, fill.price, fill.fee, reason, float(bar), row)
-        self.store.record_trade(self.symbol, row)
-        if flat:
-            self._forget_position(side)
-            hold = (row[1] - row[0]) / 3_600_000
-            self.events.emit("exit", side.name, reason=core.EXIT_REASONS[reason], qty=float(row[3]),
-                             price=float(fill.price), pnl=float(row[8]),
-                             pnl_pct=float(row[8] / max(state[core.S_WALLET] - row[8], 1e-9) * 100),
-                             hold_hours=float(hold), entry_price=float(row[4]))
-        else:
-            self.events.emit("partial_exit", side.name, qty=float(fill.qty), price=float(fill.price),
-                             pnl=float(row[8]), remaining_qty=float(remaining_before - fill.qty))
-            if reason == core.R_PARTIAL:
-                side.resync = True
-
-    @staticmethod
-    def _exit_reason(state: np.ndarray, fill: Fill) -> int:
-        """Why our fill closed quantity: a takeover by its execType, the exchange's stop by its stopOrderType,
-        our own orders by their orderLinkId."""
-        link = fill.link_id
-        if fill.exec_type in FORCED:
-            return core.R_LIQUIDATION  # BustTrade (takeover liquidation) or AdlTrade (auto-deleveraging)
-        if fill.stop_order_type in EXCHANGE_STOPS or "-guard" in link:
-            return int(state[core.S_STOP_KIND])  # the exchange's stop, or the tick guard in its place
-        if "-tpf-" in link:
-            return core.R_TAKE_PROFIT
-        if "-tp" in link:
-            return core.R_PARTIAL
-        if "-close" in link:
-            return int(link.rsplit("-close", 1)[1].split("-")[0])
-        return core.R_SIGNAL
-
     # --- files ------------------------------------------------------------------------------
     def write_heartbeat(self, mark: float, equity: float) -> None:
-        """heartbeat.json, atomically: what the watchdog reads."""
+        """heartbeat.json, atomically: what the watchdog reads. The stops are the ones the exchange holds (read
+        back after every move; ``wanted_stop`` when the trader's differs), the equity the exchange's wallet as
+        last read (``books_equity``: the states' at ``mark``)."""
         positions = []
         for side in self.sides:
             s = side.state
             if s[core.S_DIR]:
                 entry_time = pd.Timestamp(int(s[core.S_ENTRY_TS]), unit="ms", tz="UTC").isoformat()
-                positions.append({"side": side.name, "qty": float(s[core.S_QTY]),
-                                  "entry_price": float(s[core.S_ENTRY]), "stop": float(s[core.S_STOP]),
-                                  "take_profit": float(s[core.S_TP]) or None, "mark_price": mark,
-                                  "unrealized_pnl": float(core.unrealized(s, mark)), "entry_time": entry_time})
+                position = {"side": side.name, "qty": float(s[core.S_QTY]), "entry_price": float(s[core.S_ENTRY]),
+                            "stop": float(side.exchange_stop) or None, "take_profit": float(s[core.S_TP]) or None,
+                            "mark_price": mark, "unrealized_pnl": float(core.unrealized(s, mark)),
+                            "entry_time": entry_time}
+                if abs(side.exchange_stop - s[core.S_STOP]) > self.instrument.get("tick_size", 0.0) / 2:
+                    position["wanted_stop"] = float(s[core.S_STOP])
+                    position["stop_rejections"] = side.stop_rejections
+                positions.append(position)
         now = time.time()
         last_bar = pd.Timestamp(self.last_bar_ts, unit="ms", tz="UTC").isoformat() if self.last_bar_ts else None
+        wallet = self.wallet_seen
         beat = {"pid": os.getpid(), "time_ms": int(now * 1000),
                 "time": pd.Timestamp(now, unit="s", tz="UTC").isoformat(), "started_ms": self.started_ms,
                 "symbol": self.symbol, "env": self.env, "last_bar_ts": self.last_bar_ts, "last_bar": last_bar,
-                "paused": self._paused(), "equity": equity, "positions": positions,
+                "paused": self._paused(), "equity": wallet.equity if wallet is not None else equity,
+                "books_equity": equity, "positions": positions,
                 "cmdline": [sys.executable, *sys.argv], "cwd": os.getcwd()}
         tmp = self.workdir / "heartbeat.json.tmp"
         tmp.write_text(json.dumps(beat))

@@ -700,9 +700,11 @@ class Watchdog:
             equity = curve[-1][1] if curve else None
         lines.append(f"equity {usdt(equity, signed=False)}")
         for p in beat.get("positions") or []:
+            wanted = (f" (the trader wants {num(p['wanted_stop'])}: not on the exchange, "
+                      f"{esc(p.get('stop_rejections', 0))} refused in a row)" if p.get("wanted_stop") else "")
             lines.append(f"{esc(str(p.get('side')).upper())} {num(p.get('qty'))} @ {num(p.get('entry_price'))}, "
-                         f"stop {num(p.get('stop'))}, TP {num(p.get('take_profit'))}, mark {num(p.get('mark_price'))}"
-                         f", uPnL {usdt(p.get('unrealized_pnl'))}")
+                         f"stop {num(p.get('stop'))}{wanted}, TP {num(p.get('take_profit'))}, "
+                         f"mark {num(p.get('mark_price'))}, uPnL {usdt(p.get('unrealized_pnl'))}")
         if not beat.get("positions"):
             lines.append("no open position")
         return "\n".join(lines)

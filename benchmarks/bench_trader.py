@@ -50,7 +50,7 @@ def main() -> None:
         os.environ["BYBIT_WS_URL"] = sim.ws_url
         session = run_live.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
         trader = Trader(session, "BTCUSDT", "1h", [SideConfig("long", params)], Path(folder), env="paper",
-                        capital=config.CAPITAL)
+                        max_capital=None)
         fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: run_live.make_ws(
             kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))  # as run_live.py wires it
         trader.start(history_days=int(HISTORY * TIMEFRAMES["1h"] / 86_400_000) + 2)

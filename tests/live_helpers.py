@@ -48,7 +48,7 @@ def start_trader(sim, monkeypatch, workdir, sides, timeout=10.0, retry=None, fil
     monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
     monkeypatch.setenv("BYBIT_WS_URL", sim.ws_url)
     session = run_live.make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, timeout=timeout)
-    trader = Trader(session, "BTCUSDT", "1h", sides, workdir, env="paper", capital=config.CAPITAL, retry=retry,
+    trader = Trader(session, "BTCUSDT", "1h", sides, workdir, env="paper", retry=retry,
                     fill_wait_seconds=fill_wait)
     fills = None
     if stream:

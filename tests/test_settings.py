@@ -41,6 +41,7 @@ def run(script: Path, *args: str, cwd: Path | None = None) -> subprocess.Complet
     ("--tick-grace-seconds", "0", "a number of seconds in (0, 3600]"),
     ("--http-timeout", "nan", "a number of seconds in (0, 300]"),
     ("--history-bars", "0", "a whole number in [1, 10000000]"),
+    ("--max-capital", "-100", "a number of USDT > 0"),
 ])
 def test_run_live_flags_out_of_range_are_one_line(flag, value, accepted, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -59,6 +60,7 @@ def test_the_flags_the_issue_names_are_refused_by_the_real_command():
 @pytest.mark.parametrize(("args", "expected"), [
     (["--compare"], "--compare only work with --paper"),
     (["--paper", "--replay", "x.csv", "--mainnet"], "--mainnet and --fresh-state do not apply"),
+    (["--paper", "--replay", "x.csv", "--max-capital", "500"], "--max-capital does not apply to --paper"),
     (["--symbol", "btc/usdt"], "--symbol: parameter 'symbol' = 'btc/usdt' is not a Bybit symbol"),
     (["--side", "sideways"], "argument --side: invalid choice: 'sideways'"),
 ])
@@ -161,6 +163,7 @@ def bound_tables():
     yield from (("OBJECTIVE_FILTERS", bound, key) for key, bound in config._FILTER_BOUNDS.items())
     yield from (("TRADER_SETTINGS", bound, key) for key, bound in config.TRADER_SETTING_BOUNDS.items())
     yield from (("INSTRUMENT_DEFAULT", bound, key) for key, bound in config._INSTRUMENT_DEFAULT_BOUNDS.items())
+    yield "STOP_REJECTIONS_TO_CLOSE", config.STOP_REJECTIONS_BOUND, None
 
 
 def outside(bound: config.Bound) -> list:
@@ -208,6 +211,8 @@ def test_every_setting_refuses_a_value_outside_its_range(monkeypatch, name, boun
     ("PBO_BLOCKS", 15, "PBO_BLOCKS = 15 is refused; accepted: an even whole number in [2, 20]"),
     ("OPTUNA_SETTINGS", {**config.OPTUNA_SETTINGS, "sampler": "cma"},
      "OPTUNA_SETTINGS['sampler'] = 'cma' is refused; accepted: tpe, cmaes, random"),
+    ("MAX_CAPITAL", 0, "MAX_CAPITAL = 0 is refused; accepted: a number of USDT > 0"),
+    ("MAX_CAPITAL", "5000", "MAX_CAPITAL = '5000' is refused"),
 ])
 def test_settings_of_other_kinds_are_checked(monkeypatch, name, value, expected):
     monkeypatch.setattr(config, name, value)

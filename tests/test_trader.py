@@ -11,7 +11,7 @@ import backtester
 import config
 import core
 import run_live
-from bybit_sim import Behaviour, FaultConfig, SimExchange
+from bybit_sim import Behaviour, SimExchange
 from data_fetcher import load_sample
 from trader import SideConfig
 from trader_store import Store
@@ -132,17 +132,6 @@ def test_restart_from_sqlite_mid_trade_continues_the_same_trade(candles, tmp_pat
         ws.close()
     paper = Store(tmp_path / "state.sqlite").trade_rows()
     assert run_live.trade_differences(paper, rows, 0.1) == []
-
-
-def test_rejected_stop_moves_are_logged_and_trading_goes_on(candles, tmp_path, monkeypatch):
-    faults = FaultConfig(reject_stops=True)
-    with SimExchange(candles.iloc[:HISTORY + 300], "BTCUSDT", "1h", history_bars=HISTORY, faults=faults) as sim:
-        trader, ws, closed = start_trader(sim, monkeypatch, tmp_path, [SideConfig("long", prod_params("LONG"))])
-        assert run_live.drive_lockstep(trader, sim, closed)
-        ws.close()
-    rejected = [e for e in events(tmp_path) if e["event"] == "order_rejected"]
-    assert rejected and all(e["action"] == "stop_moved" and e["ret_code"] == 10001 for e in rejected)
-    assert "fault injection" in rejected[0]["ret_msg"]
 
 
 def test_secrets_never_reach_the_logs(candles, tmp_path, monkeypatch):
