@@ -39,7 +39,7 @@ import trader_fatal
 import trader_lock
 import trader_store
 from cli import UsageError
-from data_fetcher import TIMEFRAMES, load_csv, resample
+from data_fetcher import TIMEFRAMES, load_source
 from exchange import Bybit
 from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader, setup_logging
@@ -131,7 +131,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
 
     timeframe = configs[0].params["timeframe"]
     symbol = configs[0].params["symbol"]
-    candles = resample(load_csv(args.replay), timeframe)
+    candles = load_source(args.replay, symbol, timeframe, start=args.start, end=args.end)
     history = args.history_bars or min(2000, len(candles) // 3)
     if not 0 < history < len(candles):
         raise UsageError(f"--history-bars {history} is refused; accepted: 1 to {len(candles) - 1} "
@@ -520,7 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a new state: the old state.sqlite is moved aside (never deleted); needed "
                              "when it is empty, unreadable or damaged")
     parser.add_argument("--paper", action="store_true", help="replay --replay on an in-process bybit_sim (lockstep)")
-    parser.add_argument("--replay", default=None, help="candle file for --paper")
+    parser.add_argument("--replay", default=None, metavar="SOURCE",
+                        help="the candles --paper replays: a file (CSV or .parquet, as main.py export-candles "
+                             "writes), or a --source form: sample (bundled), bybit (the cache, topped up from "
+                             "Bybit), csv:PATH")
+    parser.add_argument("--start", default=None, help="with --paper: first day of the replay (UTC, inclusive)")
+    parser.add_argument("--end", default=None, help="with --paper: last day of the replay (UTC, inclusive)")
     parser.add_argument("--history-bars", type=cli.bounded(config.Bound(1, 10**7, whole=True)), default=None,
                         help="bars of the file served as history in --paper (default: min(2000, a third))")
     parser.add_argument("--out", default=None, help="output folder of --paper (trader files and results)")
@@ -546,9 +551,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_combination(args: argparse.Namespace) -> None:
     """Flags that make no sense together are refused, not ignored."""
     paper_only = [flag for flag, value in (("--replay", args.replay), ("--history-bars", args.history_bars),
-                                           ("--out", args.out), ("--compare", args.compare)) if value]
+                                           ("--out", args.out), ("--compare", args.compare), ("--start", args.start),
+                                           ("--end", args.end)) if value]
     if args.paper and not args.replay:
-        raise UsageError("--paper needs --replay FILE")
+        raise UsageError("--paper needs --replay FILE (or sample, bybit, csv:PATH)")
     if paper_only and not args.paper:
         raise UsageError(f"{', '.join(paper_only)} only work with --paper")
     if args.paper and (args.mainnet or args.fresh_state):
