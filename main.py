@@ -403,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in getattr(args, "strategy_path", []):
             strategy_loader.add_path(path)
+        if args.command not in ("download", "export-candles"):
+            import progress
+
+            progress.compile_notice(progress.core_dispatchers())
         return args.func(args)
     except (config.ConfigError, DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -33,6 +33,7 @@ import backtester
 import config
 import core
 import metrics as metrics_mod
+import progress
 import reporting
 import strategy_loader
 import trader_fatal
@@ -154,7 +155,8 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
                 kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
             trader.start(history_days=days)
             feed = MarketFeed(symbol, timeframe)
-            drive_lockstep(trader, sim, feed.bars)
+            with progress.bar(len(candles) - history, f"paper replay {symbol} {timeframe}", "bar") as shown:
+                drive_lockstep(trader, sim, feed.bars, on_bar=shown.update)
             feed.close()
             fills.close()
             stats = sim.stats()
@@ -167,8 +169,10 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
     return 0
 
 
-def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int | None = None) -> bool:
-    """Acknowledge each bar close to the sim and hand the next confirmed kline to the trader.
+def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int | None = None,
+                   on_bar: Any = None) -> bool:
+    """Acknowledge each bar close to the sim and hand the next confirmed kline to the trader (``on_bar()``
+    after each: a progress bar).
 
     Returns True when the replay has finished (False when ``max_bars`` stopped it first).
     """
@@ -188,6 +192,8 @@ def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int 
             if not trader.catch_up():  # the WebSocket missed it: REST has it
                 return True
         played += 1
+        if on_bar:
+            on_bar()
     return False
 
 
@@ -580,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = side_configs(args)
         if args.check:
             return run_check(args, configs)
+        progress.compile_notice(progress.core_dispatchers("decide", *(("venue_bar",) if args.paper else ())))
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except Fatal as stop:
         print(f"error: {stop.failure.line}" + (f"; {stop.problem}" if stop.problem else ""), file=sys.stderr)
