@@ -33,6 +33,7 @@ import backtester
 import config
 import core
 import metrics as metrics_mod
+import paper_report
 import progress
 import reporting
 import strategy_loader
@@ -144,12 +145,13 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
             raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
         balance = config.CAPITAL * len(configs)  # each side trades its own capital; hedge mode shares one wallet
         with SimExchange(candles, symbol, timeframe, history_bars=history, balance=balance, lockstep=True,
-                         instrument=instrument, behaviour=behaviour) as sim:
+                         instrument=instrument, behaviour=behaviour, api_ips=["127.0.0.1"]) as sim:
             os.environ["BYBIT_REST_URL"] = sim.rest_url
             os.environ["BYBIT_WS_URL"] = sim.ws_url
             session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
             trader = Trader(session, symbol, timeframe, configs, out, env="paper", capital=config.CAPITAL,
                             keep_state_history=True)
+            tags = paper_report.BarTags(trader)  # every event and log line names its bar
             days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
             fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
                 kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
@@ -161,11 +163,17 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
             fills.close()
             stats = sim.stats()
         trader.stop("replay finished")
+        tags.close()
         written = write_paper_outputs(out, configs, candles, history, timeframe)
     print(f"paper replay: {stats['bars_played']} bars, {stats['orders']} orders, {stats['executions']} executions; "
           f"wrote {', '.join(str(p) for p in written)}")
+    problems = paper_report.read_problems(out)
+    store = Store(out / "state.sqlite")
+    paper_report.explain(problems, store, candles, TIMEFRAMES[timeframe])
+    store.close()
+    print("\n".join(paper_report.summary_lines(problems)))
     if args.compare:
-        return 0 if compare_with_backtest(out, configs, candles, history, instrument) else 1
+        return 0 if compare_with_backtest(out, configs, candles, history, instrument, problems) else 1
     return 0
 
 
@@ -218,15 +226,18 @@ def write_paper_outputs(out: Path, configs: list[SideConfig], candles: Any, hist
 
 
 def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, history: int,
-                          instrument: dict[str, float] | None = None) -> bool:
+                          instrument: dict[str, float] | None = None,
+                          problems: list[paper_report.Problem] | None = None) -> bool:
     """The paper trades against the backtest of the same file, trade by trade; prints any difference.
 
     On a difference it also prints the first differing trade with its bar's OHLC and the state each
     side traded that bar from (the trader's, kept per bar by a paper run, and the backtest's), the
-    report a user can file.
+    report a user can file. With the paper log's ``problems``, it then says which of them touched a
+    compared trade.
     """
     store = Store(out / "state.sqlite")
     paper = store.trade_rows()
+    compared: dict[str, np.ndarray] = {}
     ok = True
     try:
         for cfg in configs:
@@ -236,19 +247,22 @@ def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, hi
             d = 1.0 if cfg.side == "long" else -1.0
             mine = paper[paper[:, 2] == d]
             tick = data.instrument["tick_size"]
-            problems = trade_differences(mine, expected, tick)
+            differences = trade_differences(mine, expected, tick)
             total_gap = abs(mine[:, 8].sum() - expected[:, 8].sum())
             if total_gap > 1e-4 * config.CAPITAL:
-                problems.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
+                differences.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
             print(f"{cfg.side}: {len(mine)} paper trades, {len(expected)} backtest trades: "
-                  f"{'EQUAL' if not problems else 'DIFFERENT'}")
-            for line in problems[:50]:
+                  f"{'EQUAL' if not differences else 'DIFFERENT'}")
+            for line in differences[:50]:
                 print("  " + line)
-            if problems:
+            if differences:
                 print(first_difference_report(cfg, data, history, mine, expected, store, tick))
-            ok = ok and not problems
+            ok = ok and not differences
+            compared[cfg.side] = mine
     finally:
         store.close()
+    if problems is not None:
+        print("\n".join(paper_report.touching_lines(problems, compared, TIMEFRAMES[configs[0].params["timeframe"]])))
     return ok
 
 
