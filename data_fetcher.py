@@ -349,12 +349,15 @@ def load_csv(path: str | Path, timeframe: str | None = None, name: str | None = 
 
 
 def candle_file_target(path: str | Path) -> Path:
-    """``path`` when write_candles can write there (a .csv or .parquet name in an existing folder), else a DataError."""
+    """``path`` when write_candles can write there (a .csv or .parquet name; its folder is made when missing),
+    else a DataError."""
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise DataError(f"--out {path}: the file name must end in .csv or .parquet")
-    if not path.parent.is_dir():
-        raise DataError(f"--out {path}: the folder {path.parent} does not exist")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"--out {path}: cannot make the folder {path.parent}: {exc.strerror or exc}") from None
     return path
 
 

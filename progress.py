@@ -55,7 +55,7 @@ def compile_notice(dispatchers: Iterable[Any]) -> bool:
 def core_dispatchers(*extra: str) -> list[Any]:
     """The jitted functions every backtest compiles (core.run_loop, which holds most of the compile time, the
     ATR and EMA every strategy reads, the metrics), and ``extra`` names of core's functions another command
-    needs (the trader's core.decide, the sim's core.venue_bar). Indicators only some strategies read are
+    calls from Python (the trader's core.decide, open_fill, close_fill). Indicators only some strategies read are
     left out: a strategy that never reads one would otherwise be told of a compile on every run."""
     import core
     import indicators

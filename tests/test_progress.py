@@ -39,8 +39,8 @@ def test_a_function_without_a_file_cache_never_claims_a_compile():
 def test_the_repository_core_is_listed_for_the_check():
     import core
 
-    names = {d.__name__ for d in progress.core_dispatchers("decide", "venue_bar")}
-    assert {"run_loop", "decide", "venue_bar", "ema_nb", "atr_nb"} <= names
+    names = {d.__name__ for d in progress.core_dispatchers("decide", "open_fill", "close_fill")}
+    assert {"run_loop", "decide", "open_fill", "close_fill", "ema_nb", "atr_nb"} <= names
     assert all(getattr(d, "_cache", None) is not None for d in progress.core_dispatchers()), core.__file__
 
 
