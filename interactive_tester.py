@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    progress.compile_notice(progress.core_dispatchers())
+    progress.announce_compiles()
     session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console, args.strategy)
     if sys.stdin.isatty():
         console.print(f"{args.strategy} on {args.symbol} {params['timeframe']} ({len(data):,} bars). Type help.")

@@ -18,6 +18,7 @@ import pandas as pd
 
 import cli  # first: a bad config.py ends here in one line, exit 2
 import config
+import progress
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 
 EXIT_USAGE = 2
@@ -403,10 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in getattr(args, "strategy_path", []):
             strategy_loader.add_path(path)
-        if args.command not in ("download", "export-candles"):
-            import progress
-
-            progress.compile_notice(progress.core_dispatchers())
+        progress.announce_compiles()
         return args.func(args)
     except (config.ConfigError, DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,13 +6,16 @@ Bars go to stderr so that a command's stdout (tables, a benchmark's last-line JS
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
-from collections.abc import Iterable
 from typing import Any
 
+from numba.core import event as numba_event
+from numba.core.event import Listener
 from tqdm import tqdm
 
 COMPILE_NOTICE = "compiling the numba core (first run only, ~30 s)"
+CORE_MODULES = ("core",)  # its decision core and bar loop hold the compile time (the indicators: about 1 s)
 
 
 def bar(total: int, desc: str, unit: str = "it", disable: bool = False) -> tqdm:
@@ -20,46 +23,38 @@ def bar(total: int, desc: str, unit: str = "it", disable: bool = False) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable, file=sys.stderr)
 
 
-def cold(dispatchers: Iterable[Any]) -> bool:
-    """True when one of these numba functions (``@njit(cache=True)``) has no compiled code on disk for this
-    machine: its cache index is missing, from another numba version, stale (the source changed since),
-    or holds no entry for this CPU (numba's own key: target triple, CPU name and features).
+class _CompileNotice(Listener):
+    """Numba's "numba:compile" event starts only when a function is compiled, never when its code comes from
+    the on-disk cache: the first such start for a function of ``modules`` prints COMPILE_NOTICE, once for
+    this process and every process forked from it (the flag lives in shared memory)."""
 
-    Read from numba's cache files, as numba itself reads them; nothing is compiled. A dispatcher without a
-    file cache, or a numba whose internals differ, counts as warm (no notice rather than a false one).
-    """
-    try:
-        from numba.core.registry import cpu_target
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self.modules = modules
+        self.shown = multiprocessing.get_context("fork").Value("b", 0)
 
-        magic = cpu_target.target_context.codegen().magic_tuple()
-        for dispatcher in dispatchers:
-            cache = getattr(dispatcher, "_cache", None)
-            index_file = getattr(cache, "_cache_file", None)
-            if index_file is None:
-                continue
-            if not any(key[1] == magic for key in index_file._load_index()):
-                return True
-    except Exception:  # noqa: BLE001 - numba's private cache API moved: say nothing rather than something wrong
-        return False
-    return False
-
-
-def compile_notice(dispatchers: Iterable[Any]) -> bool:
-    """Print COMPILE_NOTICE on stderr when :func:`cold`; True when printed."""
-    if cold(dispatchers):
+    def on_start(self, event: Any) -> None:
+        function = getattr(event.data.get("dispatcher"), "py_func", None)
+        if getattr(function, "__module__", None) not in self.modules:
+            return
+        with self.shown.get_lock():
+            if self.shown.value:
+                return
+            self.shown.value = 1
         print(f"{COMPILE_NOTICE}...", file=sys.stderr, flush=True)
-        return True
-    return False
+
+    def on_end(self, event: Any) -> None:
+        pass
 
 
-def core_dispatchers(*extra: str) -> list[Any]:
-    """The jitted functions every backtest compiles (core.run_loop, which holds most of the compile time, the
-    ATR and EMA every strategy reads, the metrics), and ``extra`` names of core's functions another command
-    calls from Python (the trader's core.decide, open_fill, close_fill). Indicators only some strategies read are
-    left out: a strategy that never reads one would otherwise be told of a compile on every run."""
-    import core
-    import indicators
-    import metrics
+_installed: list[_CompileNotice] = []
 
-    return [core.run_loop, *(getattr(core, name) for name in extra), indicators.atr_nb, indicators.ema_nb,
-            metrics.daily_returns, metrics.curve_stats]
+
+def announce_compiles(modules: tuple[str, ...] = CORE_MODULES) -> None:
+    """From now on: when numba has to compile the core (its cache is cold: a fresh checkout, an edited core.py,
+    another numba or CPU), one line on stderr says so as the compile starts; with a warm cache, nothing.
+
+    Called once by each command line before its work; the listener uses numba's documented event API.
+    """
+    if not _installed:
+        _installed.append(_CompileNotice(modules))
+        numba_event.register("numba:compile", _installed[0])

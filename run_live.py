@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = side_configs(args)
         if args.check:
             return run_check(args, configs)
-        progress.compile_notice(progress.core_dispatchers("decide", "open_fill", "close_fill"))
+        progress.announce_compiles()
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except Fatal as stop:
         print(f"error: {stop.failure.line}" + (f"; {stop.problem}" if stop.problem else ""), file=sys.stderr)

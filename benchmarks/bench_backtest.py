@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the best is reported")
     args = parser.parse_args()
 
-    progress.compile_notice(progress.core_dispatchers())
+    progress.announce_compiles()
     sample = load_sample("BTCUSDT", "30m")
     say(f"building {args.bars:,} minute bars from the 30-minute sample")
     frame = minute_bars(sample, args.bars)

@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--baseline-draws", type=int, default=20000,
                         help="random params sets drawn for the percentile baseline (at most)")
     args = parser.parse_args()
-    progress.compile_notice(progress.core_dispatchers())
+    progress.announce_compiles()
     data = optimizer.Datasets(lambda tf: load_candles(args.source, "BTCUSDT", tf), "BTCUSDT")
     info = data.describe("1h")
     say(f"data: in-sample {info['in_sample_start'][:10]} .. {info['in_sample_end'][:10]}, hold-out "

@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bars", type=int, default=3000)
     args = parser.parse_args()
-    progress.compile_notice(progress.core_dispatchers("decide", "open_fill", "close_fill"))
+    progress.announce_compiles()
     candles = load_sample("BTCUSDT", "1h").iloc[:HISTORY + args.bars]
     params = config.fixed_params("LONG")
     params.update(partial_take_profit=True, position_scaling=True, timeframe="1h", symbol="BTCUSDT")

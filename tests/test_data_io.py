@@ -134,3 +134,20 @@ def test_source_bybit_downloads_only_what_the_cache_lacks(cached_bybit, capsys, 
     assert asked and all(start == covered[1] + 1 for start, _ in asked), (asked, covered)
     assert len(funding) == 600 // 8 + 1  # the 8-hourly events at bars 0, 8, ..., 600: 75 cached, the new one
     assert json.loads((cache / "BTCUSDT_funding.covered.json").read_text()) == [covered[0], later]
+
+
+@pytest.mark.slow
+def test_a_paper_replay_takes_the_sample_by_name(tmp_path, capsys):
+    """run_live.py --paper --replay sample --start/--end: the bundled bars, no file written by hand (about 5 s)."""
+    import run_live
+
+    params = tmp_path / "long.json"
+    params.write_text(json.dumps({"params": {**config.fixed_params("LONG"), "symbol": "BTCUSDT"}}, default=list))
+    code = run_live.main(["--paper", "--replay", "sample", "--start", "2019-09-01", "--end", "2019-09-30",
+                          "--side", "long", "--params", str(params), "--out", str(tmp_path / "out"),
+                          "--history-bars", "300", "--compare"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "paper replay: 420 bars" in printed.out  # 30 days x 24 = 720 hourly bars, 300 of them history
+    assert "backtest trades: EQUAL" in printed.out
+    assert "paper replay BTCUSDT 1h: 100%" in printed.err  # the progress bar

@@ -4,6 +4,7 @@ worker processes, and the benchmarks' progress on stderr with their JSON as the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,32 +17,56 @@ import workers
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_compile_notice_shows_only_while_the_cache_is_cold(tmp_path, monkeypatch, capsys):
-    (tmp_path / "tiny_jit.py").write_text("from numba import njit\n\n\n@njit(cache=True)\ndef twice(x):\n"
-                                          "    return 2 * x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import tiny_jit
-
-    assert progress.cold([tiny_jit.twice])  # no cache file yet: the first call compiles
-    assert progress.compile_notice([tiny_jit.twice])
-    assert capsys.readouterr().err == f"{progress.COMPILE_NOTICE}...\n"
-    assert tiny_jit.twice(21) == 42  # compiles and writes __pycache__/tiny_jit.twice-*.nbi/.nbc
-    assert list((tmp_path / "__pycache__").glob("tiny_jit.twice-*.nbi"))
-    assert not progress.cold([tiny_jit.twice])
-    assert not progress.compile_notice([tiny_jit.twice])
-    assert capsys.readouterr().err == ""  # warm: nothing printed
+TINY = """from numba import njit
 
 
-def test_a_function_without_a_file_cache_never_claims_a_compile():
-    assert not progress.cold([object(), len])
+@njit(cache=True)
+def twice(x):
+    return 2 * x
 
 
-def test_the_repository_core_is_listed_for_the_check():
-    import core
+@njit(cache=True)
+def thrice(x):
+    return 3 * x
+"""
+RUN = """import sys
+sys.path[:0] = [{root!r}, {here!r}]
+import progress, tiny_jit, workers
+progress.announce_compiles(("tiny_jit",))
+{work}
+"""
 
-    names = {d.__name__ for d in progress.core_dispatchers("decide", "open_fill", "close_fill")}
-    assert {"run_loop", "decide", "open_fill", "close_fill", "ema_nb", "atr_nb"} <= names
-    assert all(getattr(d, "_cache", None) is not None for d in progress.core_dispatchers()), core.__file__
+
+def notices(tmp_path, work):
+    """stderr of a fresh process that compiles (or loads from the cache) tiny_jit's functions doing ``work``."""
+    script = tmp_path / "run.py"
+    script.write_text(RUN.format(root=str(ROOT), here=str(tmp_path), work=work))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_compile_notice_shows_only_when_numba_compiles(tmp_path):
+    """Cold cache: one line as the first compile starts (not one per function); warm cache: nothing at all."""
+    (tmp_path / "tiny_jit.py").write_text(TINY)
+    assert notices(tmp_path, "tiny_jit.twice(2); tiny_jit.thrice(2)") == f"{progress.COMPILE_NOTICE}...\n"
+    assert list((tmp_path / "__pycache__").glob("tiny_jit.twice-*.nbi"))  # numba wrote its cache
+    assert notices(tmp_path, "tiny_jit.twice(2); tiny_jit.thrice(2)") == ""  # loaded from it: no compile
+
+
+def test_the_compile_notice_shows_once_across_forked_workers(tmp_path):
+    """Two forked workers both compiling (a search's first trials on a cold cache): still one line."""
+    (tmp_path / "tiny_jit.py").write_text(TINY)
+    err = notices(tmp_path, "print(workers.parallel_map(lambda k: tiny_jit.twice(k), [1, 2], 2))")
+    assert err == f"{progress.COMPILE_NOTICE}...\n"
+
+
+def test_a_user_error_before_any_compile_prints_no_notice(tmp_path):
+    """The notice comes with the compile itself, so a refused command stays one line even on a cold cache."""
+    done = subprocess.run([sys.executable, str(ROOT / "main.py"), "backtest", "--source", "csv:nope.csv"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold")})
+    assert done.returncode == 2 and done.stderr == "error: CSV file not found: nope.csv\n"
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
