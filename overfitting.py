@@ -27,6 +27,7 @@ from scipy.stats import kurtosis, norm, skew
 import backtester
 import config
 import optimizer
+import progress
 import workers
 from metrics import DAY_MS, daily_returns
 
@@ -149,7 +150,9 @@ def trial_return_matrix(datasets: Any, trials: Sequence[FrozenTrial], params_of:
         except backtester.TickSizeError:  # untradable at the tick over the whole in-sample span: left out
             return None
 
-    runs = workers.parallel_map(run, picked, jobs)
+    shown = progress.bar(len(picked), "daily returns of every distinct trial (DSR, PBO)", "trial")
+    runs = workers.parallel_map(run, picked, jobs, shown.update)
+    shown.close()
     picked = [t for t, r in zip(picked, runs, strict=True) if r is not None]
     series = [r for r in runs if r is not None]
     if not series:

@@ -33,13 +33,15 @@ import backtester
 import config
 import core
 import metrics as metrics_mod
+import paper_report
+import progress
 import reporting
 import strategy_loader
 import trader_fatal
 import trader_lock
 import trader_store
 from cli import UsageError
-from data_fetcher import TIMEFRAMES, load_csv, resample
+from data_fetcher import TIMEFRAMES, load_source
 from exchange import Bybit
 from market_feed import FillFeed, MarketFeed
 from trader import SideConfig, Trader, setup_logging
@@ -131,7 +133,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
 
     timeframe = configs[0].params["timeframe"]
     symbol = configs[0].params["symbol"]
-    candles = resample(load_csv(args.replay), timeframe)
+    candles = load_source(args.replay, symbol, timeframe, start=args.start, end=args.end)
     history = args.history_bars or min(2000, len(candles) // 3)
     if not 0 < history < len(candles):
         raise UsageError(f"--history-bars {history} is refused; accepted: 1 to {len(candles) - 1} "
@@ -143,32 +145,42 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
             raise UsageError(f"{out} already holds a trader state; choose an empty --out for a paper replay")
         balance = config.CAPITAL * len(configs)  # each side trades its own capital; hedge mode shares one wallet
         with SimExchange(candles, symbol, timeframe, history_bars=history, balance=balance, lockstep=True,
-                         instrument=instrument, behaviour=behaviour) as sim:
+                         instrument=instrument, behaviour=behaviour, api_ips=["127.0.0.1"]) as sim:
             os.environ["BYBIT_REST_URL"] = sim.rest_url
             os.environ["BYBIT_WS_URL"] = sim.ws_url
             session = make_http(env="testnet", api_key=sim.api_key, api_secret=sim.api_secret, retry_delay=0)
             trader = Trader(session, symbol, timeframe, configs, out, env="paper", max_capital=None,
                             keep_state_history=True)
+            tags = paper_report.BarTags(trader)  # every event and log line names its bar
             days = int(history * TIMEFRAMES[timeframe] / 86_400_000) + 2
             fills = FillFeed(trader.exchange.on_stream, ws_factory=lambda kind: make_ws(
                 kind, env="testnet", api_key=sim.api_key, api_secret=sim.api_secret))
             trader.start(history_days=days)
             feed = MarketFeed(symbol, timeframe)
-            drive_lockstep(trader, sim, feed.bars)
+            with progress.bar(len(candles) - history, f"paper replay {symbol} {timeframe}", "bar") as shown:
+                drive_lockstep(trader, sim, feed.bars, on_bar=shown.update)
             feed.close()
             fills.close()
             stats = sim.stats()
         trader.stop("replay finished")
+        tags.close()
         written = write_paper_outputs(out, configs, candles, history, timeframe)
     print(f"paper replay: {stats['bars_played']} bars, {stats['orders']} orders, {stats['executions']} executions; "
           f"wrote {', '.join(str(p) for p in written)}")
+    problems = paper_report.read_problems(out)
+    store = Store(out / "state.sqlite")
+    paper_report.explain(problems, store, candles, TIMEFRAMES[timeframe])
+    store.close()
+    print("\n".join(paper_report.summary_lines(problems)))
     if args.compare:
-        return 0 if compare_with_backtest(out, configs, candles, history, instrument) else 1
+        return 0 if compare_with_backtest(out, configs, candles, history, instrument, problems) else 1
     return 0
 
 
-def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int | None = None) -> bool:
-    """Acknowledge each bar close to the sim and hand the next confirmed kline to the trader.
+def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int | None = None,
+                   on_bar: Any = None) -> bool:
+    """Acknowledge each bar close to the sim and hand the next confirmed kline to the trader (``on_bar()``
+    after each: a progress bar).
 
     Returns True when the replay has finished (False when ``max_bars`` stopped it first).
     """
@@ -188,6 +200,8 @@ def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int 
             if not trader.catch_up():  # the WebSocket missed it: REST has it
                 return True
         played += 1
+        if on_bar:
+            on_bar()
     return False
 
 
@@ -212,15 +226,18 @@ def write_paper_outputs(out: Path, configs: list[SideConfig], candles: Any, hist
 
 
 def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, history: int,
-                          instrument: dict[str, float] | None = None) -> bool:
+                          instrument: dict[str, float] | None = None,
+                          problems: list[paper_report.Problem] | None = None) -> bool:
     """The paper trades against the backtest of the same file, trade by trade; prints any difference.
 
     On a difference it also prints the first differing trade with its bar's OHLC and the state each
     side traded that bar from (the trader's, kept per bar by a paper run, and the backtest's), the
-    report a user can file.
+    report a user can file. With the paper log's ``problems``, it then says which of them touched a
+    compared trade.
     """
     store = Store(out / "state.sqlite")
     paper = store.trade_rows()
+    compared: dict[str, np.ndarray] = {}
     ok = True
     try:
         for cfg in configs:
@@ -230,19 +247,22 @@ def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, hi
             d = 1.0 if cfg.side == "long" else -1.0
             mine = paper[paper[:, 2] == d]
             tick = data.instrument["tick_size"]
-            problems = trade_differences(mine, expected, tick)
+            differences = trade_differences(mine, expected, tick)
             total_gap = abs(mine[:, 8].sum() - expected[:, 8].sum())
             if total_gap > 1e-4 * config.CAPITAL:
-                problems.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
+                differences.append(f"total pnl {mine[:, 8].sum():.4f} vs backtest {expected[:, 8].sum():.4f}")
             print(f"{cfg.side}: {len(mine)} paper trades, {len(expected)} backtest trades: "
-                  f"{'EQUAL' if not problems else 'DIFFERENT'}")
-            for line in problems[:50]:
+                  f"{'EQUAL' if not differences else 'DIFFERENT'}")
+            for line in differences[:50]:
                 print("  " + line)
-            if problems:
+            if differences:
                 print(first_difference_report(cfg, data, history, mine, expected, store, tick))
-            ok = ok and not problems
+            ok = ok and not differences
+            compared[cfg.side] = mine
     finally:
         store.close()
+    if problems is not None:
+        print("\n".join(paper_report.touching_lines(problems, compared, TIMEFRAMES[configs[0].params["timeframe"]])))
     return ok
 
 
@@ -521,7 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a new state: the old state.sqlite is moved aside (never deleted); needed "
                              "when it is empty, unreadable or damaged")
     parser.add_argument("--paper", action="store_true", help="replay --replay on an in-process bybit_sim (lockstep)")
-    parser.add_argument("--replay", default=None, help="candle file for --paper")
+    parser.add_argument("--replay", default=None, metavar="SOURCE",
+                        help="the candles --paper replays: a file (CSV or .parquet, as main.py export-candles "
+                             "writes), or a --source form: sample (bundled), bybit (the cache, topped up from "
+                             "Bybit), csv:PATH")
+    parser.add_argument("--start", default=None, help="with --paper: first day of the replay (UTC, inclusive)")
+    parser.add_argument("--end", default=None, help="with --paper: last day of the replay (UTC, inclusive)")
     parser.add_argument("--history-bars", type=cli.bounded(config.Bound(1, 10**7, whole=True)), default=None,
                         help="bars of the file served as history in --paper (default: min(2000, a third))")
     parser.add_argument("--out", default=None, help="output folder of --paper (trader files and results)")
@@ -550,9 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_combination(args: argparse.Namespace) -> None:
     """Flags that make no sense together are refused, not ignored."""
     paper_only = [flag for flag, value in (("--replay", args.replay), ("--history-bars", args.history_bars),
-                                           ("--out", args.out), ("--compare", args.compare)) if value]
+                                           ("--out", args.out), ("--compare", args.compare), ("--start", args.start),
+                                           ("--end", args.end)) if value]
     if args.paper and not args.replay:
-        raise UsageError("--paper needs --replay FILE")
+        raise UsageError("--paper needs --replay FILE (or sample, bybit, csv:PATH)")
     if paper_only and not args.paper:
         raise UsageError(f"{', '.join(paper_only)} only work with --paper")
     if args.paper and (args.mainnet or args.fresh_state):
@@ -581,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = side_configs(args)
         if args.check:
             return run_check(args, configs)
+        progress.announce_compiles()
         return run_paper(args, configs) if args.paper else run_live(args, configs)
     except Fatal as stop:
         print(f"error: {stop.failure.line}" + (f"; {stop.problem}" if stop.problem else ""), file=sys.stderr)

@@ -27,6 +27,7 @@ from sklearn.model_selection import TimeSeriesSplit
 import backtester
 import config
 import optimizer
+import progress
 import strategy_loader
 import study_store
 import workers
@@ -133,7 +134,9 @@ def reoptimizing_walk_forward(datasets: optimizer.Datasets, base_params: dict[st
                 **{f"test_{key}": metrics[key] for key in FOLD_KEYS},
                 "days": days, "returns": returns if passed else np.zeros_like(returns)}
 
-    rows = workers.parallel_map(run_fold, list(range(len(ranges))), jobs)
+    shown = progress.bar(len(ranges), f"re-optimizing walk-forward ({fold_trials} trials a fold)", "fold")
+    rows = workers.parallel_map(run_fold, list(range(len(ranges))), jobs, shown.update)
+    shown.close()
     days = np.concatenate([r.pop("days") for r in rows])
     returns = np.concatenate([r.pop("returns") for r in rows])
     return {"kind": "re-optimizing walk-forward", "fold_trials": fold_trials, "folds": rows,

@@ -68,14 +68,25 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int) -> list[Any]:
-    """``[fn(x) for x in items]`` on up to ``jobs`` forked processes (results must pickle)."""
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], jobs: int,
+                 on_done: Callable[[], None] | None = None) -> list[Any]:
+    """``[fn(x) for x in items]`` on up to ``jobs`` forked processes (results must pickle); ``on_done`` is
+    called in this process as each result arrives (a progress bar)."""
     global _TASK
+    done = on_done or (lambda: None)
     if jobs <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
+        results = []
+        for item in items:
+            results.append(fn(item))
+            done()
+        return results
     _TASK = lambda k: fn(items[k])  # noqa: E731 - read by the forked children
     try:
         with multiprocessing.get_context("fork").Pool(min(jobs, len(items)), initializer=_ignore_sigint) as pool:
-            return pool.map(_run_task, range(len(items)), chunksize=max(1, len(items) // (4 * jobs)))
+            results = []
+            for result in pool.imap(_run_task, range(len(items)), chunksize=max(1, len(items) // (4 * jobs))):
+                results.append(result)
+                done()
+            return results
     finally:
         _TASK = None

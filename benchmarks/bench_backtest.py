@@ -6,7 +6,8 @@ inside the candle's range, so the minute data keeps the real data's trends and v
 
 Prints bars per second of the bar loop alone and of the whole backtest (indicators, signals,
 loop, metrics) in steady state after compilation, peak RSS, and the same LONG logic written as a
-backtesting.py Strategy on the hourly sample, timed in this run, with the ratio. Last line: JSON.
+backtesting.py Strategy on the hourly sample, timed in this run, with the ratio. Progress on stderr;
+the last line of stdout is one JSON object.
 
     python benchmarks/bench_backtest.py [--bars 1000000] [--repeats 5]
 """
@@ -28,9 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import backtester  # noqa: E402
 import config  # noqa: E402
 import core  # noqa: E402
+import progress  # noqa: E402
 from data_fetcher import load_sample  # noqa: E402
 
 MINUTES_PER_CANDLE = 30
+
+
+def say(text: str) -> None:
+    """Progress on stderr: stdout holds the figures, its last line the JSON."""
+    print(f"{text}...", file=sys.stderr, flush=True)
 
 
 def minute_bars(candles: pd.DataFrame, n_bars: int, seed: int = 7) -> pd.DataFrame:
@@ -167,8 +174,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats; the best is reported")
     args = parser.parse_args()
 
+    progress.announce_compiles()
     sample = load_sample("BTCUSDT", "30m")
+    say(f"building {args.bars:,} minute bars from the 30-minute sample")
     frame = minute_bars(sample, args.bars)
+    say(f"timing the bar loop and the whole backtest, best of {args.repeats}")
     ours = bench_ours(frame, args.repeats)
     peak_rss_mb = psutil.Process().memory_info().rss / 2**20
     try:
@@ -177,6 +187,7 @@ def main() -> None:
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except ImportError:
         pass
+    say("timing the same LONG logic in backtesting.py on the hourly sample")
     versus = bench_backtesting_py(load_sample("BTCUSDT", "1h"), args.repeats)
 
     print(f"minute bars:            {ours['bars']:,} (from real 30m BTC candles)")

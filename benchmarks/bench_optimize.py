@@ -5,8 +5,8 @@ random) at each worker count and seed: ``--trials`` LONG trials on the in-sample
 (the bundled hourly sample unless ``--source``), then the pick (the best trial, as the pipeline
 picks) is run once on the hold-out. Reported per run and as medians over the seeds: wall seconds,
 trials/s, the in-sample best score, the pick's hold-out Sharpe and its percentile among random
-params sets that pass the filters in-sample (one shared baseline). Progress lines while it runs;
-the last line is one JSON object.
+params sets that pass the filters in-sample (one shared baseline). Progress bars on stderr while
+it runs; the last line of stdout is one JSON object.
 
     python benchmarks/bench_optimize.py [--trials 3900] [--seeds 3] [--workers 1 2]
         [--methods tpe_plain tpe_windowed_refine cmaes random] [--source sample|csv:PATH]
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import config  # noqa: E402
 import holdout  # noqa: E402
 import optimizer  # noqa: E402
+import progress  # noqa: E402
 from data_fetcher import load_candles  # noqa: E402
 
 METHODS = {
@@ -51,14 +52,8 @@ def one_run(data: optimizer.Datasets, method: str, workers: int, seed: int, tria
     search = optimizer.Search(data, params, config.param_grid("LONG"), study_name=f"{method}-{workers}-{seed}",
                               storage=f"journal:{folder / f'{method}-{workers}-{seed}.journal'}", seed=seed,
                               jobs=workers, **METHODS[method])
-    done = [0]
-
-    def progress(_trial: object) -> None:
-        done[0] += 1
-        if done[0] % 500 == 0:
-            say(f"    {method} x{workers} seed {seed}: {done[0]}/{trials} trials stored")
-
-    result = search.run(trials, progress)
+    with progress.bar(trials, f"{method} x{workers} seed {seed}", "trial") as shown:
+        result = search.run(trials, lambda _trial: shown.update())
     if result.interrupted:
         raise SystemExit("interrupted")
     pick = search.params_of(result.best.params)
@@ -83,6 +78,7 @@ def main() -> None:
     parser.add_argument("--baseline-draws", type=int, default=20000,
                         help="random params sets drawn for the percentile baseline (at most)")
     args = parser.parse_args()
+    progress.announce_compiles()
     data = optimizer.Datasets(lambda tf: load_candles(args.source, "BTCUSDT", tf), "BTCUSDT")
     info = data.describe("1h")
     say(f"data: in-sample {info['in_sample_start'][:10]} .. {info['in_sample_end'][:10]}, hold-out "

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_sim.py [--calls 500] [--bars 3000]
 
-Last line: JSON.
+Progress on stderr; the last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import progress  # noqa: E402
 import trader_utils  # noqa: E402
 from bybit_sim import SimExchange  # noqa: E402
 from data_fetcher import load_sample  # noqa: E402
@@ -34,6 +35,7 @@ def main() -> None:
         os.environ["BYBIT_REST_URL"] = sim.rest_url
         session = trader_utils.make_http(api_key="sim-key", api_secret="sim-secret")
         latencies = []
+        calls = progress.bar(2 * args.calls, "REST round trips", "call")
         for k in range(2 * args.calls):
             started = time.perf_counter()
             if k % 2:
@@ -41,12 +43,16 @@ def main() -> None:
             else:
                 session.get_tickers(category="linear", symbol="BTCUSDT")
             latencies.append((time.perf_counter() - started) * 1000)
+            calls.update()
+        calls.close()
         ack = http.client.HTTPConnection("127.0.0.1", sim.port, timeout=10)  # a lean no-op client, kept alive
         started = time.perf_counter()
         finished = False
-        while not finished:
-            ack.request("POST", "/sim/ack")
-            finished = json.loads(ack.getresponse().read())["finished"]
+        with progress.bar(args.bars, "lockstep replay", "bar") as shown:
+            while not finished:
+                ack.request("POST", "/sim/ack")
+                finished = json.loads(ack.getresponse().read())["finished"]
+                shown.update()
         replay_s = time.perf_counter() - started
     p50, p99 = np.percentile(latencies, [50, 99])
     figures = {"rest_calls": len(latencies), "rest_p50_ms": round(float(p50), 3), "rest_p99_ms": round(float(p99), 3),

@@ -7,7 +7,7 @@ The trader hears the private execution stream as run_live.py wires it (the sim's
 the stream first, execution/list a request late). Also the tick guard's decision on each bar's
 ticker (the price from the feed to "no action" or a close; the live loop polls every 50 ms, which
 bounds the wait before it).
-Last line: JSON.
+Progress on stderr; the last line of stdout is one JSON object.
 
     python benchmarks/bench_trader.py [--bars 3000]
 """
@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
+import progress  # noqa: E402
 import run_live  # noqa: E402
 from bybit_sim import SimExchange  # noqa: E402
 from data_fetcher import TIMEFRAMES, load_sample  # noqa: E402
@@ -40,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bars", type=int, default=3000)
     args = parser.parse_args()
+    progress.announce_compiles()
     candles = load_sample("BTCUSDT", "1h").iloc[:HISTORY + args.bars]
     params = config.fixed_params("LONG")
     params.update(partial_take_profit=True, position_scaling=True, timeframe="1h", symbol="BTCUSDT")
@@ -78,7 +80,8 @@ def main() -> None:
         feed = MarketFeed("BTCUSDT", "1h")
         trader.on_closed_bar = timed_bar
         started = time.perf_counter()
-        run_live.drive_lockstep(trader, sim, feed.bars)
+        with progress.bar(args.bars, "paper replay", "bar") as shown:
+            run_live.drive_lockstep(trader, sim, feed.bars, on_bar=shown.update)
         elapsed = time.perf_counter() - started
         feed.close()
         fills.close()
