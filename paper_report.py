@@ -29,9 +29,11 @@ import pandas as pd
 
 import core
 
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (WARNING|ERROR|CRITICAL) (.*)$")
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (INFO|WARNING|ERROR|CRITICAL) (.*)$")
 BAR_PREFIX = re.compile(r"^bar (\d{4}-\d\d-\d\dT\d\d:\d\dZ): (.*)$")
-REJECTION_LINE = re.compile(r"^(long|short) \w+ rejected: .* \(retCode -?\d+\)$")  # trader._try's line
+REJECTION_LINE = re.compile(r"^(long|short) \w+ (to \S+ )?rejected\b.* \(retCode -?\d+\)")  # _try's, _set_stop's
+PASSED_LINE = re.compile(r"^(long|short) (\w+) to \S+ not set: the market has passed it$")  # trader._set_stop's
+REJECTED_EVENTS = ("order_rejected", "stop_rejected")
 SIDE_FIRST = re.compile(r"^(long|short)\b")
 DOCUMENTED = ("a stop move the market had already passed: Bybit refuses a stop on the wrong side of the price it "
               "triggers by (retCode 10001; docs v5/position/trading-stop.mdx, v5/error.mdx), and the trader closed "
@@ -95,12 +97,13 @@ class Problem:
 
 
 def read_problems(out: Path) -> list[Problem]:
-    """The rejected orders (order_rejected events) and the other errors and the warnings (trader.log) of a run."""
+    """The rejected orders (order_rejected and stop_rejected events, and the stop moves the trader's log says the
+    market had passed) and the other errors and the warnings (trader.log) of a run."""
     problems = []
     events = out / "logs" / "events.jsonl"
     for line in events.read_text().splitlines() if events.exists() else []:
         event = json.loads(line)
-        if event.get("event") == "order_rejected":
+        if event.get("event") in REJECTED_EVENTS:
             problems.append(Problem("rejected order", event.get("side"), event.get("bar_ts"),
                                     f"{event.get('action')} refused: {event.get('ret_msg')} (retCode "
                                     f"{event.get('ret_code')})", action=str(event.get("action"))))
@@ -113,8 +116,12 @@ def read_problems(out: Path) -> list[Problem]:
         tagged = BAR_PREFIX.match(message)
         bar_ts = int(pd.Timestamp(tagged.group(1)).value // 10**6) if tagged else None
         message = tagged.group(2) if tagged else message
-        if level != "WARNING" and REJECTION_LINE.match(message):
-            continue  # the log line of a rejected order: counted from its event
+        passed = PASSED_LINE.match(message)
+        if passed:  # refused by the exchange, handled by the trader (closed at that open): checked by explain()
+            problems.append(Problem("rejected order", passed.group(1), bar_ts, message, action=passed.group(2)))
+            continue
+        if level == "INFO" or (level != "WARNING" and REJECTION_LINE.match(message)):
+            continue  # an ordinary line, or the log line of a rejected order: counted from its event
         side = SIDE_FIRST.match(message)
         problems.append(Problem("warning" if level == "WARNING" else "error", side.group(1) if side else None, bar_ts,
                                 message))

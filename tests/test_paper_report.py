@@ -50,6 +50,25 @@ def test_counts_come_from_both_logs_and_a_rejection_counts_once(tmp_path):
                                  "0 warning(s)"]
 
 
+def test_the_traders_stop_refusals_are_read_from_its_own_lines(tmp_path):
+    """trader._set_stop's two outcomes of a refused stop move: the market had passed it (an INFO line; the
+    trader closes at that open) and any other refusal (a stop_rejected event and its ERROR line, counted once)."""
+    write_logs(tmp_path, [
+        {"event": "stop_rejected", "side": "short", "bar_ts": T0 + H, "action": "stop_moved", "ret_code": 10001,
+         "ret_msg": "StopLoss set for Sell position should greater base_price", "rejections": 1}],
+        ["INFO bar 2020-01-29T23:00Z: long stop_moved to 7.8345 not set: the market has passed it",
+         "INFO bar 2020-01-29T23:00Z: long stop_moved to 7.8345 (breakeven)",
+         "ERROR bar 2020-01-30T00:00Z: short stop_moved to 9.1 rejected (1 in a row): StopLoss set for Sell "
+         "position should greater base_price (retCode 10001); the exchange holds 9.5"])
+    problems = read_problems(tmp_path)
+    assert [(p.kind, p.side, p.bar_ts, p.action) for p in problems] == [
+        ("rejected order", "short", T0 + H, "stop_moved"), ("rejected order", "long", T0, "stop_moved")]
+    explain(problems, Store(7.8345, trade(T0 + H)), candles(7.7728), H)
+    assert [bool(p.explained) for p in problems] == [False, True]
+    assert summary_lines(problems)[0] == ("paper log (logs/events.jsonl, logs/trader.log): 2 rejected order(s), "
+                                          "0 error(s), 0 warning(s)")
+
+
 class Store:
     """The two reads explain() makes of a paper run's state.sqlite."""
 
