@@ -209,9 +209,10 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                             "fired (each strategy file declares its default)"),
     # holding time
     "max_hold_hours": _f(0.0, 0.0, 100000.0, "close after this many hours in the trade (0 = off)"),
-    "cooldown_period_candles": _i(0, 0, 10000, "bars without new entries after a breakeven/trailing exit"),
+    "cooldown_period_candles": _i(0, 0, 10000, "closes without new entries after a breakeven, profit-lock or "
+                                               "trailing exit (the exit bar's close counts)"),
     "stagnation_atr_threshold": _f(0.0, 0.0, 100.0, "arm the stagnation exit once peak profit exceeds "
-                                                    "this many ATR x initial size (0 = off)"),
+                                                    "this many ATR at entry x the size held (0 = off)"),
     "stagnation_profit_decay": _f(0.7, 0.0, 1.0, "exit when profit falls below this share of its peak"),
 }
 
