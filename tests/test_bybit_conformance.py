@@ -30,6 +30,8 @@ import websocket
 import trader_utils
 from bybit_sim import Behaviour, SimExchange
 from data_fetcher import load_sample
+from exchange import Bybit
+from preflight import Plan, Preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -371,3 +373,99 @@ def test_the_extraction_refuses_a_folder_without_the_docs(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path} holds no v5/ folder; give the docs/ folder of a "
                                                "bybit-docs checkout")
 
+
+def prune(answer: Any, fields: dict[str, dict[str, Any]], path: str = "") -> Any:
+    """Only what the docs table lists: every other key dropped, at every level (an object whose keys the
+    table does not list, such as cumFeeDetail or retExtInfo, is kept whole)."""
+    keys = documented_keys(fields, path)
+    if isinstance(answer, dict) and keys:
+        return {k: prune(v, fields, f"{path}.{k}".lstrip(".")) for k, v in answer.items() if k in keys}
+    if isinstance(answer, list):
+        return [prune(item, fields, f"{path}[]") for item in answer]
+    return answer
+
+
+class TableOnly:
+    """pybit's HTTP session whose answers hold only the fields of the docs tables (a method without a table
+    is an AttributeError: the adapter called an endpoint this file does not know)."""
+
+    TABLES = {"get_server_time": "rest_market_time", "get_kline": "rest_market_kline",
+              "get_tickers": "rest_market_tickers", "get_instruments_info": "rest_market_instruments_info",
+              "get_funding_rate_history": "rest_market_funding_history",
+              "get_wallet_balance": "rest_account_wallet_balance", "get_positions": "rest_position_list",
+              "set_leverage": "rest_position_set_leverage", "switch_position_mode": "rest_position_switch_mode",
+              "set_trading_stop": "rest_position_trading_stop", "place_order": "rest_order_create",
+              "cancel_order": "rest_order_cancel", "cancel_all_orders": "rest_order_cancel_all",
+              "get_open_orders": "rest_order_realtime", "get_order_history": "rest_order_history",
+              "get_executions": "rest_execution_list", "get_api_key_information": "rest_user_query_api"}
+
+    def __init__(self, http: Any) -> None:
+        self.http = http
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.TABLES:
+            raise AttributeError(f"{name}: no docs table for this pybit method")
+        method, fields = getattr(self.http, name), table(self.TABLES[name])
+        return lambda **kwargs: prune(method(**kwargs), fields)
+
+
+def test_pruning_keeps_the_documented_fields_only():
+    answer = {"retCode": 0, "retMsg": "OK", "retExtInfo": {"x": 1}, "time": 1, "extra": 2,
+              "result": {"category": "linear", "nextPageCursor": "", "list": [
+                  {"execId": "e", "positionIdx": 1, "seq": 3}, {"execId": "f"}]}}
+    assert prune(answer, table("rest_execution_list")) == {
+        "retCode": 0, "retMsg": "OK", "retExtInfo": {"x": 1}, "time": 1,
+        "result": {"category": "linear", "nextPageCursor": "", "list": [{"execId": "e", "seq": 3}, {"execId": "f"}]}}
+
+
+def test_the_adapter_and_preflight_read_only_what_the_docs_tables_list(monkeypatch):
+    """Every read of exchange.py (and preflight's rows over it) gives the same answer when Bybit's answers
+    hold nothing but the fields of the docs tables; every write works on such answers (hedge mode, two
+    positions with stops, a target, funding and a stop-loss fill on the way)."""
+    candles = load_sample("BTCUSDT", "1h").iloc[:400]
+    with SimExchange(candles, "BTCUSDT", "1h", history_bars=300, costs=COSTS,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        monkeypatch.setenv("BYBIT_REST_URL", sim.rest_url)
+        http = trader_utils.make_http(api_key=KEY, api_secret=SECRET, retry_delay=0)
+        full, bare = Bybit(http, "BTCUSDT"), Bybit(TableOnly(http), "BTCUSDT")
+        start = sim.engine.now_ms()
+        price = sim.engine.last_price()
+        bare.set_position_mode(True)
+        bare.set_leverage(5)
+        assert bare.place_entry("long-1", "Buy", "0.1", f"{price * 0.9:.1f}", 1, "LastPrice", 1.0)
+        assert bare.place_entry("short-1", "Sell", "0.1", f"{price * 1.2:.1f}", 2, "LastPrice", -1.0)
+        assert bare.place_target("long-1-tp0", "Sell", "0.05", f"{price * 1.5:.1f}", 1, 1.0)
+        bare.move_stop(2, f"{price * 1.02:.1f}", "LastPrice")  # near: one of the hours ahead takes it
+        for _ in range(12):
+            sim.advance()
+        assert bare.place_close("long-1-close", "Sell", "0.02", 1, 1.0)
+        plan = Plan("BTCUSDT", "1h", {"long": {"leverage": 5}, "short": {"leverage": 5}})
+        reads = {
+            "server time": lambda ex: ex.server_time_ms(), "instrument": lambda ex: ex.instrument(),
+            "klines": lambda ex: ex.klines("60", start - 50 * 3_600_000, start, 100),
+            "funding": lambda ex: ex.funding_rates(start - 7 * 86_400_000, sim.engine.now_ms()),
+            "prices": lambda ex: ex.prices(), "wallet": lambda ex: ex.wallet(), "positions": lambda ex: ex.positions(),
+            "hedge mode": lambda ex: ex.hedge_mode(), "open orders": lambda ex: ex.open_orders(),
+            "find order": lambda ex: [ex.find_order(link) for link in ("long-1", "long-1-tp0", "nothing")],
+            "fills": lambda ex: ex.fills_since(start), "order fills": lambda ex: ex.order_fills("long-1-close"),
+            "await": lambda ex: ex.await_order_fills("long-1-close", 1.0),
+            "open times": lambda ex: [ex.position_open_time(p) for p in ex.positions()],
+            **{f"preflight {row}": lambda ex, row=row: getattr(Preflight(ex, plan, None), row)()
+               for row in ("permissions", "expiry", "instrument_row", "mode", "kline_page", "executions")},
+        }
+        for name, read in reads.items():
+            assert read(bare) == read(full), name
+        fills = bare.fills_since(start)
+        assert {f.exec_type for f in fills} == {"Trade", "Funding"} and any(f.stop_order_type == "StopLoss"
+                                                                         for f in fills), "the scenario fell short"
+        assert bare.cancel("long-1-tp0") and not bare.cancel("long-1-tp0")
+
+
+def test_the_adapter_reads_the_execution_stream_by_the_documented_fields_only(answers):
+    message = answers["ws_private_execution"]
+    full, bare = Bybit(None, "BTCUSDT"), Bybit(None, "BTCUSDT")
+    full.on_stream(message)
+    bare.on_stream(prune(message, table("ws_private_execution")))
+    links = {row["orderLinkId"] for row in message["data"]}
+    assert links and all(bare.order_fills(link, rest=False) == full.order_fills(link, rest=False) != []
+                         for link in links)
