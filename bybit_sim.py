@@ -17,7 +17,7 @@ orderLinkIds refused, faults injected, longest time a position had no stop-loss)
 
 Every answer has the fields, string-or-number types, sort order, page sizes, time windows and error
 codes of Bybit's V5 docs (the ``# docs:`` comments name the page; sim_shapes.py builds the records;
-tests/fixtures/bybit holds each page's example response and a test holds every answer to it). Where
+tests/fixtures/bybit holds each page's response table and example, and a test holds every answer to both). Where
 the docs are silent the behaviour is a choice (:class:`Behaviour`) and the trader's tests run under
 each: when a fill reaches the private stream and ``execution/list``, whether market orders fill
 partly, the mark price's offset from the last price, which end of a range a kline page holds, whether

@@ -1,8 +1,11 @@
 """The shapes of bybit_sim's answers: the engine's records as Bybit's V5 docs show them.
 
-Each function builds one record type with exactly the fields and string-or-number types of the
-docs page's example response (tests/fixtures/bybit holds the examples; a test compares every answer
-with them). Where REST and a stream show a record with different fields, ``drop`` or ``shape`` picks one.
+Each function builds one record type with the fields and string-or-number types of the docs page's
+response table and of its example response (tests/fixtures/bybit/tables holds the tables,
+tests/fixtures/bybit the examples; a test holds every answer to both). A field the table lists for
+linear perpetuals but that carries nothing for them (an option's greeks, a spot OCO's trigger) is sent
+as the docs' examples send such fields: "" or its "unknown" value. Where REST and a stream show a record
+with different fields, ``drop`` or ``shape`` picks one.
 """
 
 from __future__ import annotations
@@ -23,19 +26,20 @@ PERMISSION_GROUPS = ("ContractTrade", "Spot", "Wallet", "Options", "Derivatives"
                      "Exchange", "NFT", "Affiliate", "Earn", "FiatP2P", "FiatConvertBroker", "FiatGlobalPay",
                      "FiatBitPay", "BitCard", "ByXPost")
 TRADE_ONLY = {"ContractTrade": ["Order", "Position"], "Derivatives": ["DerivativesTrade"]}
-# Fields one record type has on one channel but not on another, from each page's example response
-EXECUTION_REST_DROP = {"category", "createType", "execPnl", "isLeverage", "marketUnit"}  # docs: v5/order/execution.mdx
+# Fields one record type has on one channel but not on another: in neither that page's table nor its example
+EXECUTION_REST_DROP = {"category", "execPnl", "isLeverage", "marketUnit"}  # docs: v5/order/execution.mdx
+EXECUTION_WS_DROP = {"execFeeV2"}  # docs: v5/websocket/private/execution.mdx
 ORDER_DROP = {  # docs: v5/order/open-order.mdx, v5/order/order-list.mdx, v5/websocket/private/order.mdx
-    "realtime": {"category", "closedPnl", "extraFees", "feeCurrency", "rpiMatchedQty", "rpiTakerAccess",
-                 "slippageTolerance", "slippageToleranceType"},
-    "history": {"category", "closedPnl", "feeCurrency"},
-    "ws": {"extraFees", "isLeverage", "slippageTolerance", "slippageToleranceType"},
+    "realtime": {"brokerOrderPrice", "category", "closedPnl", "extraFees", "feeCurrency", "rpiMatchedQty",
+                 "rpiTakerAccess", "slippageTolerance", "slippageToleranceType"},
+    "history": {"brokerOrderPrice", "category", "closedPnl", "feeCurrency"},
+    "ws": {"extraFees"},
 }
-# docs: v5/position/position.mdx (REST: avgPrice, openTime; the example spells mmrSysUpdateTime) and
-# v5/websocket/private/position.mdx (stream: entryPrice, mmrSysUpdatedTime)
-POSITION_REST_DROP = {"category", "entryPrice", "mmrSysUpdatedTime"}
-POSITION_WS_DROP = {"avgPrice", "mmrSysUpdateTime", "openTime"}
-# docs: v5/market/tickers.mdx and v5/websocket/public/ticker.mdx
+# docs: v5/position/position.mdx (REST: avgPrice; its example also spells mmrSysUpdateTime, its table
+# mmrSysUpdatedTime) and v5/websocket/private/position.mdx (stream: entryPrice; greeks for options only)
+POSITION_REST_DROP = {"category", "entryPrice"}
+POSITION_WS_DROP = {"avgPrice", "mmrSysUpdateTime", "delta", "gamma", "vega", "theta"}
+# docs: v5/market/tickers.mdx and v5/websocket/public/ticker.mdx (the stream's delivery fields: expiring futures only)
 TICKER_REST_DROP = {"tickDirection"}
 TICKER_WS_DROP = {"basis", "basisRate", "basisRateYear", "deliveryFeeRate", "deliveryTime", "predictedDeliveryPrice"}
 
@@ -60,7 +64,8 @@ def ticker(engine: Engine, drop: set[str]) -> dict[str, Any]:
             "price24hPcnt": num(price / prev - 1), "highPrice24h": num(float(engine.high[past].max())),
             "lowPrice24h": num(float(engine.low[past].min())),
             "prevPrice1h": num(float(engine.open_[min(hour, len(engine.ts) - 1)])), "openInterest": "0",
-            "openInterestValue": "0", "turnover24h": num(float((engine.volume[past] * engine.close[past]).sum())),
+            "openInterestValue": "0", "singleOpenInterest": "0", "singleOpenInterestValue": "0",
+            "turnover24h": num(float((engine.volume[past] * engine.close[past]).sum())),
             "volume24h": num(float(engine.volume[past].sum())), "fundingRate": num(engine.costs["funding_rate"]),
             "nextFundingTime": str((now // funding + 1) * funding), "predictedDeliveryPrice": "", "basisRate": "",
             "deliveryFeeRate": "", "deliveryTime": "0", "ask1Size": "1", "bid1Price": num(price),
@@ -84,7 +89,7 @@ def wallet(engine: Engine, params: dict[str, Any] | None = None) -> dict[str, An
             "totalPositionMM": num(mm), "usdValue": num(equity), "spotHedgingQty": "0", "unrealisedPnl": num(upl),
             "collateralSwitch": True, "borrowAmount": "0", "totalPositionIM": num(im),
             "walletBalance": num(engine.balance), "cumRealisedPnl": num(realised), "locked": "0",
-            "marginCollateral": True, "coin": "USDT", "spotBorrow": "0"}
+            "marginCollateral": True, "coin": "USDT", "spotBorrow": "0", "colRes": "0"}  # 0: no collateral restriction
     wanted = [c.strip() for c in str(params.get("coin") or "USDT").split(",")]
     return {"list": [{
         "totalEquity": num(equity), "accountIMRate": num(im / margin_balance if margin_balance else 0),
@@ -120,23 +125,28 @@ def position(engine: Engine, slot: Position, drop: set[str]) -> dict[str, Any]:
             "trailingStop": num(slot.trailing_stop), "unrealisedPnl": num(upl),
             "curRealisedPnl": num(slot.current_realised), "cumRealisedPnl": num(slot.realised), "seq": slot.seq,
             "isReduceOnly": False, "mmrSysUpdateTime": "", "mmrSysUpdatedTime": "", "leverageSysUpdatedTime": "",
-            "sessionAvgPrice": "", "createdTime": str(engine.first_position_ms),
+            "sessionAvgPrice": "", "delta": "", "gamma": "", "vega": "", "theta": "",
+            "createdTime": str(engine.first_position_ms),
             "updatedTime": str(slot.updated_ms), "openTime": slot.opened_ms, "category": "linear"}
     return {k: v for k, v in full.items() if k not in drop}
 
 
 def order(engine: Engine, record: Order, shape: str) -> dict[str, Any]:
-    """docs: v5/order/open-record.mdx (realtime), order-list.mdx (history), v5/websocket/private/record.mdx."""
-    full = {"orderId": record.order_id, "orderLinkId": record.link_id, "blockTradeId": "",
-            "symbol": engine.symbol, "price": num(record.price), "qty": num(record.qty), "side": record.side,
-            "isLeverage": "", "positionIdx": record.position_idx, "orderStatus": record.status,
+    """docs: v5/order/open-order.mdx (realtime), order-list.mdx (history), v5/websocket/private/order.mdx (ws).
+
+    ocoTriggerBy, marketUnit: spot orders' fields, sent with their unknown and empty values."""
+    full = {"orderId": record.order_id, "orderLinkId": record.link_id, "parentOrderLinkId": "", "blockTradeId": "",
+            "symbol": engine.symbol, "price": num(record.price), "brokerOrderPrice": "", "qty": num(record.qty),
+            "side": record.side, "isLeverage": "", "positionIdx": record.position_idx, "orderStatus": record.status,
+            "createType": record.create_type,
             "cancelType": record.cancel_type, "rejectReason": record.reject_reason,
             "avgPrice": num(record.avg_price) if record.filled else "",
             "leavesQty": num(record.qty - record.filled if record.is_open else 0.0),
             "leavesValue": num((record.qty - record.filled) * record.price if record.is_open else 0.0),
             "cumExecQty": num(record.filled), "cumExecValue": num(record.cum_value), "cumExecFee": num(record.cum_fee),
             "timeInForce": record.time_in_force, "orderType": record.order_type,
-            "stopOrderType": record.stop_order_type, "orderIv": "", "triggerPrice": num(record.trigger_price),
+            "stopOrderType": record.stop_order_type, "orderIv": "", "marketUnit": "",
+            "ocoTriggerBy": "OcoTriggerByUnknown", "triggerPrice": num(record.trigger_price),
             "takeProfit": num(record.take_profit), "stopLoss": num(record.stop_loss),
             "tpTriggerBy": "LastPrice" if record.take_profit else "UNKNOWN", "slTriggerBy": record.sl_trigger_by,
             "triggerDirection": record.trigger_direction, "triggerBy": record.trigger_by,
@@ -156,13 +166,14 @@ def execution(engine: Engine, e: dict[str, Any], ws: bool) -> dict[str, Any]:
             "orderLinkId": e["orderLinkId"], "side": e["side"], "orderPrice": num(e["orderPrice"]),
             "orderQty": num(e["orderQty"]), "leavesQty": num(e["leavesQty"]), "createType": e["createType"],
             "orderType": e["orderType"], "stopOrderType": e["stopOrderType"], "execFee": num(e["execFee"]),
+            "execFeeV2": "",  # a FutureSpread's spot-leg fee
             "execId": e["execId"], "execPrice": num(e["execPrice"]), "execQty": num(e["execQty"]),
             "execPnl": num(e["execPnl"]), "execType": e["execType"], "execValue": num(e["execValue"]),
             "execTime": str(e["execTime"]), "isMaker": e["isMaker"], "feeRate": num(e["feeRate"]), "tradeIv": "",
             "markIv": "", "markPrice": num(e["markPrice"]), "indexPrice": "", "underlyingPrice": "",
             "blockTradeId": "", "closedSize": num(e["closedSize"]), "extraFees": "", "seq": e["seq"],
             "feeCurrency": "USDT", "marketUnit": ""}
-    return full if ws else {k: v for k, v in full.items() if k not in EXECUTION_REST_DROP}
+    return {k: v for k, v in full.items() if k not in (EXECUTION_WS_DROP if ws else EXECUTION_REST_DROP)}
 
 
 def instrument(engine: Engine, status: str) -> dict[str, Any]:
@@ -181,6 +192,7 @@ def instrument(engine: Engine, status: str) -> dict[str, Any]:
                           "maxMktOrderQty": "100000", "minNotionalValue": num(inst["min_notional"])},
         "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin": "USDT", "copyTrading": "both",
         "upperFundingRate": "0.00375", "lowerFundingRate": "-0.00375", "isPreListing": False,
+        "displayName": "", "forbidUplWithdrawal": False,  # a USDC contract's display name; unrealised PnL withdrawable
         "preListingInfo": None, "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
         "symbolType": ""}
 
