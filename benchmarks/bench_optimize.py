@@ -1,7 +1,7 @@
 """Search methods compared on speed, on the in-sample best, and on what matters: the hold-out.
 
 For each method (plain TPE over every trial; GrTr's windowed TPE with leader refinement; CMA-ES;
-random) at each worker count and seed: ``--trials`` LONG trials on the in-sample bars of the data
+random) at each worker count and seed: ``--trials`` trials of ``--strategy`` (LONG) on the in-sample bars of the data
 (the bundled hourly sample unless ``--source``), then the pick (the best trial, as the pipeline
 picks) is run once on the hold-out. Reported per run and as medians over the seeds: wall seconds,
 trials/s, the in-sample best score, the pick's hold-out Sharpe and its percentile among random
@@ -10,7 +10,7 @@ it runs; the last line of stdout is one JSON object.
 
     python benchmarks/bench_optimize.py [--trials 3900] [--seeds 3] [--workers 1 2]
         [--methods tpe_plain tpe_windowed_refine cmaes random] [--source sample|csv:PATH]
-        [--baseline-draws 20000]
+        [--baseline-draws 20000] [--strategy LONG|SHORT] [--timeframe 1h]
 """
 
 from __future__ import annotations
@@ -45,11 +45,19 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def one_run(data: optimizer.Datasets, method: str, workers: int, seed: int, trials: int, folder: Path,
-            baseline: list[float]) -> dict:
+def space(strategy: str, timeframe: str | None, symbol: str) -> tuple[dict, dict]:
+    """The strategy's fixed params and grid; ``timeframe`` replaces both's timeframe (as main.py's flag)."""
+    params, grid = {**config.fixed_params(strategy), "symbol": symbol}, dict(config.param_grid(strategy))
+    if timeframe:
+        params["timeframe"], grid["timeframe"] = timeframe, [timeframe]
+    return params, grid
+
+
+def one_run(data: optimizer.Datasets, space_: tuple[dict, dict], method: str, workers: int, seed: int,
+            trials: int, folder: Path, baseline: list[float]) -> dict:
     """One search; the pick's hold-out Sharpe and percentile."""
-    params = {**config.fixed_params("LONG"), "symbol": data.symbol}
-    search = optimizer.Search(data, params, config.param_grid("LONG"), study_name=f"{method}-{workers}-{seed}",
+    params, grid = space_
+    search = optimizer.Search(data, params, grid, study_name=f"{method}-{workers}-{seed}",
                               storage=f"journal:{folder / f'{method}-{workers}-{seed}.journal'}", seed=seed,
                               jobs=workers, **METHODS[method])
     with progress.bar(trials, f"{method} x{workers} seed {seed}", "trial") as shown:
@@ -77,14 +85,16 @@ def main() -> None:
     parser.add_argument("--source", default="sample", help="candles: sample (bundled) or csv:PATH")
     parser.add_argument("--baseline-draws", type=int, default=20000,
                         help="random params sets drawn for the percentile baseline (at most)")
+    parser.add_argument("--strategy", default="LONG", choices=["LONG", "SHORT"], help="the built-in strategy searched")
+    parser.add_argument("--timeframe", default=None, help="replaces the strategy's timeframe and its grid's")
     args = parser.parse_args()
     progress.announce_compiles()
     data = optimizer.Datasets(lambda tf: load_candles(args.source, "BTCUSDT", tf), "BTCUSDT")
-    info = data.describe("1h")
+    space_ = space(args.strategy, args.timeframe, "BTCUSDT")
+    info = data.describe(space_[0]["timeframe"])
     say(f"data: in-sample {info['in_sample_start'][:10]} .. {info['in_sample_end'][:10]}, hold-out "
         f"{info.get('holdout_start', '')[:10]} .. {info.get('holdout_end', '')[:10]}")
-    probe = optimizer.Search(data, {**config.fixed_params("LONG"), "symbol": "BTCUSDT"}, config.param_grid("LONG"),
-                             study_name="baseline", storage=":memory:")
+    probe = optimizer.Search(data, *space_, study_name="baseline", storage=":memory:")
     started = time.perf_counter()
     base = holdout.random_baseline(probe, args.baseline_draws, seed=12345, jobs=max(args.workers),
                                    passing=10**9)
@@ -95,12 +105,13 @@ def main() -> None:
         for method in args.methods:
             for workers in args.workers:
                 for seed in range(args.seeds):
-                    run = one_run(data, method, workers, seed, args.trials, Path(folder), base["holdout_sharpes"])
+                    run = one_run(data, space_, method, workers, seed, args.trials, Path(folder),
+                                  base["holdout_sharpes"])
                     runs.setdefault(method, {}).setdefault(workers, []).append(run)
                     say(f"{method} x{workers} seed {seed}: {run['seconds']:.1f} s ({run['trials_per_s']:.0f} "
                         f"trials/s), best {run['best']:.3f}{'' if run['passed_filters'] else ' (fails filters)'}, "
                         f"hold-out Sharpe {run['holdout_sharpe']:.2f}, percentile {run['holdout_percentile']:.0f}")
-    figures: dict = {"trials": args.trials, "seeds": args.seeds, "source": args.source,
+    figures: dict = {"trials": args.trials, "seeds": args.seeds, "source": args.source, "strategy": args.strategy,
                      "baseline": {"draws": base["draws"], "passing": base["passing"]}, "methods": {}}
     print(f"{'method':22s} {'workers':>7s} {'wall s':>8s} {'trials/s':>9s} {'best':>8s} {'hold-out SR':>11s} "
           f"{'pct':>5s}")
