@@ -542,7 +542,7 @@ _validate_library()
 OPTUNA_SETTINGS = {
     "n_trials": 3900,          # the original GrTr's setting; `python main.py` uses DEFAULT_PIPELINE_TRIALS
     "n_jobs": 2,               # worker processes on one study storage (--jobs)
-    "sampler": "cmaes",        # cmaes, tpe (multivariate) or random (--sampler); cmaes: best hold-out (README)
+    "sampler": "cmaes",        # cmaes, tpe (multivariate) or random (--sampler); cmaes: README, "which sampler"
     "seed": 42,                # the study seed; each worker derives its own from it and its worker id
     "n_startup_trials": 40,    # random trials before TPE / CMA-ES model the results
     "window_best": 100,        # the sampler sees the best N trials ...
