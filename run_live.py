@@ -76,6 +76,7 @@ def load_prod_params(side: str) -> dict[str, Any] | None:
     if strategy_file:
         strategy_loader.ensure_loaded(module.PARAMS.get("mode"), strategy_file, str(path))
     params = config.validate_params(module.PARAMS, str(path))
+    strategy_loader.check_params_look_ahead(params, str(path))
     exported_hash = getattr(module, "STRATEGY_SHA256", None)
     current = strategy_loader.get(params["mode"])
     if exported_hash and exported_hash != current.sha256:
