@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "up to it; default: config.MAX_CAPITAL, None = all of it)")
     parser.add_argument("--check", action="store_true",
                         help="preflight against the exchange (no order placed): key, clock, wallet, instrument, "
-                             "mode, klines, executions, streams; exit 1 when a check fails")
+                             "position and margin mode, klines, executions, streams; exit 1 when a check fails")
     for name, default in config.TRADER_SETTINGS.items():
         bound = config.TRADER_SETTING_BOUNDS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=cli.bounded(bound), default=default,
