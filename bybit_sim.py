@@ -159,7 +159,8 @@ class SimExchange:
                  api_permissions: dict[str, list[str]] | None = None, api_ips: list[str] | None = None,
                  api_read_only: bool = False, api_expires_ms: int | None = None,
                  behaviour: Behaviour | None = None, instrument_status: str = "Trading",
-                 funding: pd.Series | None = None, other_margin: float = 0.0) -> None:
+                 funding: pd.Series | None = None, other_margin: float = 0.0,
+                 margin_mode: str = "ISOLATED_MARGIN") -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
         if not 0 < history_bars < len(candles):
@@ -191,6 +192,9 @@ class SimExchange:
         self.api_read_only = api_read_only
         self.api_expires_ms = api_expires_ms
         self.instrument_status = instrument_status
+        # what GET /v5/account/info reports (docs: v5/account/account-info.mdx); the engine liquidates as isolated
+        # margin does, whatever this says: another value is for the preflight's tests
+        self.margin_mode = margin_mode
         self.port = port
         self.fault_counts: dict[str, int] = {}
         self.requests: dict[str, int] = {}
@@ -517,6 +521,10 @@ class SimExchange:
         """docs: v5/account/wallet-balance.mdx."""
         return shape.wallet(self.engine, params)
 
+    def _account_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        """docs: v5/account/account-info.mdx: the account's margin mode."""
+        return shape.account_info(self.engine, self.margin_mode)
+
     def _position_list(self, params: dict[str, Any]) -> dict[str, Any]:
         """docs: v5/position/position.mdx: with a symbol, every slot of the mode, open or not."""
         self._check_symbol(params)
@@ -661,10 +669,11 @@ class SimExchange:
     ROUTES = {
         "market/time": _market_time, "market/kline": _market_kline, "market/tickers": _market_tickers,
         "market/instruments-info": _market_instruments, "market/funding/history": _market_funding,
-        "account/wallet-balance": _wallet, "position/list": _position_list, "position/set-leverage": _set_leverage,
-        "position/switch-mode": _switch_mode, "position/trading-stop": _trading_stop, "order/create": _create,
-        "order/cancel": _cancel, "order/cancel-all": _cancel_all, "order/realtime": _realtime,
-        "order/history": _history, "execution/list": _executions, "user/query-api": _query_api,
+        "account/wallet-balance": _wallet, "account/info": _account_info, "position/list": _position_list,
+        "position/set-leverage": _set_leverage, "position/switch-mode": _switch_mode,
+        "position/trading-stop": _trading_stop, "order/create": _create, "order/cancel": _cancel,
+        "order/cancel-all": _cancel_all, "order/realtime": _realtime, "order/history": _history,
+        "execution/list": _executions, "user/query-api": _query_api,
     }
 
     # --- WebSockets -------------------------------------------------------------------------

@@ -324,7 +324,8 @@ def validate_params(params: dict[str, Any], where: str = "params", base: dict[st
 
 
 def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a JSON params file (the format of best_params.json) and validate it.
+    """Read a JSON params file (the format of best_params.json), validate it and refuse params whose signals
+    read the future (the look-ahead guard on its values).
 
     A best_params.json names the strategy file it was made with (``strategy_file``); that file is
     loaded when its strategy is not loaded yet, so the params run anywhere the file is reachable.
@@ -340,7 +341,9 @@ def load_params_file(path: str | Path, base: dict[str, Any] | None = None) -> di
         if raw.get("strategy_file"):
             _strategies().ensure_loaded(raw["params"].get("mode"), raw["strategy_file"], str(path))
         raw = raw["params"]
-    return validate_params(raw, where=str(path), base=base)
+    params = validate_params(raw, where=str(path), base=base)
+    _strategies().check_params_look_ahead(params, str(path))
+    return params
 
 
 def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:

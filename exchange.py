@@ -292,6 +292,11 @@ class Bybit:
         """The key's permissions, IP binding and expiry (docs: v5/user/apikey-info.mdx)."""
         return self._call("user/query-api", self.http.get_api_key_information)["result"] or {}
 
+    def margin_mode(self) -> str:
+        """The account's margin mode: ISOLATED_MARGIN, REGULAR_MARGIN (cross) or PORTFOLIO_MARGIN (docs:
+        v5/account/account-info.mdx)."""
+        return str((self._call("account/info", self.http.get_account_info)["result"] or {}).get("marginMode", ""))
+
     def wallet(self) -> Wallet:
         """The UNIFIED account's USDT equity, balance and what is free for new margin."""
         rows = self._call("wallet-balance", self.http.get_wallet_balance, accountType="UNIFIED",

@@ -88,6 +88,7 @@ class Session:
         name, raw = args
         value = parse_value(name, raw, self.params["mode"])
         new = config.validate_params({name: value}, "set", base=self.params)
+        strategy_loader.check_params_look_ahead(new, "set")
         self.history.append(dict(self.params))
         self.params = new
         self.console.print(f"{name} = {self.params[name]}", markup=False)
@@ -153,6 +154,7 @@ class Session:
         sharpes = []
         for value in values:
             params = config.validate_params({name: value}, "sweep", base=self.params)
+            strategy_loader.check_params_look_ahead(params, "sweep")
             agg = self.validate(params)["aggregate"]
             sharpes.append(agg["mean_test_sharpe"])
             table.add_row(f"{value:g}", f"{agg['mean_test_sharpe']:.2f}", f"{agg['compounded_test_return']:+.1%}",

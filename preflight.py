@@ -2,7 +2,8 @@
 
 It asks Bybit what the simulator cannot settle and prints one row per check: the key's
 permissions, its IP binding and expiry, the clock's skew, the wallet's equity against the margin an
-entry at the configured risk needs, the instrument, the position mode and leverage, which end of a
+entry at the configured risk needs, the instrument, the position mode and leverage, the account's
+margin mode (isolated, as the backtest's liquidation assumes, or a warning), which end of a
 range a kline page holds, what execution/list answers for the first 7-day window, and both
 WebSocket streams. A row that fails names the problem; any failed row makes the exit code 1.
 Run it first on testnet, and paste its output into any bug report (it holds no secret).
@@ -65,6 +66,7 @@ class Preflight:
         for name, check in (("API key permissions", self.permissions), ("IP binding and expiry", self.expiry),
                             ("clock skew", self.clock), ("instrument", self.instrument_row),
                             ("wallet and entry margin", self.margin), ("position mode and leverage", self.mode),
+                            ("margin mode", self.margin_mode),
                             ("kline page", self.kline_page), ("execution/list first window", self.executions),
                             ("public stream", self.public_stream), ("private stream", self.private_stream)):
             try:
@@ -184,6 +186,19 @@ class Preflight:
                 return FAIL, f"{detail}: the mode cannot be switched while positions or orders are open"
             return PASS, f"{detail}: switched at start"
         return PASS, detail + ("" if current == [leverage] else ": set at start")
+
+    def margin_mode(self) -> tuple[str, str]:
+        """Isolated margin, as the backtest's liquidation assumes (docs: v5/account/account-info.mdx, read only)."""
+        mode = self.exchange.margin_mode()
+        if mode == "ISOLATED_MARGIN":
+            return PASS, "ISOLATED_MARGIN: each position risks its own margin, as the backtest's liquidation assumes"
+        kind = {"REGULAR_MARGIN": "cross margin", "PORTFOLIO_MARGIN": "portfolio margin"}.get(mode)
+        if kind is None:
+            return WARN, f"marginMode {mode!r}: not one the docs list (ISOLATED_MARGIN, REGULAR_MARGIN, " \
+                         "PORTFOLIO_MARGIN)"
+        return WARN, (f"{mode} ({kind}): the whole wallet backs each position, so it is liquidated later than the "
+                      "backtest's isolated-margin price and can lose more than its margin (the stop still protects "
+                      "it); switch the account to ISOLATED_MARGIN to trade as backtested")
 
     def kline_page(self) -> tuple[str, str]:
         """Which bars of a start..end range longer than ``limit`` a page holds (the docs do not say)."""

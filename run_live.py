@@ -17,6 +17,7 @@ import http.client
 import importlib.util
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -76,6 +77,7 @@ def load_prod_params(side: str) -> dict[str, Any] | None:
     if strategy_file:
         strategy_loader.ensure_loaded(module.PARAMS.get("mode"), strategy_file, str(path))
     params = config.validate_params(module.PARAMS, str(path))
+    strategy_loader.check_params_look_ahead(params, str(path))
     exported_hash = getattr(module, "STRATEGY_SHA256", None)
     current = strategy_loader.get(params["mode"])
     if exported_hash and exported_hash != current.sha256:
@@ -266,26 +268,64 @@ def compare_with_backtest(out: Path, configs: list[SideConfig], candles: Any, hi
     return ok
 
 
-def trades_differ(a: np.ndarray, b: np.ndarray, tick: float) -> bool:
-    """True when two trade rows differ in times, side or quantity, or in a price by more than a tick."""
-    return ((a[0], a[1], a[2]) != (b[0], b[1], b[2]) or abs(a[3] - b[3]) > 1e-9
-            or abs(a[4] - b[4]) > tick or abs(a[5] - b[5]) > tick)
+# How far a paper trade may be from the backtest's and still be the same trade. Times, side and exit reason are
+# exact; prices within a tick. Fees, funding and PnL reach the paper ledger from the simulator's executions as
+# decimal strings: measured against the backtest they differ by float rounding only (at most 2e-15 relative in
+# the parity tests), so a millionth of a USDT (room for Bybit's 8-decimal fee strings summed over many fills)
+# or a part in 1e9 is the same figure, while a fee at the other rate, a funding event booked twice or missed, or
+# a price a tick off moves them by far more.
+MONEY_RTOL = 1e-9
+MONEY_ATOL = 1e-6
+COMPARED_FIELDS = ("entry_ts", "exit_ts", "side", "qty", "entry_price", "exit_price", "fees", "funding", "pnl",
+                   "exit_reason")
+
+
+def differing_field(a: np.ndarray, b: np.ndarray, tick: float) -> str | None:
+    """The first field (core.TRADE_COLUMNS order) in which two trade rows differ beyond its tolerance, or None."""
+    for name in COMPARED_FIELDS:
+        col = core.TRADE_COLUMNS.index(name)
+        x, y = float(a[col]), float(b[col])
+        if name in ("entry_price", "exit_price"):
+            same = abs(x - y) <= tick
+        elif name == "qty":
+            same = abs(x - y) <= 1e-9
+        elif name in ("fees", "funding", "pnl"):
+            same = math.isclose(x, y, rel_tol=MONEY_RTOL, abs_tol=MONEY_ATOL)
+        else:
+            same = x == y
+        if not same:
+            return name
+    return None
+
+
+def field_text(name: str, row: np.ndarray) -> str:
+    """One field of a trade row as the report shows it."""
+    value = row[core.TRADE_COLUMNS.index(name)]
+    if name in ("entry_ts", "exit_ts"):
+        return _iso(value)
+    if name == "exit_reason":
+        return core.EXIT_REASONS[int(value)]
+    return f"{value:.10g}"
 
 
 def trade_text(row: np.ndarray) -> str:
     """One trade row in a line."""
     return (f"entry {_iso(row[0])} exit {_iso(row[1])} qty {row[3]:g} prices {row[4]:.6g}/{row[5]:.6g} "
-            f"{core.EXIT_REASONS[int(row[9])]}")
+            f"fees {row[6]:.6g} funding {row[7]:.6g} pnl {row[8]:.6g} {core.EXIT_REASONS[int(row[9])]}")
 
 
 def trade_differences(paper: np.ndarray, expected: np.ndarray, tick: float) -> list[str]:
-    """Lines describing how two trade lists differ (count, times, side, qty, prices within a tick)."""
+    """Lines describing how two trade lists differ: the count, then each differing trade with its first differing
+    field (times, side, qty exact; prices within a tick; fees, funding, pnl within MONEY_RTOL/MONEY_ATOL; the exit
+    reason exact)."""
     problems = []
     if len(paper) != len(expected):
         problems.append(f"trade count {len(paper)} vs backtest {len(expected)}")
     for k, (a, b) in enumerate(zip(paper, expected, strict=False)):
-        if trades_differ(a, b, tick):
-            problems.append(f"trade {k}: paper {trade_text(a)}; backtest {trade_text(b)}")
+        name = differing_field(a, b, tick)
+        if name:
+            problems.append(f"trade {k}: {name} {field_text(name, a)} vs backtest {field_text(name, b)}; "
+                            f"paper {trade_text(a)}; backtest {trade_text(b)}")
     return problems
 
 
@@ -297,13 +337,16 @@ REPORT_SLOTS = ("dir", "qty", "entry_price", "stop", "stop_kind", "tp", "level_1
 def first_difference_report(cfg: SideConfig, data: backtester.MarketData, history: int, paper: np.ndarray,
                             expected: np.ndarray, store: Store, tick: float) -> str:
     """The first differing trade, the bar where the two part, and both states at the close before it."""
-    k = next((j for j, (a, b) in enumerate(zip(paper, expected, strict=False)) if trades_differ(a, b, tick)),
-             min(len(paper), len(expected)))
+    fields = [differing_field(a, b, tick) for a, b in zip(paper, expected, strict=False)]
+    k = next((j for j, name in enumerate(fields) if name), min(len(paper), len(expected)))
     rows = [r[k] for r in (paper, expected) if k < len(r)]
     entries = {r[0] for r in rows}
     when = min(entries) if len(entries) > 1 else min(r[1] for r in rows)  # where the two part
     bar = int(np.searchsorted(data.ts, when, side="right") - 1)
-    lines = [f"first difference ({cfg.side}), trade {k}:",
+    name = fields[k] if k < len(fields) else None
+    what = f" {name} {field_text(name, paper[k])} vs backtest {field_text(name, expected[k])}" if name else \
+        " one side has no such trade"
+    lines = [f"first difference ({cfg.side}), trade {k}:{what}",
              f"  paper:    {trade_text(paper[k]) if k < len(paper) else 'none'}",
              f"  backtest: {trade_text(expected[k]) if k < len(expected) else 'none'}",
              f"  bar {_iso(data.ts[bar])} (index {bar}): open {data.open[bar]:.10g} high {data.high[bar]:.10g} "
@@ -563,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "up to it; default: config.MAX_CAPITAL, None = all of it)")
     parser.add_argument("--check", action="store_true",
                         help="preflight against the exchange (no order placed): key, clock, wallet, instrument, "
-                             "mode, klines, executions, streams; exit 1 when a check fails")
+                             "position and margin mode, klines, executions, streams; exit 1 when a check fails")
     for name, default in config.TRADER_SETTINGS.items():
         bound = config.TRADER_SETTING_BOUNDS[name]
         parser.add_argument(f"--{name.replace('_', '-')}", type=cli.bounded(bound), default=default,

@@ -210,3 +210,10 @@ def api_key(engine: Engine, key: str, permissions: dict[str, list[str]], ips: li
             "userID": ACCOUNT_UID, "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0", "affiliateID": 0,
             "rsaPublicKey": "", "isMaster": True, "parentUid": "0", "kycLevel": "LEVEL_1", "kycRegion": "",
             "userIDInt64": str(ACCOUNT_UID), "inviterIDInt64": "0", "affiliateIDInt64": "0"}
+
+
+def account_info(engine: Engine, margin_mode: str) -> dict[str, Any]:
+    """docs: v5/account/account-info.mdx (a Unified trading account 2.0, unifiedMarginStatus 5 of v5/enum.mdx;
+    dcpStatus and timeWindow are deprecated there: always OFF and 0)."""
+    return {"marginMode": margin_mode, "updatedTime": str(int(engine.ts[0])), "unifiedMarginStatus": 5,
+            "dcpStatus": "OFF", "timeWindow": 0, "smpGroup": 0, "isMasterTrader": False, "spotHedgingStatus": "OFF"}

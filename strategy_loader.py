@@ -21,7 +21,11 @@ a ``config.STRATEGY_LIBRARY`` entry points. A file declares:
 Loading checks every declaration, then runs the look-ahead guard: on a generated history, the
 signals of the first k bars must equal the first k of the full run, for several k (four fixed
 ones and up to twelve chosen right after bars where the signal changes, where a rule that peeks at
-the next bar shows). A file that fails is refused with one line naming it.
+the next bar shows). It runs on the fixed params and on each value the search can pick at an end of
+the grid (both ends of a range, every choice of a list), one at a time, and again on every params
+file and prod config loaded (``check_params_look_ahead``), since a param like a shift of -5 bars
+reads the future only for some values. A file or params set that fails is refused with one line
+naming the param and its value.
 
 The ``params`` that reach ``signals`` hold only the strategy's own params and its READS, and the
 signal cache is keyed by exactly those, so no param can be served signals computed for another
@@ -106,6 +110,7 @@ class Strategy:
     lookback_fn: Callable[[dict[str, Any]], int] | None
     sha256: str
     fixed: dict[str, Any] = field(default_factory=dict)
+    guarded: set[tuple] = field(default_factory=set)  # signal cache keys the look-ahead guard passed
 
     @property
     def signal_keys(self) -> tuple[str, ...]:
@@ -459,10 +464,78 @@ def guard_candles(n: int, timeframe: str, seed: int = 20_240_601) -> pd.DataFram
 
 
 def check_look_ahead(strategy: Strategy) -> None:
-    """Refuse a strategy whose signal at bar t changes when the bars after t are removed."""
+    """Refuse a strategy whose signal at bar t changes when the bars after t are removed: with its fixed params,
+    and with each value its search can pick at an end (each end of a grid range, each choice of a list), one at a
+    time over the fixed params, since any of them can change which bars the signals read (a shift of -5)."""
+    found = _guarded(strategy, strategy.fixed)
+    if found:
+        raise ConfigError(f"strategy '{strategy.name}' ({strategy.path}) reads the future: {found}; the signal of "
+                          "bar t may use bars <= t only")
+    for name, value, origin in search_ends(strategy):
+        found = _guarded(strategy, {**strategy.fixed, name: value})
+        if found:
+            raise ConfigError(f"strategy '{strategy.name}' ({strategy.path}) reads the future with {name} = {value!r}"
+                              f", {origin}: {found}; accepted: a grid whose every value keeps the signal of bar t on "
+                              f"bars <= t, as its fixed {name} = {strategy.fixed[name]!r} does")
+
+
+def search_ends(strategy: Strategy) -> list[tuple[str, Any, str]]:
+    """Every value of a param its signals read that the search can pick at an end of the grid: (name, value,
+    where it comes from). A range gives its two ends, a list each choice, a scalar itself."""
+    where = f"PARAM_GRID of {strategy.path}"
+    ends = []
+    for name, entry in strategy.param_grid.items():
+        if name not in strategy.signal_keys:
+            continue
+        spec = config.check_grid_entry(name, entry, where, strategy.name)
+        if isinstance(entry, tuple):
+            picks = [(entry[0], "the low end"), (entry[1], "the high end")]
+        elif isinstance(entry, list):
+            picks = [(value, "a choice") for value in entry]
+        else:
+            picks = [(entry, "the value")]
+        ends += [(name, config.check_value(name, value, spec, where), f"{role} of PARAM_GRID['{name}'] = {entry!r}")
+                 for value, role in picks]
+    return ends
+
+
+def check_params_look_ahead(params: dict[str, Any], where: str) -> None:
+    """Refuse complete params (a params file, a prod config, a value set by hand) whose signals read the future,
+    naming the param whose value does it (each changed param is tried alone over the fixed params, which passed)."""
+    strategy = get(params["mode"], where)
+    found = _guarded(strategy, params)
+    if found is None:
+        return
+    changed = [k for k in strategy.signal_keys if params[k] != strategy.fixed[k]]
+    for name in changed:
+        alone = _guarded(strategy, {**strategy.fixed, name: params[name]})
+        if alone:
+            raise ConfigError(f"{where}: parameter '{name}' = {params[name]!r} makes strategy '{strategy.name}' read "
+                              f"the future: {alone}; accepted: values of '{name}' that keep the signal of bar t on "
+                              f"bars <= t, as its fixed {strategy.fixed[name]!r} does")
+    together = ", ".join(f"'{k}' = {params[k]!r}" for k in changed) or "these params"
+    raise ConfigError(f"{where}: {together} together make strategy '{strategy.name}' read the future: {found}; "
+                      "accepted: params that keep the signal of bar t on bars <= t, as its fixed params do")
+
+
+def _guarded(strategy: Strategy, params: dict[str, Any]) -> str | None:
+    """Where the signals of ``params`` read the future, or None; a passing key is remembered, so each set of
+    signal params is checked once."""
+    key = strategy.cache_key(params)
+    if key in strategy.guarded:
+        return None
+    found = _first_peek(strategy, params)
+    if found is None:
+        strategy.guarded.add(key)
+    return found
+
+
+def _first_peek(strategy: Strategy, params: dict[str, Any]) -> str | None:
+    """The signals of the first k bars of a generated history against the first k of the full run, for several
+    k (four fixed ones and up to GUARD_CUTS right after bars where the signal changes, where a rule that peeks
+    at the next bar shows): the first difference in words, or None."""
     from backtester import MarketData
 
-    params = strategy.fixed
     n = max(GUARD_MIN_BARS, 3 * strategy.lookback(params) + 300)
     candles = guard_candles(n, params["timeframe"])
 
@@ -479,6 +552,6 @@ def check_look_ahead(strategy: Strategy) -> None:
         differ = np.flatnonzero(part != full[:k])
         if differ.size:
             j = int(differ[0])
-            raise ConfigError(f"strategy '{strategy.name}' ({strategy.path}) reads the future: its signal at bar {j} "
-                              f"is {full[j]} on the whole history but {part[j]} when the history ends at bar "
-                              f"{k - 1}; the signal of bar t may use bars <= t only")
+            return (f"its signal at bar {j} is {full[j]} on the whole history but {part[j]} when the history ends "
+                    f"at bar {k - 1}")
+    return None

@@ -202,6 +202,7 @@ def answers(tmp_path_factory):
         got["rest_market_instruments_info"] = http.get_instruments_info(category="linear", symbol="BTCUSDT")
         got["rest_market_funding_history"] = http.get_funding_rate_history(category="linear", symbol="BTCUSDT")
         got["rest_user_query_api"] = http.get_api_key_information()
+        got["rest_account_info"] = http.get_account_info()
         while True:  # the public kline of the last bar played
             message = json.loads(public.recv())
             if message.get("topic", "").startswith("kline."):

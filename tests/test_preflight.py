@@ -11,7 +11,7 @@ from data_fetcher import load_sample
 from live_helpers import HISTORY, params_file
 
 ROWS = ("API key permissions", "IP binding and expiry", "clock skew", "instrument", "wallet and entry margin",
-        "position mode and leverage", "kline page", "execution/list first window", "public stream",
+        "position mode and leverage", "margin mode", "kline page", "execution/list first window", "public stream",
         "private stream")
 
 
@@ -51,7 +51,8 @@ def test_every_row_passes_against_the_sim(check):
     assert all(result == "PASS" for result, _ in rows.values()), printed
     assert "no expiry (expiredAt 1970-01-01)" in rows["IP binding and expiry"][1]  # an IP-bound key never expires
     assert "newest bars" in rows["kline page"][1]
-    assert "10 of 10 checks passed" in printed
+    assert rows["margin mode"][1].startswith("ISOLATED_MARGIN: each position risks its own margin")
+    assert "11 of 11 checks passed" in printed
 
 
 def test_a_kline_page_from_the_other_end_fails_its_row(check):
@@ -78,3 +79,14 @@ def test_an_unbound_key_warns_but_passes(check):
     code, rows, _ = check()
     assert code == 0 and rows["IP binding and expiry"][0] == "WARN"
     assert "not bound to an IP" in rows["IP binding and expiry"][1]
+
+
+@pytest.mark.parametrize("mode", ["REGULAR_MARGIN", "PORTFOLIO_MARGIN"])
+def test_a_margin_mode_other_than_isolated_warns_but_passes(check, mode):
+    """The backtest liquidates a position at its isolated-margin price; across the wallet it is liquidated later and
+    can lose more. Read with GET account/info only: the mode is the user's to switch."""
+    code, rows, printed = check(api_ips=["203.0.113.7"], margin_mode=mode)
+    assert code == 0, printed
+    result, detail = rows["margin mode"]
+    assert result == "WARN" and detail.startswith(f"{mode} (") and "switch the account to ISOLATED_MARGIN" in detail
+    assert [name for name, (result, _) in rows.items() if result != "PASS"] == ["margin mode"]

@@ -233,6 +233,87 @@ def test_look_ahead_guard_refuses_a_strategy_that_reads_the_future(tmp_path, cap
     assert name not in strategy_loader.loaded()
 
 
+def shifted_strategy(folder: Path, name: str, grid: str) -> Path:
+    """A strategy whose ``lag`` (declared -10..50, fixed 0) is how many bars back the close it compares with
+    lies, and whose ``price`` choice is the close or the next bar's: a negative lag or "next" reads the future."""
+    return write_strategy(folder, name, f'''
+        import numpy as np
+        import pandas as pd
+
+        import core
+        from config import ParamSpec
+
+        NAME = "{name}"
+        SIDE = "long"
+        SIGNAL_EXIT_AFTER_BREAKEVEN = False
+        PARAMS = {{"lag": ParamSpec("int", 0, -10, 50, doc="bars back"),
+                  "price": ParamSpec("choice", "close", choices=("close", "next"), doc="the price compared")}}
+        FIXED_PARAMS = {{"lag": 1}}
+        PARAM_GRID = {grid}
+
+
+        def signals(data, params):
+            close = pd.Series(data.close)
+            price = close.shift(-1) if params["price"] == "next" else close
+            return np.where(price > close.shift(params["lag"]), core.SIG_LONG, 0)
+
+
+        def lookback(params):
+            return abs(params["lag"])
+    ''')
+
+
+@pytest.mark.parametrize(("name", "grid", "fragment"), [
+    ("lag_grid", "{'lag': (-5, 20)}", "reads the future with lag = -5, the low end of PARAM_GRID['lag'] = (-5, 20)"),
+    ("price_grid", "{'price': ['close', 'next']}",
+     "reads the future with price = 'next', a choice of PARAM_GRID['price'] = ['close', 'next']"),
+])
+def test_look_ahead_guard_checks_every_end_of_the_grid(tmp_path, capsys, name, grid, fragment):
+    """The fixed params (lag 1, the close) read the past only; the search could pick a value that reads the
+    future, so the file is refused naming the param, the value and what is accepted."""
+    shifted_strategy(tmp_path, name, grid)
+    assert main.main(["backtest", "--strategy-path", str(tmp_path), "--strategy", name]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "when the history ends at bar" in err and err.count("\n") == 1, err
+    assert "accepted: a grid whose every value keeps the signal of bar t on bars <= t" in err
+    assert name not in strategy_loader.loaded()
+
+
+def test_look_ahead_guard_checks_params_files_and_prod_configs(tmp_path, capsys, monkeypatch):
+    """A grid of lags 0..20 passes at load; a params file or prod config with lag -3 (inside the declared range)
+    is refused by every command that loads one, a lag of 7 is not."""
+    folder = tmp_path / "strategies"
+    shifted_strategy(folder, "lag_file", "{'lag': (0, 20), 'price': ['close']}")
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps({"mode": "lag_file", "lag": -3}))
+    good.write_text(json.dumps({"mode": "lag_file", "lag": 7}))
+    refusal = (f"{bad}: parameter 'lag' = -3 makes strategy 'lag_file' read the future: its signal at bar ")
+    accepted = "accepted: values of 'lag' that keep the signal of bar t on bars <= t, as its fixed 1 does"
+    flags = ["--strategy-path", str(folder)]
+    assert main.main(["backtest", *flags, "--strategy", "lag_file", "--params", str(bad),
+                      "--out", str(tmp_path / "bt")]) == 2
+    err = capsys.readouterr().err
+    assert refusal in err and accepted in err and err.count("\n") == 1, err
+    assert run_live.main(["--paper", "--replay", "sample", "--side", "long", *flags, "--params", str(bad),
+                          "--out", str(tmp_path / "paper")]) == 2
+    err = capsys.readouterr().err
+    assert refusal in err and accepted in err and err.count("\n") == 1, err
+    assert config.load_params_file(good)["lag"] == 7
+    (tmp_path / "prod_config_long.py").write_text(
+        f"PARAMS = {{**{config.fixed_params('lag_file')!r}, 'lag': -3}}\n")
+    monkeypatch.setattr(config, "BASE_DIR", tmp_path)
+    with pytest.raises(config.ConfigError, match=r"prod_config_long.py: parameter 'lag' = -3 makes strategy"):
+        run_live.load_prod_params("long")
+    # the tester's set refuses it too, and keeps the params it had
+    data = backtester.MarketData(load_sample("BTCUSDT", "1h").iloc[:500], "BTCUSDT", "1h")
+    session = it.Session(data, {**config.fixed_params("lag_file"), "symbol": "BTCUSDT"}, 3, tmp_path / "tester",
+                         tmp_path / "prod", Console(record=True, width=300, color_system=None))
+    it.run_lines(session, ["set lag -3", "set lag 7"])
+    text = session.console.export_text()
+    assert "set: parameter 'lag' = -3 makes strategy 'lag_file' read the future" in text and "lag = 7" in text
+    assert session.history[-1]["lag"] == 1 and session.params["lag"] == 7
+
+
 BAD_FILES = [
     ("NAME = 'no side'\n", "NAME = 'no side' must be a name"),
     ("NAME = 'x1'\nSIDE = 'up'\n", "SIDE = 'up'; accepted: long, short, both"),
