@@ -46,6 +46,7 @@ PAGES: dict[str, tuple[str, str, str | None, str]] = {
                                      "result."),
     "rest_market_funding_history": ("v5/market/history-fund-rate.mdx", "Response Parameters", None, "result."),
     "rest_account_wallet_balance": ("v5/account/wallet-balance.mdx", "Response Parameters", None, "result."),
+    "rest_account_info": ("v5/account/account-info.mdx", "Response Parameters", None, "result."),
     "rest_position_list": ("v5/position/position.mdx", "Response Parameters", None, "result."),
     "rest_position_set_leverage": ("v5/position/leverage.mdx", "Response Parameters", None, "result."),
     "rest_position_switch_mode": ("v5/position/position-mode.mdx", "Response Parameters", None, "result."),
