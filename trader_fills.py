@@ -30,8 +30,8 @@ FORCED = {"BustTrade": "liquidation", "AdlTrade": "adl"}  # docs: v5/enum.mdx ex
 
 
 class Bookkeeping:
-    """Fills into states; mixed into trader.Trader, whose store, exchange, sides, events, symbol and helpers
-    (rescue, _sync_targets, _forget_position, _data, _read_wallet) it uses."""
+    """Fills into states; mixed into trader.Trader, whose store, exchange, sides, events, symbol, awaiting sides and
+    helpers (rescue, _sync_targets, _forget_position, _data, _read_wallet) it uses."""
 
     exchange: Any
     store: Any
@@ -41,6 +41,7 @@ class Bookkeeping:
     bar_ms: int
     hedge: bool
     last_bar_ts: int
+    awaiting: dict[str, dict[str, int]]
 
     def _lookback_ms(self) -> int:
         """How far before the last booked execution execution/list is read again: a fill that showed on
@@ -48,10 +49,18 @@ class Bookkeeping:
         return 2 * self.bar_ms
 
     def _unbooked(self, until_ms: int | None = None) -> list[Fill]:
-        """Executions not booked yet (before ``until_ms``), oldest first."""
+        """Executions not booked yet (before ``until_ms``), oldest first.
+
+        A side awaiting a missing execution (reconcile.py) has it looked for from its position's entry on, however
+        long ago the lookback's window moved past it.
+        """
         since = max(0, self.store.get("exec_since_ms", 0) - self._lookback_ms())
-        return [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
-                and (until_ms is None or f.time_ms < until_ms)]
+        for side in self.sides:
+            if side.name in self.awaiting and side.state[core.S_DIR]:
+                since = min(since, int(side.state[core.S_ENTRY_TS]))
+        fills = [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
+                 and (until_ms is None or f.time_ms < until_ms)]
+        return fills
 
     def _forming_close(self) -> int:
         """The close time of the bar forming now: executions from then on belong to the next bar close."""
