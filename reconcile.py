@@ -21,6 +21,9 @@ open orders and the other side's stops stay on the exchange. An execution not se
 error line and a ``desync`` event, again every such period) and still waited for: the operator
 checks the account's trade history; a trader restarted with ``--fresh-state`` adopts the exchange's
 positions as they are.
+
+A rescue adopts a position the state does not know as position/list reports it; executions up to
+that list's ``seq`` are in it, so one that shows only later is not booked again (trader_fills.py).
 """
 
 from __future__ import annotations
@@ -200,6 +203,7 @@ class Reconciliation:
                 self.events.emit("desync", side.name, detail="the position's open time is unknown (no openTime and "
                                                              "no opening fill in 4 weeks): counted from now")
             self.rescue(side, side.direction, position.size, position.avg_price, opened, position.stop_loss, data)
+            self.store.set(f"rescue_seq_{side.name}", position.seq)  # its executions up to here are in it
         if state[core.S_DIR]:
             self._ensure_stop(side, position.stop_loss if position else 0.0, tick)
             return

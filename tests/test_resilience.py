@@ -467,6 +467,42 @@ def test_a_stop_out_whose_execution_is_late_is_booked_once_at_its_own_price(cand
                                    - held[core.S_ACC_FUNDING] - funding, abs=1e-9)
 
 
+@pytest.mark.parametrize("link_id", ["", "long-1700000000000-open"])
+def test_a_rescued_positions_late_opening_fill_is_not_booked_again(candles, tmp_path, monkeypatch, link_id):
+    """A position whose opening execution is on neither channel yet (an order by hand, or the trader's own entry
+    after its database was lost) is rescued from position/list at start. When its execution shows, a bar later, it
+    is known by its seq as part of the rescued position, not booked again as an add: the size stays the
+    exchange's; closed by hand, the trade's PnL is (exit - entry) x qty - the exit fee - funding (the opening fee
+    was paid before the rescue, in the wallet the books start from)."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour(ws_fills="never", rest_fills="bar")) as sim:
+        order = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.05",
+                 **({"orderLinkId": link_id} if link_id else {})}
+        sim.call(lambda: sim.engine.create_order(order))
+        opening = sim.engine.executions[-1]
+        trader, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3)
+        state = trader.sides[0].state
+        assert state[core.S_DIR] == 1 and state[core.S_QTY] == 0.05 and state[core.S_ENTRY] == opening["execPrice"]
+        assert not trader.store.seen_execution(opening["execId"])  # not visible when it was rescued
+        sim.behaviour = Behaviour.delivery("sync")
+        seen = len(sim.engine.executions)
+        trader.on_bar_message(bar_of(sim, sim.advance()))  # the opening execution shows on execution/list
+        assert trader.store.seen_execution(opening["execId"])
+        assert state[core.S_QTY] == 0.05 == sim.engine.positions[0].size  # not 0.1
+        trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty="0.05",
+                                reduceOnly=True)
+        trader.reconcile()
+        feed.close()
+        closing = sim.engine.executions[-1]
+        funding = sum(e["execFee"] for e in sim.engine.executions[seen:] if e["execType"] == "Funding")
+    assert not [e for e in events(tmp_path) if e["event"] == "desync" and "by hand at" in e["detail"]
+                and "added" in e["detail"]]
+    rows = Store(tmp_path / "state.sqlite").trade_rows()
+    assert len(rows) == 1 and rows[0][3] == 0.05 and rows[0][5] == closing["execPrice"]
+    assert rows[0][8] == pytest.approx((closing["execPrice"] - opening["execPrice"]) * 0.05 - closing["execFee"]
+                                       - funding, abs=1e-9)
+
+
 @pytest.mark.parametrize(("exec_type", "event"), [("AdlTrade", "adl"), ("BustTrade", "liquidation")])
 def test_takeovers_are_recognised_by_their_exec_type(in_position, tmp_path, exec_type, event):
     """docs: v5/enum.mdx execType: an ADL (AdlTrade) or a takeover liquidation (BustTrade) closes the position:
