@@ -9,14 +9,15 @@ again, in order, once the executions show.
 
 A side whose state holds a position the exchange no longer holds (or holds at another size) with no
 execution to explain it **awaits its fill**: the state is never closed or resized at a guessed price.
-Its bar closes roll back, so no entry or add is sent on it; reconciliation leaves it as it is (a
-remaining position keeps a stop); and the execution, whenever it shows on the stream or
-execution/list (looked for from the position's entry on), is booked as any fill is, at its own price,
-quantity and fee. Waiting was chosen over booking the last price as an estimate to correct later
-because the estimate would be booked into the state the core decides on (its high-water mark and
-cooldown, the entries and sizes that follow) while the real row could still arrive, so a later
-correction could not undo what had been decided on it; a side that waits takes no new risk, and its
-open orders and the other side's stops stay on the exchange. An execution not seen within
+The bar closes roll back meanwhile (for both sides: each bar is handled again, in order, once the
+execution shows), so no entry or add is sent on it; reconciliation leaves it as it is (a remaining
+position keeps a stop); and the execution, whenever it shows on the stream or execution/list (looked
+for from the position's entry on), is booked as any fill is, at its own price, quantity and fee.
+Waiting was chosen over booking the last price as an estimate to correct later because the estimate
+would go into the state the core decides on (its high-water mark and cooldown, the entries and sizes
+that follow) while the real row could still arrive, and a later correction could not undo what had
+been decided on it; a side that waits takes no new risk, and the stops and targets resting on the
+exchange (the other side's too) keep acting while the trader waits. An execution not seen within
 ``FILL_OVERDUE_BARS`` bars (at least ``FILL_OVERDUE_MIN_MS``) of exchange time is reported loudly (an
 error line and a ``desync`` event, again every such period) and still waited for: the operator
 checks the account's trade history; a trader restarted with ``--fresh-state`` adopts the exchange's
