@@ -20,7 +20,9 @@ trader_utils.api_retry_wrapper. What Bybit really does, as its V5 docs say, is h
   to its executed quantity (docs: v5/order/open-order.mdx: order/realtime is real-time, and a
   query by orderLinkId also finds closed orders).
 * A position's open time is ``openTime`` (docs: v5/position/position.mdx; ``createdTime`` is the first
-  time any position was created on the symbol), or else the fill that opened it.
+  time any position was created on the symbol), or else the fill that opened it. Its ``seq`` is the
+  cross sequence that associates fills with position updates (docs: the same page and
+  v5/order/execution.mdx): the executions up to it are in the size the list reports.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class PositionInfo:
     open_time_ms: int
     created_ms: int
     mark_price: float
+    seq: int = 0  # the cross sequence of its last update: executions up to it are in this size (docs: position.mdx)
 
     @property
     def direction(self) -> float:
@@ -322,7 +325,7 @@ class Bybit:
                              stop_loss=_number(r.get("stopLoss")), leverage=_number(r.get("leverage")),
                              open_time_ms=int(_number(r.get("openTime"))),
                              created_ms=int(_number(r.get("createdTime"))),
-                             mark_price=_number(r.get("markPrice"))) for r in rows]
+                             mark_price=_number(r.get("markPrice")), seq=int(_number(r.get("seq")))) for r in rows]
 
     def hedge_mode(self) -> bool:
         """True when the symbol is in hedge mode (its positions are positionIdx 1 and 2, docs: v5/enum.mdx)."""

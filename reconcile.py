@@ -4,8 +4,27 @@ A mixin of trader.Trader (it uses the trader's store, sides, events and order he
 asynchronous on Bybit: a position can change before its execution is visible on either channel.
 :meth:`Reconciliation.settle` therefore never takes the position list at its word while the
 executions disagree with it: it waits (bounded) for the missing fills, and only then reports the
-positions. At a bar close an unexplained difference rolls the bar back (FillsPending); the periodic
-reconcile repairs it, after the same wait, with an event for every repair.
+positions. At a bar close an unexplained difference rolls the bar back (FillsPending); it is handled
+again, in order, once the executions show.
+
+A side whose state holds a position the exchange no longer holds (or holds at another size) with no
+execution to explain it **awaits its fill**: the state is never closed or resized at a guessed price.
+The bar closes roll back meanwhile (for both sides: each bar is handled again, in order, once the
+execution shows), so no entry or add is sent on it; reconciliation leaves it as it is (a remaining
+position keeps a stop); and the execution, whenever it shows on the stream or execution/list (looked
+for from the position's entry on), is booked as any fill is, at its own price, quantity and fee.
+Waiting was chosen over booking the last price as an estimate to correct later because the estimate
+would go into the state the core decides on (its high-water mark and cooldown, the entries and sizes
+that follow) while the real row could still arrive, and a later correction could not undo what had
+been decided on it; a side that waits takes no new risk, and the stops and targets resting on the
+exchange (the other side's too) keep acting while the trader waits. An execution not seen within
+``FILL_OVERDUE_BARS`` bars (at least ``FILL_OVERDUE_MIN_MS``) of exchange time is reported loudly (an
+error line and a ``desync`` event, again every such period) and still waited for: the operator
+checks the account's trade history; a trader restarted with ``--fresh-state`` adopts the exchange's
+positions as they are.
+
+A rescue adopts a position the state does not know as position/list reports it; executions up to
+that list's ``seq`` are in it, so one that shows only later is not booked again (trader_fills.py).
 """
 
 from __future__ import annotations
@@ -25,6 +44,8 @@ if TYPE_CHECKING:
     from trader import Side
 
 logger = logging.getLogger("grtr.trader")
+FILL_OVERDUE_BARS = 2  # an awaited execution not seen within this many bars of exchange time is reported loudly ...
+FILL_OVERDUE_MIN_MS = 15 * 60_000  # ... and never sooner than this
 
 
 class Reconciliation:
@@ -41,6 +62,7 @@ class Reconciliation:
     bar_ms: int
     dry_run: bool
     fill_wait_seconds: float
+    awaiting: dict[str, dict[str, int]]  # side name -> {since_ms, reported_ms}: sides awaiting a missing execution
 
     def settle(self, data: backtester.MarketData, until_ms: int,
                repair: bool) -> tuple[dict[int, PositionInfo], dict[str, set[str]]]:
@@ -50,8 +72,8 @@ class Reconciliation:
 
         Executions are booked, positions read, and the states compared with them (allowing for the
         later fills). A difference waits for the stream or execution/list (at most
-        ``fill_wait_seconds``); still there, it raises FillsPending, or with ``repair`` returns the
-        positions for the caller to repair.
+        ``fill_wait_seconds``); still there, the side awaits its execution (:meth:`_note_awaiting`) and this
+        raises FillsPending, or with ``repair`` returns the positions for the caller to repair.
         """
         deadline = time.monotonic() + self.fill_wait_seconds
         pause = 0.01
@@ -70,12 +92,14 @@ class Reconciliation:
                 side = self._side_of(fill)
                 if side is not None and not fill.funding:
                     busy.setdefault(side.name, set()).add(fill.link_id)
+            if not gaps or time.monotonic() >= deadline:
+                self._note_awaiting(gaps)
             if not gaps:
                 return positions, busy
             if time.monotonic() >= deadline:
                 if repair:
                     return positions, busy
-                raise FillsPending("; ".join(gaps) + f" after {self.fill_wait_seconds:g} s")
+                raise FillsPending("; ".join(gaps.values()) + f" after {self.fill_wait_seconds:g} s")
             self.exchange.wait_for_stream(pause)
             pause = min(2 * pause, 0.5)
 
@@ -83,9 +107,9 @@ class Reconciliation:
         position = positions.get(side.config.position_idx)
         return position.size if position is not None and position.direction == side.direction else 0.0
 
-    def _gaps(self, positions: dict[int, PositionInfo], later: list[Fill]) -> list[str]:
-        """Sides whose state (with the ``later`` fills applied) differs from the exchange's size."""
-        gaps = []
+    def _gaps(self, positions: dict[int, PositionInfo], later: list[Fill]) -> dict[str, str]:
+        """Sides whose state (with the ``later`` fills applied) differs from the exchange's size, with what differs."""
+        gaps = {}
         for side in self.sides:
             expected = side.state[core.S_QTY] if side.state[core.S_DIR] else 0.0
             for fill in later:
@@ -93,18 +117,53 @@ class Reconciliation:
                     expected += -fill.closed_size if fill.closing else fill.qty
             held = self._exchange_size(side, positions)
             if abs(expected - held) > self.instrument["qty_step"] / 2:
-                gaps.append(f"{side.name}: the exchange holds {held:g}, the booked fills {expected:g}")
+                gaps[side.name] = f"{side.name}: the exchange holds {held:g}, the booked fills {expected:g}"
         return gaps
+
+    def _fill_overdue_ms(self) -> int:
+        return max(FILL_OVERDUE_BARS * self.bar_ms, FILL_OVERDUE_MIN_MS)
+
+    def _note_awaiting(self, gaps: dict[str, str]) -> None:
+        """Mark the sides whose position changed on the exchange without a visible execution as awaiting it, report
+        one still unseen after the overdue bound (again every such period), and release the sides whose execution
+        has been booked. A side with no position in its state is not awaiting: reconcile rescues what it finds."""
+        now = None
+        for side in self.sides:
+            name = side.name
+            if name not in gaps or not side.state[core.S_DIR]:
+                done = self.awaiting.pop(name, None)
+                if done is not None:
+                    waited = (self.exchange.server_time_ms() - done["since_ms"]) / 60_000
+                    logger.warning("%s: the awaited execution is booked (%.0f min after the position changed)",
+                                   name, waited)
+                    if done["reported_ms"]:
+                        self.events.emit("desync", name, detail=f"the execution awaited for {waited:.0f} min has "
+                                                                "shown and is booked at its own price")
+                continue
+            now = now if now is not None else self.exchange.server_time_ms()
+            entry = self.awaiting.get(name)
+            if entry is None:
+                self.awaiting[name] = {"since_ms": now, "reported_ms": 0}
+                logger.warning("%s; its execution is not visible yet: the side awaits it (no entry or add, "
+                               "nothing closed at a guessed price)", gaps[name])
+            elif now - max(entry["since_ms"], entry["reported_ms"]) >= self._fill_overdue_ms():
+                entry["reported_ms"] = now
+                since = pd.Timestamp(entry["since_ms"], unit="ms", tz="UTC").isoformat()
+                detail = (f"{gaps[name]}, and no execution explains it since {since}: the side still awaits it (no "
+                          "entry, nothing closed at a guessed price); check the account's trade history")
+                logger.error("%s", detail)
+                self.events.emit("desync", name, detail=detail)
+        self.store.set("awaiting", self.awaiting)
 
     def reconcile(self) -> None:
         """Compare each side with the exchange (executions, position/list, open orders) and repair.
 
         Run at start-up and every few seconds by the live loop. Executions not booked yet are
         booked first (a stop or liquidation fill, a close by hand), missing ones waited for; then a
-        position the exchange no longer holds is closed in the state at the last price, a size
-        mismatch adopts the exchange's size, a position unknown to the state is rescued, a position
-        without a stop gets one at once, and orders left over by a flat side are cancelled. Every
-        repair is an event.
+        side whose position changed on the exchange with no execution to show for it is left awaiting
+        that execution (never closed or resized at a guess; a position it still holds keeps a stop), a
+        position unknown to the state is rescued, a position without a stop gets one at once, and
+        orders left over by a flat side are cancelled. Every repair is an event.
         """
         if self.dry_run:
             return
@@ -128,34 +187,24 @@ class Reconciliation:
 
     def _reconcile_side(self, side: Side, position: PositionInfo | None, orders: list[Any],
                         data: backtester.MarketData) -> None:
-        state, tick, step = side.state, self.instrument["tick_size"], self.instrument["qty_step"]
+        state, tick = side.state, self.instrument["tick_size"]
         if position is not None and position.direction != side.direction:
             self.events.emit("desync", side.name, detail=f"a {position.side} position of {position.size:g} "
                                                          f"is not this side's; left alone")
             position = None
-        size = position.size if position else 0.0
-        if state[core.S_DIR] and size == 0.0:
-            price = self.exchange.last_price()
-            row = np.zeros(core.N_TRADE_COLS)
-            row[1] = data.ts[-1] + self.bar_ms
-            qty = state[core.S_QTY]
-            core.close_fill(state, side.p, qty, price, 0.0, int(state[core.S_STOP_KIND]), float(len(data.ts)), row)
-            self.store.record_trade(self.symbol, row)
-            self._forget_position(side)
-            self.events.emit("desync", side.name, detail=f"the exchange holds no position; {qty:g} closed in the "
-                                                         f"state at the last price {price:g} (no execution found)")
-        elif state[core.S_DIR] and abs(size - state[core.S_QTY]) > step / 2:
-            self.events.emit("desync", side.name, detail=f"size {state[core.S_QTY]:g} in the state, {size:g} on the "
-                                                         "exchange: the exchange's size is adopted")
-            state[core.S_QTY] = size
-            self._sync_targets(side)
-        elif not state[core.S_DIR] and position is not None:
+        if side.name in self.awaiting:
+            logger.info("%s: awaiting the execution that changed its position; left as it is", side.name)
+            if position is not None:
+                self._ensure_stop(side, position.stop_loss, tick)
+            return
+        if not state[core.S_DIR] and position is not None:
             opened = self.exchange.position_open_time(position)
             if opened is None:
                 opened = self.exchange.server_time_ms()
                 self.events.emit("desync", side.name, detail="the position's open time is unknown (no openTime and "
                                                              "no opening fill in 4 weeks): counted from now")
-            self.rescue(side, side.direction, size, position.avg_price, opened, position.stop_loss, data)
+            self.rescue(side, side.direction, position.size, position.avg_price, opened, position.stop_loss, data)
+            self.store.set(f"rescue_seq_{side.name}", position.seq)  # its executions up to here are in it
         if state[core.S_DIR]:
             self._ensure_stop(side, position.stop_loss if position else 0.0, tick)
             return

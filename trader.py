@@ -186,6 +186,7 @@ class Trader(Bookkeeping, Reconciliation):
         self.fill_wait_seconds = fill_wait_seconds
         self.store = Store(workdir / "state.sqlite")
         self.events = EventLog(workdir / "logs" / "events.jsonl", symbol)
+        self.awaiting: dict[str, dict[str, int]] = self.store.get("awaiting", {})  # sides awaiting a missing fill
         self.candles: pd.DataFrame | None = None
         self.instrument: dict[str, float] = {}
         self.sides: list[Side] = []

@@ -6,7 +6,8 @@ or add, ``core.close_fill`` for what closes quantity (its trade row recorded), `
 for a funding payment. A fill is matched to its side by the position it belongs to (hedge mode) and
 to its exit reason by our orderLinkIds, the exchange's stopOrderType, or its execType (a takeover
 liquidation or an ADL). An execution already booked (a page that repeats a row, a row seen on both
-channels) is skipped, never booked twice.
+channels) is skipped, never booked twice; so is one that a rescued position already accounts for (its ``seq`` at
+or before the rescued position's).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ FORCED = {"BustTrade": "liquidation", "AdlTrade": "adl"}  # docs: v5/enum.mdx ex
 
 
 class Bookkeeping:
-    """Fills into states; mixed into trader.Trader, whose store, exchange, sides, events, symbol and helpers
-    (rescue, _sync_targets, _forget_position, _data, _read_wallet) it uses."""
+    """Fills into states; mixed into trader.Trader, whose store, exchange, sides, events, symbol, awaiting sides and
+    helpers (rescue, _sync_targets, _forget_position, _data, _read_wallet) it uses."""
 
     exchange: Any
     store: Any
@@ -41,6 +42,7 @@ class Bookkeeping:
     bar_ms: int
     hedge: bool
     last_bar_ts: int
+    awaiting: dict[str, dict[str, int]]
 
     def _lookback_ms(self) -> int:
         """How far before the last booked execution execution/list is read again: a fill that showed on
@@ -48,10 +50,36 @@ class Bookkeeping:
         return 2 * self.bar_ms
 
     def _unbooked(self, until_ms: int | None = None) -> list[Fill]:
-        """Executions not booked yet (before ``until_ms``), oldest first."""
+        """Executions not booked yet (before ``until_ms``), oldest first, less those a rescue accounts for.
+
+        A side awaiting a missing execution (reconcile.py) has it looked for from its position's entry on, however
+        long ago the lookback's window moved past it.
+        """
         since = max(0, self.store.get("exec_since_ms", 0) - self._lookback_ms())
-        return [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
-                and (until_ms is None or f.time_ms < until_ms)]
+        for side in self.sides:
+            if side.name in self.awaiting and side.state[core.S_DIR]:
+                since = min(since, int(side.state[core.S_ENTRY_TS]))
+        fills = [f for f in self.exchange.fills_since(since, until_ms) if not self.store.seen_execution(f.exec_id)
+                 and (until_ms is None or f.time_ms < until_ms)]
+        return [f for f in fills if not self._absorbed_by_rescue(f)]
+
+    def _absorbed_by_rescue(self, fill: Fill) -> bool:
+        """True (the execution recorded as seen, not booked) when ``fill`` is in a position the trader rescued.
+
+        A rescue adopts the exchange's position as position/list reports it; every execution of that position up to
+        the list's ``seq`` (the cross sequence that associates fills with position updates, docs:
+        v5/position/position.mdx, v5/order/execution.mdx) is in the adopted size, its fee in the wallet the books
+        follow. One that shows only later (an opening fill late on both channels) is not booked again as an add.
+        """
+        side = self._side_of(fill)
+        cut = self.store.get(f"rescue_seq_{side.name}", 0) if side is not None else 0
+        if not (cut > 0 and 0 < fill.seq <= cut):
+            return False
+        logger.info("%s: execution %s (%s %g at %g, seq %d) is in the position rescued at seq %d: not booked again",
+                    side.name, fill.exec_id, fill.side, fill.qty, fill.price, fill.seq, cut)
+        self.store.record_execution(fill.exec_id, side.name, fill.raw, fill.time_ms)
+        self.exchange.forget([fill.exec_id])
+        return True
 
     def _forming_close(self) -> int:
         """The close time of the bar forming now: executions from then on belong to the next bar close."""

@@ -197,39 +197,44 @@ def test_reconcile_sets_a_missing_stop_at_once(in_position, tmp_path):
     assert restored and restored[-1]["exchange_stop"] is None
 
 
-def test_reconcile_adopts_the_exchange_size(in_position, tmp_path):
+def test_a_size_no_execution_explains_is_awaited_never_adopted(in_position, tmp_path):
+    """The state holds 0.5 more than the exchange and no execution says why: the side awaits the execution; its size
+    is not overwritten (a late fill booked after that would count twice), nothing is booked or sent."""
     trader, sim, _, _ = in_position
     state = trader.sides[0].state
     state[core.S_QTY] += 0.5
+    booked = state[core.S_QTY]
+    orders, trades = sim.stats()["orders"], len(trader.store.trade_rows())
     trader.reconcile()
-    assert state[core.S_QTY] == sim.engine.positions[0].size
-    assert any(e["event"] == "desync" and "adopted" in e["detail"] for e in events(tmp_path))
+    assert state[core.S_QTY] == booked and state[core.S_QTY] == sim.engine.positions[0].size + 0.5
+    assert "long" in trader.awaiting and len(trader.store.trade_rows()) == trades
+    assert sim.stats()["orders"] == orders
+    assert sim.engine.positions[0].stop_loss > 0  # what the exchange still holds keeps its stop
+    assert not any(e["event"] == "desync" for e in events(tmp_path))  # within the bound: waiting is normal
 
 
-def test_reconcile_books_a_close_by_hand_and_cancels_the_leftover_targets(in_position, tmp_path):
+def test_a_position_gone_without_an_execution_is_reported_loudly_never_closed_at_a_guess(in_position, tmp_path,
+                                                                                         caplog):
+    """The position is gone on the exchange and no execution ever shows: the state is not closed at the last price
+    (the guess this replaced); two bars of exchange time later it is an error line and a desync event, once per
+    such period, and the side still awaits its execution."""
     trader, sim, _, _ = in_position
-    size = sim.engine.positions[0].size
-    fill_price = sim.engine.last_price()
-    trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(size),
-                            reduceOnly=True)
-    trader.reconcile()
-    assert trader.sides[0].state[core.S_DIR] == 0
-    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
-    assert last[3] == size and core.EXIT_REASONS[int(last[9])] == "signal_exit"
-    assert abs(last[5] - fill_price) / fill_price < 0.001  # the hand fill's price (with the sim's slippage)
-    assert not [o for o in sim.engine.open_orders() if o.reduce_only]
-    assert any(e["event"] == "desync" and "closed by hand" in e["detail"] for e in events(tmp_path))
-
-
-def test_reconcile_closes_the_state_when_the_position_vanished_without_an_execution(in_position, tmp_path):
-    trader, sim, _, _ = in_position
-    qty = trader.sides[0].state[core.S_QTY]
+    state = trader.sides[0].state
+    trades = len(trader.store.trade_rows())
     sim.engine.positions[0].size = 0.0  # gone on the exchange, and no execution tells how
     trader.reconcile()
-    assert trader.sides[0].state[core.S_DIR] == 0
-    last = Store(tmp_path / "state.sqlite").trade_rows()[-1]
-    assert last[3] == qty and last[5] == sim.engine.last_price()
-    assert any(e["event"] == "desync" and "no execution found" in e["detail"] for e in events(tmp_path))
+    assert state[core.S_DIR] == 1 and "long" in trader.awaiting
+    sim.advance()
+    trader.reconcile()  # one bar later: still within the bound
+    assert not any(e["event"] == "desync" for e in events(tmp_path))
+    sim.advance()
+    trader.reconcile()  # two bars after the position went: overdue
+    trader.reconcile()  # reported once per period, not at every pass
+    loud = [e for e in events(tmp_path) if e["event"] == "desync"]
+    assert len(loud) == 1 and "no execution explains it" in loud[0]["detail"] and "still awaits" in loud[0]["detail"]
+    assert any(r.levelname == "ERROR" and "no execution explains it" in r.getMessage() for r in caplog.records)
+    assert state[core.S_DIR] == 1 and len(trader.store.trade_rows()) == trades  # no price invented
+    assert Store(tmp_path / "state.sqlite").get("awaiting")["long"]["reported_ms"] == sim.engine.now_ms()
 
 
 def test_rescue_of_a_position_opened_by_hand(candles, tmp_path, monkeypatch):
@@ -398,6 +403,104 @@ def drive_until_in_position_by_hand(trader, sim):
         trader.on_bar_message({"start": int(engine.ts[k]), "open": engine.open_[k], "high": engine.high[k],
                                "low": engine.low[k], "close": engine.close[k], "volume": engine.volume[k]})
     raise AssertionError("no entry within 300 bars")
+
+
+def bar_of(sim, k):
+    """The sim's bar ``k`` as the kline the trader handles."""
+    engine = sim.engine
+    return {"start": int(engine.ts[k]), "open": engine.open_[k], "high": engine.high[k], "low": engine.low[k],
+            "close": engine.close[k], "volume": engine.volume[k]}
+
+
+LATE_STOP_FILL = {  # the stop's execution shows a whole bar after the position went flat, first on ...
+    "ws_first": Behaviour(ws_fills="bar", rest_fills="lag", rest_lag=10**9),  # ... the stream (REST: not here)
+    "rest_first": Behaviour(ws_fills="bar", rest_fills="bar"),  # ... execution/list, then the stream
+    "rest_late": Behaviour.delivery("rest_late"),  # ... execution/list: the stream's message is lost
+}
+
+
+@pytest.mark.parametrize("mode", list(LATE_STOP_FILL))
+def test_a_stop_out_whose_execution_is_late_is_booked_once_at_its_own_price(candles, tmp_path, monkeypatch, mode):
+    """The exchange's stop closes the position and its execution shows a bar later: reconcile does not close the
+    state at the last price (the guess this replaced), the bar close sends nothing on the side, and once the
+    execution shows it is booked once, at its price: PnL = (exit - entry) x qty - entry and exit fees - funding."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        trader, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3)
+        drive_until_in_position_by_hand(trader, sim)
+        stop = stop_out_in_the_next_bar(sim, trader)
+        state, held = trader.sides[0].state, trader.sides[0].state.copy()
+        sim.behaviour = LATE_STOP_FILL[mode]
+        if mode == "rest_late":
+            feed.fills.close()  # the private socket is down when the stop fills
+        feed.fills.take()
+        orders, trades, seen = sim.stats()["orders"], len(trader.store.trade_rows()), len(sim.engine.executions)
+        k = sim.advance()
+        execution = next(e for e in sim.engine.executions[seen:] if e["stopOrderType"] == "StopLoss")
+        assert sim.engine.positions[0].size == 0  # stopped out on the exchange
+        trader.reconcile()
+        assert state[core.S_DIR] == 1 and len(trader.store.trade_rows()) == trades  # not closed at a guess
+        assert "long" in trader.awaiting
+        with pytest.raises(FillsPending, match="the exchange holds 0"):
+            trader.on_bar_message(bar_of(sim, k))
+        assert sim.stats()["orders"] == orders  # no entry, no add: nothing sent on the side
+        sim.advance()  # the execution shows
+        sim.behaviour = Behaviour.delivery("sync")  # what the trader sends from now on is visible at once
+        if mode == "ws_first":
+            assert feed.fills.pending.wait(10)  # the stream's message has arrived
+        trader.catch_up()
+        assert "long" not in trader.awaiting
+        for _ in range(2):  # the stream's copy (rest_first) and later bars book nothing more
+            trader.on_bar_message(bar_of(sim, sim.advance()))
+        feed.close()
+        funding = sum(e["execFee"] for e in sim.engine.executions[seen:] if e["execType"] == "Funding"
+                      and e["execTime"] <= execution["execTime"])
+    rows = Store(tmp_path / "state.sqlite").trade_rows()
+    assert [r[1] for r in rows[trades:]].count(execution["execTime"]) == 1  # booked once
+    row = rows[trades]
+    price, qty = execution["execPrice"], held[core.S_QTY]
+    assert price == pytest.approx(stop * (1 - sim.engine.costs["slippage"]))
+    assert (row[1], row[3], row[5]) == (execution["execTime"], qty, price)
+    assert core.EXIT_REASONS[int(row[9])] == "stop_loss"
+    assert row[6] == pytest.approx(held[core.S_ACC_FEES] + execution["execFee"], abs=1e-9)
+    assert row[8] == pytest.approx((price - held[core.S_ENTRY]) * qty - held[core.S_ACC_FEES] - execution["execFee"]
+                                   - held[core.S_ACC_FUNDING] - funding, abs=1e-9)
+
+
+@pytest.mark.parametrize("link_id", ["", "long-1700000000000-open"])
+def test_a_rescued_positions_late_opening_fill_is_not_booked_again(candles, tmp_path, monkeypatch, link_id):
+    """A position whose opening execution is on neither channel yet (an order by hand, or the trader's own entry
+    after its database was lost) is rescued from position/list at start. When its execution shows, a bar later, it
+    is known by its seq as part of the rescued position, not booked again as an add: the size stays the
+    exchange's; closed by hand, the trade's PnL is (exit - entry) x qty - the exit fee - funding (the opening fee
+    was paid before the rescue, in the wallet the books start from)."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour(ws_fills="never", rest_fills="bar")) as sim:
+        order = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.05",
+                 **({"orderLinkId": link_id} if link_id else {})}
+        sim.call(lambda: sim.engine.create_order(order))
+        opening = sim.engine.executions[-1]
+        trader, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3)
+        state = trader.sides[0].state
+        assert state[core.S_DIR] == 1 and state[core.S_QTY] == 0.05 and state[core.S_ENTRY] == opening["execPrice"]
+        assert not trader.store.seen_execution(opening["execId"])  # not visible when it was rescued
+        sim.behaviour = Behaviour.delivery("sync")
+        seen = len(sim.engine.executions)
+        trader.on_bar_message(bar_of(sim, sim.advance()))  # the opening execution shows on execution/list
+        assert trader.store.seen_execution(opening["execId"])
+        assert state[core.S_QTY] == 0.05 == sim.engine.positions[0].size  # not 0.1
+        trader.http.place_order(category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty="0.05",
+                                reduceOnly=True)
+        trader.reconcile()
+        feed.close()
+        closing = sim.engine.executions[-1]
+        funding = sum(e["execFee"] for e in sim.engine.executions[seen:] if e["execType"] == "Funding")
+    assert not [e for e in events(tmp_path) if e["event"] == "desync" and "by hand at" in e["detail"]
+                and "added" in e["detail"]]
+    rows = Store(tmp_path / "state.sqlite").trade_rows()
+    assert len(rows) == 1 and rows[0][3] == 0.05 and rows[0][5] == closing["execPrice"]
+    assert rows[0][8] == pytest.approx((closing["execPrice"] - opening["execPrice"]) * 0.05 - closing["execFee"]
+                                       - funding, abs=1e-9)
 
 
 @pytest.mark.parametrize(("exec_type", "event"), [("AdlTrade", "adl"), ("BustTrade", "liquidation")])
