@@ -36,7 +36,7 @@ import config
 import core
 from data_fetcher import TIMEFRAMES, download_klines
 import trader_capital
-from exchange import Bybit, ExchangeRefused, PositionInfo, Wallet
+from exchange import Bybit, ExchangeRefused, FillsPending, PositionInfo, Wallet
 from reconcile import Reconciliation
 from trader_fills import Bookkeeping
 from trader_store import Store
@@ -210,7 +210,8 @@ class Trader(Bookkeeping, Reconciliation):
         The history always starts where the first start's did (kept in the database), so a
         restarted trader computes the very indicator values it would have computed without the
         restart. Bars that closed while it was down are handled in order before anything else,
-        then the state is reconciled with the exchange.
+        then the state is reconciled with the exchange. A bar rolled back because a side awaits an
+        execution (FillsPending) is reported, not fatal: the live loop handles it again.
         """
         setup_logging(self.workdir)
         warnings = self.key_warnings if self.key_warnings is not None else self.check_key()
@@ -250,6 +251,8 @@ class Trader(Bookkeeping, Reconciliation):
         try:
             self.catch_up()
             self.reconcile()
+        except FillsPending as exc:  # a side awaits an execution: the live loop handles the bar again, as it
+            self.report_error(exc)   # does any rolled-back bar; exiting would only restart into the same wait
         finally:
             self.recovering = False
 

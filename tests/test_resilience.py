@@ -467,6 +467,38 @@ def test_a_stop_out_whose_execution_is_late_is_booked_once_at_its_own_price(cand
                                    - held[core.S_ACC_FUNDING] - funding, abs=1e-9)
 
 
+def test_a_restart_while_a_side_awaits_its_execution_starts_and_books_it_when_it_shows(candles, tmp_path,
+                                                                                     monkeypatch):
+    """Killed while the stop-out's execution is invisible, the trader restarts into the same wait: start() reports
+    the rolled-back bar (an error event) instead of dying, so the watchdog does not restart it in a loop; once the
+    execution shows, the next catch-up books it once at its own price."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        trader, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3)
+        drive_until_in_position_by_hand(trader, sim)
+        stop = stop_out_in_the_next_bar(sim, trader)
+        sim.behaviour = Behaviour(ws_fills="never", rest_fills="bar")  # execution/list a bar late, no stream
+        trades, seen = len(trader.store.trade_rows()), len(sim.engine.executions)
+        k = sim.advance()
+        with pytest.raises(FillsPending):
+            trader.on_bar_message(bar_of(sim, k))
+        feed.close()
+        trader.store.close()  # killed
+        second, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG, fill_wait=0.3)
+        assert "long" in second.awaiting and second.sides[0].state[core.S_DIR] == 1
+        log = events(tmp_path)
+        assert log[-1]["event"] == "error" and log[-1]["error"] == "FillsPending"
+        sim.advance()  # a bar later the execution shows on execution/list
+        sim.behaviour = Behaviour.delivery("sync")  # what the trader sends from now on is visible at once
+        second.catch_up()
+        assert "long" not in second.awaiting  # booked (the side may have entered again on the newest bar)
+        execution = next(e for e in sim.engine.executions[seen:] if e["stopOrderType"] == "StopLoss")
+        feed.close()
+    rows = Store(tmp_path / "state.sqlite").trade_rows()
+    assert len(rows) == trades + 1 and rows[-1][1] == execution["execTime"]
+    assert rows[-1][5] == execution["execPrice"] == pytest.approx(stop * (1 - sim.engine.costs["slippage"]))
+
+
 @pytest.mark.parametrize("link_id", ["", "long-1700000000000-open"])
 def test_a_rescued_positions_late_opening_fill_is_not_booked_again(candles, tmp_path, monkeypatch, link_id):
     """A position whose opening execution is on neither channel yet (an order by hand, or the trader's own entry
