@@ -318,8 +318,8 @@ class Engine:
         base = self.trigger_price(trigger_by)
         if (base - stop) * d <= 0:
             word = "lower" if d > 0 else "greater"
-            raise ExchangeError(10001, f"StopLoss:{stop:g} set for {side} position should {word} "
-                                       f"base_price:{base:g}??{trigger_by}")
+            raise ExchangeError(10001, f"StopLoss:{stop:.10g} set for {side} position should {word} "
+                                       f"base_price:{base:.10g}??{trigger_by}")
 
     def _fill_market(self, order: Order, price: float) -> None:
         """An IOC match: all of the order, or (a seeded share of orders) part of it, the rest cancelled."""

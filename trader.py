@@ -23,6 +23,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ POSITION_GONE = 110017  # docs: v5/error.mdx: a reduce-only order finds no posit
 NO_MARGIN = "not enough available margin on the exchange"  # entry_skipped's reasons (repeats merge on them)
 STOP_CROSSED = "the market is already beyond its stop"
 ACTIONS = {core.A_OPEN: "entry", core.A_ADD: "add"}
+BASE_PRICE = re.compile(r"base_price:([0-9.]+(?:[eE][-+]?[0-9]+)?)")
 
 
 @dataclass
@@ -121,6 +123,15 @@ class _RedactFilter(logging.Filter):
         record.msg = redact(record.getMessage())
         record.args = ()
         return True
+
+
+def refused_at(message: str) -> tuple[float, float] | None:
+    """The price a wrong-side stop was refused against, from Bybit's 10001 message ("StopLoss:9025 set for Buy
+    position should lower base_price:9020??LastPrice", e.g. ccxt/ccxt#19089), as a (last, mark) pair; None when
+    the message does not say (the docs give no format: v5/error.mdx). The price at the refusal, not one read
+    later, tells whether the market had passed the stop: it may have come back since."""
+    found = BASE_PRICE.search(message)
+    return (float(found.group(1)),) * 2 if found else None
 
 
 def fmt(value: float, step: float) -> str:
@@ -644,7 +655,7 @@ class Trader(Bookkeeping, Reconciliation):
                 logger.info("%s %s not set: the position is gone on the exchange (a fill the trader books at the "
                             "next close)", side.name, action)
                 return False
-            if self._beyond_market(state[core.S_STOP], state[core.S_DIR]):
+            if self._beyond_market(state[core.S_STOP], state[core.S_DIR], refused_at(exc.message)):
                 logger.info("%s %s to %s not set: the market has passed it", side.name, action, stop)
                 return False  # the caller closes at market, as the backtest fills a stop the open has crossed
             self._note_rejections(side, side.stop_rejections + 1)

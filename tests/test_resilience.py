@@ -15,6 +15,7 @@ from pybit.exceptions import InvalidRequestError
 import backtester
 import core
 import run_live
+import trader as trader_module
 import trader_utils
 from bybit_sim import Behaviour, FaultConfig, SimExchange
 from data_fetcher import load_sample
@@ -497,6 +498,26 @@ def test_a_restart_while_a_side_awaits_its_execution_starts_and_books_it_when_it
     rows = Store(tmp_path / "state.sqlite").trade_rows()
     assert len(rows) == trades + 1 and rows[-1][1] == execution["execTime"]
     assert rows[-1][5] == execution["execPrice"] == pytest.approx(stop * (1 - sim.engine.costs["slippage"]))
+
+
+def test_a_stop_refused_as_passed_counts_as_passed_even_if_the_price_came_back(candles, tmp_path, monkeypatch):
+    """Bybit refuses a stop on the wrong side of the price it triggers by and names that price (base_price); the
+    trader judges the refusal by it, not by a price read after it, which may have come back (a race seen at 10
+    bars a second): the refusal is the gap the backtest fills at the open, not a stop_rejected alert."""
+    with SimExchange(candles.iloc[:HISTORY + 400], "BTCUSDT", "1h", history_bars=HISTORY,
+                     behaviour=Behaviour.delivery("sync")) as sim:
+        trader, feed, _ = start_trader(sim, monkeypatch, tmp_path, LONG)
+        drive_until_in_position_by_hand(trader, sim)
+        side, tick = trader.sides[0], sim.engine.instrument["tick_size"]
+        last = sim.engine.last_price()
+        side.state[core.S_STOP] = core.round_price(last + 10 * tick, tick)  # above the price: refused (10001)
+        monkeypatch.setattr(trader.exchange, "prices", lambda: (last + 20 * tick,) * 2)  # read later: came back
+        assert not trader._send_stop(side, "stop_moved")
+        feed.close()
+    assert side.stop_rejections == 0 and not [e for e in events(tmp_path) if e["event"] == "stop_rejected"]
+    assert trader_module.refused_at("StopLoss:9025 set for Buy position should lower base_price:9020.5??LastPrice") \
+        == (9020.5, 9020.5)
+    assert trader_module.refused_at("Request parameter error") is None
 
 
 @pytest.mark.parametrize("link_id", ["", "long-1700000000000-open"])
