@@ -156,3 +156,10 @@ def test_cli_refusals(tmp_path, capsys, monkeypatch):
     assert "--mainnet" in capsys.readouterr().err
     assert run_live.main(["--paper", "--side", "long"]) == 2
     assert "--paper needs --replay" in capsys.readouterr().err
+    monkeypatch.delenv("BYBIT_ENV")
+    import gates
+
+    gates.export_prod_config(config.fixed_params("SHORT"), {}, tmp_path).rename(tmp_path / "prod_config_long.py")
+    assert run_live.main(["--side", "long"]) == 2  # a short strategy edited into the long side's file
+    assert "prod_config_long.py holds the short strategy short_only; accepted: a long strategy (SIDE = \"long\")" \
+        in capsys.readouterr().err
