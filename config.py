@@ -425,20 +425,6 @@ def param_specs(mode: str) -> dict[str, ParamSpec]:
     return {**PARAM_SPECS, **_strategies().get(mode, "param_specs").params}
 
 
-_OLD_LIBRARY_NAMES = {"FIXED_PARAMS_LONG": ("LONG", "FIXED_PARAMS"), "FIXED_PARAMS_SHORT": ("SHORT", "FIXED_PARAMS"),
-                      "FIXED_PARAMS_SCALP": ("SCALP", "FIXED_PARAMS"), "PARAM_GRID_LONG": ("LONG", "PARAM_GRID"),
-                      "PARAM_GRID_SHORT": ("SHORT", "PARAM_GRID"), "PARAM_GRID_SCALP": ("SCALP", "PARAM_GRID")}
-
-
-def __getattr__(name: str) -> Any:
-    """The library's former names (``config.PARAM_GRID_LONG`` ...): now read from the strategy files."""
-    if name in _OLD_LIBRARY_NAMES:
-        key, attribute = _OLD_LIBRARY_NAMES[name]
-        strat = strategy(key)
-        return dict(strat.param_grid) if attribute == "PARAM_GRID" else strat.fixed_params()
-    raise AttributeError(f"module 'config' has no attribute '{name}'")
-
-
 def _validate_library() -> None:
     """What can be checked without loading the files (they are checked when loaded, at first use)."""
     if ACTIVE_STRATEGY_KEY not in STRATEGY_LIBRARY:
