@@ -80,7 +80,7 @@ def writable_folder(path: str | Path, flag: str) -> Path:
     if not existing.is_dir():
         why = f"{existing} exists and is not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):
-        why = f"{existing} is not writable by this user"
+        why = f"{existing} cannot be written here (its permissions, or a read-only file system)"
     else:
         return path
     raise UsageError(f"{flag} {path} is refused: {why}; accepted: {FOLDER_ACCEPTED}")
