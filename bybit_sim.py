@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 from aiohttp import WSMsgType, web
 
+import cli  # first: a bad config.py ends here in one line, exit 2
 import config
 import core
 from data_fetcher import BYBIT_INTERVALS, TIMEFRAMES, load_source, resample, to_arrays
@@ -68,6 +69,25 @@ DEFAULT_API_SECRET = "sim-secret"
 INTERVAL_TO_TIMEFRAME = {v: k for k, v in BYBIT_INTERVALS.items()}
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
+# What the command line's number flags accept (shared ones from config.FLAG_BOUNDS)
+SIM_FLAG_BOUNDS = {
+    "--port": config.Bound(0, 65_535, whole=True), "--balance": config.Bound(0, 10**12, unit="USDT"),
+    "--history-bars": config.FLAG_BOUNDS["--history-bars"], "--seed": config.FLAG_BOUNDS["--seed"],
+    "--speed": config.Bound(0, 10**6, low_open=True, unit="bars a second"),
+    "--faults": config.Bound(0, 1), "--partial-rate": config.Bound(0, 1),
+    "--ws-drop-every": config.Bound(0, 10**9, whole=True, unit="bars"),
+    "--mark-offset": config.Bound(-1, 1, low_open=True, high_open=True),  # the mark price stays above zero
+    "--tick": config.FLAG_BOUNDS["--tick"], "--qty-step": config.FLAG_BOUNDS["--qty-step"],
+}
+
+
+def check_history_bars(history_bars: int, n_bars: int, timeframe: str) -> int:
+    """``history_bars`` when it leaves at least one of ``n_bars`` candles to replay, else a ValueError naming it
+    and what is accepted."""
+    if not 0 < history_bars < n_bars:
+        raise ValueError(f"--history-bars {history_bars} is refused; accepted: 1 to {n_bars - 1} (the candles hold "
+                         f"{n_bars} {timeframe} bars)")
+    return history_bars
 
 
 @dataclass
@@ -163,8 +183,7 @@ class SimExchange:
                  margin_mode: str = "ISOLATED_MARGIN") -> None:
         if timeframe not in TIMEFRAMES:
             raise ValueError(f"unknown timeframe '{timeframe}'; accepted: {', '.join(TIMEFRAMES)}")
-        if not 0 < history_bars < len(candles):
-            raise ValueError(f"history_bars must be between 1 and {len(candles) - 1}, got {history_bars}")
+        check_history_bars(history_bars, len(candles), timeframe)
         self.behaviour = behaviour or Behaviour()
         arrays = to_arrays(candles)
         history = (None, None) if funding is None or len(funding) == 0 else (
@@ -213,6 +232,7 @@ class SimExchange:
         self.on_request: Callable[[str], None] | None = None  # called after each REST request is handled
         self._clock_task: asyncio.Future | None = None
         self.held = False  # the speed clock is stopped (hold)
+        self._start_error: Exception | None = None  # why the server could not start (a port in use)
 
     # --- lifecycle --------------------------------------------------------------------------
     @property
@@ -235,6 +255,9 @@ class SimExchange:
         self._thread.start()
         if not started.wait(30):
             raise RuntimeError("bybit_sim did not start")
+        if self._start_error is not None:
+            self._thread.join(timeout=30)
+            raise self._start_error
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,7 +281,13 @@ class SimExchange:
         app.router.add_get("/sim/stats", self._sim_stats)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        try:
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        except Exception as exc:  # noqa: BLE001 - a port in use or not ours: __enter__ raises it at once
+            self._start_error = exc
+            await self._runner.cleanup()
+            started.set()
+            return
         started.set()
         if self.speed:
             self._clock_task = asyncio.ensure_future(self._clock())
@@ -811,9 +840,15 @@ class SimExchange:
                                         "type": "snapshot"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve the sim from the command line until the replay ends (or Ctrl-C)."""
-    parser = argparse.ArgumentParser(description="bybit_sim: a local Bybit V5 that replays candles.")
+def build_parser() -> argparse.ArgumentParser:
+    """Every flag, explained in --help; a bad value is refused in one line with exit code 2."""
+    parser = cli.Parser(prog="bybit_sim.py", description="bybit_sim: a local Bybit V5 that replays candles.")
+
+    def number(flag: str, default: Any, text: str) -> None:
+        bound = SIM_FLAG_BOUNDS[flag]
+        parser.add_argument(flag, type=cli.bounded(bound), default=default,
+                            help=f"{text} (accepted: {bound.describe()})")
+
     parser.add_argument("--replay", required=True, metavar="SOURCE",
                         help="the candles: a file (CSV or .parquet, any layout csv: reads) or a --source form: "
                              "sample, bybit, csv:PATH")
@@ -821,42 +856,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", default=None, help="last day of the candles (UTC, inclusive)")
     parser.add_argument("--symbol", default="BTCUSDT", help="symbol served (default: %(default)s)")
     parser.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length of the replay")
-    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default: %(default)s)")
-    parser.add_argument("--balance", type=float, default=10_000.0, help="USDT wallet balance (default: %(default)s)")
-    parser.add_argument("--history-bars", type=int, default=2000, help="bars served as the past (default: %(default)s)")
-    parser.add_argument("--speed", type=float, default=None, help="bars per second (default: lockstep)")
+    number("--tick", None, "the instrument's price tick, for a symbol without cached Bybit info or a "
+                           "config.INSTRUMENTS entry")
+    number("--qty-step", None, "the instrument's quantity step (also its minimum quantity); see --tick")
+    number("--port", 8765, "port on 127.0.0.1, 0 for any free one (default: %(default)s)")
+    number("--balance", 10_000.0, "USDT wallet balance (default: %(default)s)")
+    number("--history-bars", 2000, "bars served as the past; at least one must be left to replay (default: "
+                                   "%(default)s)")
+    number("--speed", None, "bars per second (default: lockstep)")
     parser.add_argument("--lockstep", action="store_true", help="advance only on POST /sim/ack (the default)")
-    parser.add_argument("--faults", type=float, default=0.0, help="share of REST calls that fail (default: 0)")
-    parser.add_argument("--ws-drop-every", type=int, default=0, help="drop WebSockets every N bars (default: never)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fault injection (default: %(default)s)")
+    number("--faults", 0.0, "share of REST calls that fail (default: 0)")
+    number("--ws-drop-every", 0, "drop WebSockets every N bars, 0 never (default: never)")
+    number("--seed", 0, "seed of the fault injection (default: %(default)s)")
     parser.add_argument("--fills", choices=list(Behaviour.PRESETS), default="ws_first",
                         help="when a fill reaches the private stream and execution/list (default: %(default)s)")
-    parser.add_argument("--partial-rate", type=float, default=0.0, help="share of market orders that fill partly")
-    parser.add_argument("--mark-offset", type=float, default=0.0, help="mark price = last x (1 + offset)")
+    number("--partial-rate", 0.0, "share of market orders that fill partly (default: 0)")
+    number("--mark-offset", 0.0, "mark price = last x (1 + offset) (default: 0)")
     parser.add_argument("--kline-page", choices=("end", "start"), default="end",
                         help="which end of a start..end range a kline page holds (default: %(default)s)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="the account's API key (default: %(default)s)")
     parser.add_argument("--api-secret", default=DEFAULT_API_SECRET, help="the account's secret (default: sim-secret)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def port_refused(port: int, error: OSError) -> int:
+    """Say in one line why ``port`` cannot be served; the exit code of a refused flag."""
+    print(f"error: --port {port} is refused: 127.0.0.1:{port} cannot be served ({error.strerror or error}); "
+          "accepted: a free port, or 0 for any free one", file=sys.stderr)
+    return cli.EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the sim from the command line until the replay ends (or Ctrl-C); a bad flag, file or port is one
+    line on stderr with exit code 2, before anything is served."""
+    args = build_parser().parse_args(argv)
     try:
+        if args.port:  # a port in use is refused before the candles load (and again if taken meanwhile)
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+                probe.bind(("127.0.0.1", args.port))
+    except OSError as exc:
+        return port_refused(args.port, exc)
+    try:
+        if args.lockstep and args.speed is not None:
+            raise ValueError(f"--lockstep and --speed {args.speed:g} are refused together; accepted: one of them "
+                             "(lockstep is the default)")
+        config.check_param("symbol", args.symbol, "--symbol")
+        instrument = config.instrument_for(args.symbol, args.tick, args.qty_step)
         candles = load_source(args.replay, args.symbol, args.timeframe, start=args.start, end=args.end)
         behaviour = Behaviour.delivery(args.fills, partial_rate=args.partial_rate, mark_offset=args.mark_offset,
                                        kline_page=args.kline_page)
         sim = SimExchange(candles, args.symbol, args.timeframe, args.history_bars, args.balance,
                           lockstep=args.speed is None, speed=args.speed,
                           faults=FaultConfig(rate=args.faults, ws_drop_every=args.ws_drop_every), seed=args.seed,
-                          api_key=args.api_key, api_secret=args.api_secret, port=args.port, behaviour=behaviour)
+                          api_key=args.api_key, api_secret=args.api_secret, port=args.port, behaviour=behaviour,
+                          instrument=instrument)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with sim:
+        return cli.EXIT_USAGE
+    try:
+        sim.__enter__()
+    except OSError as exc:
+        return port_refused(args.port, exc)
+    try:
         print(f"bybit_sim serving {args.symbol} {args.timeframe} on {sim.rest_url} "
               f"({'lockstep' if sim.lockstep else f'{args.speed} bars/s'}); Ctrl-C to stop", flush=True)
-        try:
-            while not sim.engine.finished:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        while not sim.engine.finished:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.__exit__(None, None, None)
     return 0
 
 

@@ -10,6 +10,7 @@ accepted, and exit code 2, instead of a traceback:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -48,10 +49,49 @@ except Exception as exc:  # any error while config.py runs comes from an edit of
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block) with exit code 2."""
+    """argparse whose errors are one line (no usage block) with exit code 2; a flag given an empty value
+    (``--symbols ""``, ``--out=``) is refused, never taken for the flag's default."""
 
     def error(self, message: str) -> NoReturn:
         fail(f"{self.prog}: {message} (--help lists the flags)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.option_strings and getattr(namespace, action.dest, None) == "":
+                self.error(f"argument {'/'.join(action.option_strings)}: '' is refused; accepted: a non-empty value")
+        return namespace, extras
+
+
+FOLDER_ACCEPTED = "a folder, or a path where one can be made, that this user can write"
+
+
+def writable_folder(path: str | Path, flag: str) -> Path:
+    """``path`` when the run can write its files there: a writable folder, or a path whose nearest existing
+    parent is one (nothing is made here); else a UsageError naming it, why, and what is accepted.
+
+    Called before any work, so that a file in the path or a folder without write permission ends in one
+    line at the start rather than in a traceback when the results are written.
+    """
+    path = Path(path)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{existing} exists and is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} cannot be written here (its permissions, or a read-only file system)"
+    else:
+        return path
+    raise UsageError(f"{flag} {path} is refused: {why}; accepted: {FOLDER_ACCEPTED}")
+
+
+def check_yes(mainnet: bool, yes: bool) -> None:
+    """--yes skips the typed confirmation of mainnet only: without --mainnet it is refused, since a user who
+    gives it expects some confirmation to matter (and may believe real money is traded)."""
+    if yes and not mainnet:
+        raise UsageError("--yes is refused without --mainnet: it only skips the typed confirmation of mainnet "
+                         "(testnet, demo and paper runs ask for none); accepted: --mainnet --yes, or neither")
 
 
 def bounded(bound: Any) -> Any:

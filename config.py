@@ -375,8 +375,8 @@ def instrument_for(symbol: str, tick: float | None = None, qty_step: float | Non
     for flag, name, value in (("--tick", "tick_size", tick), ("--qty-step", "qty_step", qty_step)):
         if value is None:
             continue
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag} must be a positive number, got {value!r}")
+        if not FLAG_BOUNDS[flag].accepts(value):
+            raise ConfigError(f"{flag} {value!r} is refused; accepted: {FLAG_BOUNDS[flag].describe()}")
         spec[name] = float(value)
     if qty_step is not None:
         spec["min_qty"] = max(spec.get("min_qty", 0.0), spec["qty_step"])
@@ -427,20 +427,6 @@ def param_grid(key: str) -> dict[str, Any]:
 def param_specs(mode: str) -> dict[str, ParamSpec]:
     """Every parameter a params dict of strategy ``mode`` holds: the common ones and the strategy's own."""
     return {**PARAM_SPECS, **_strategies().get(mode, "param_specs").params}
-
-
-_OLD_LIBRARY_NAMES = {"FIXED_PARAMS_LONG": ("LONG", "FIXED_PARAMS"), "FIXED_PARAMS_SHORT": ("SHORT", "FIXED_PARAMS"),
-                      "FIXED_PARAMS_SCALP": ("SCALP", "FIXED_PARAMS"), "PARAM_GRID_LONG": ("LONG", "PARAM_GRID"),
-                      "PARAM_GRID_SHORT": ("SHORT", "PARAM_GRID"), "PARAM_GRID_SCALP": ("SCALP", "PARAM_GRID")}
-
-
-def __getattr__(name: str) -> Any:
-    """The library's former names (``config.PARAM_GRID_LONG`` ...): now read from the strategy files."""
-    if name in _OLD_LIBRARY_NAMES:
-        key, attribute = _OLD_LIBRARY_NAMES[name]
-        strat = strategy(key)
-        return dict(strat.param_grid) if attribute == "PARAM_GRID" else strat.fixed_params()
-    raise AttributeError(f"module 'config' has no attribute '{name}'")
 
 
 def _validate_library() -> None:
@@ -607,6 +593,16 @@ _SEARCH_BOUNDS = {
     "HOLDOUT_FRACTION": Bound(0, 0.5), "HOLDOUT_RANDOM_PASSING": Bound(1, 10**6, whole=True),
     "HOLDOUT_RANDOM_DRAWS": Bound(1, 10**8, whole=True),
     "MAX_PBO": Bound(0, 1), "MIN_DSR": Bound(0, 1, high_open=True), "PBO_BLOCKS": Bound(2, 20, whole=True),
+}
+
+# What the command lines' number flags accept: the bound of the setting each stands in for, checked as the flag
+# is parsed (cli.bounded), before any work
+FLAG_BOUNDS = {
+    "--trials": _OPTUNA_BOUNDS["n_trials"], "--jobs": _OPTUNA_BOUNDS["n_jobs"], "--seed": _OPTUNA_BOUNDS["seed"],
+    "--folds": _SEARCH_BOUNDS["WF_FOLDS"], "--fold-trials": _SEARCH_BOUNDS["WF_FOLD_TRIALS"],
+    "--baseline-draws": _SEARCH_BOUNDS["HOLDOUT_RANDOM_DRAWS"], "--worker-id": Bound(0, 10**6, whole=True),
+    "--days": _MONEY_BOUNDS["DATA_DAYS_DEPTH"], "--tick": _INSTRUMENT_BOUNDS["tick_size"],
+    "--qty-step": _INSTRUMENT_BOUNDS["qty_step"], "--history-bars": Bound(1, 10**7, whole=True),
 }
 
 

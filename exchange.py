@@ -313,10 +313,6 @@ class Bybit:
         return Wallet(equity=_number(coin.get("equity")), wallet_balance=_number(coin.get("walletBalance")),
                       available=free, unrealised=_number(coin.get("unrealisedPnl")))
 
-    def wallet_equity(self) -> float:
-        """The USDT equity of the UNIFIED account (wallet balance plus unrealised PnL)."""
-        return self.wallet().equity
-
     def positions(self) -> list[PositionInfo]:
         """Every slot of the symbol, open or not (docs: v5/position/position.mdx: a symbol returns all)."""
         rows = self._pages("positions", self.http.get_positions, category="linear", symbol=self.symbol, limit=200)

@@ -10,7 +10,6 @@ The dataset and its indicators are loaded once; a run is the walk-forward valida
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import shlex
 import sys
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import cli  # noqa: F401  (first: a bad config.py ends here in one line, exit 2)
+import cli  # first: a bad config.py ends here in one line, exit 2
 import backtester
 import config
 import gates
@@ -406,7 +405,7 @@ def run_prompt(session: Session, pt_input: Any = None, pt_output: Any = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Open the console on the chosen strategy and data."""
-    parser = argparse.ArgumentParser(description="GrTr's console for tuning a strategy by hand.")
+    parser = cli.Parser(prog="interactive_tester.py", description="GrTr's console for tuning a strategy by hand.")
     parser.add_argument("--strategy", default=config.ACTIVE_STRATEGY_KEY,
                         help="library key, strategy NAME or strategy file (default: %(default)s)")
     parser.add_argument("--strategy-path", action="append", default=[], metavar="DIR",
@@ -415,12 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbol", default=config.SYMBOLS[0], help="instrument (default: %(default)s)")
     parser.add_argument("--timeframe", default=None, help="bar length (default: the strategy's)")
     parser.add_argument("--params", default=None, help="JSON params file to start from")
-    parser.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    parser.add_argument("--folds", type=cli.bounded(config.FLAG_BOUNDS["--folds"]), default=config.WF_FOLDS,
+                        help="walk-forward folds (default: %(default)s)")
     parser.add_argument("--out", default=str(config.RESULTS_DIR / "tester"), help="where plot writes its files")
     parser.add_argument("--prod-dir", default=str(config.BASE_DIR), help="where save writes prod_config_*.py")
     args = parser.parse_args(argv)
     console = Console(width=120) if not sys.stdout.isatty() else Console()
     try:
+        out, prod_dir = cli.writable_folder(args.out, "--out"), cli.writable_folder(args.prod_dir, "--prod-dir")
         for path in args.strategy_path:
             strategy_loader.add_path(path)
         params = config.fixed_params(args.strategy)
@@ -428,15 +429,15 @@ def main(argv: list[str] | None = None) -> int:
             params = config.load_params_file(args.params, base=params)
         if args.timeframe:
             params = config.validate_params({"timeframe": args.timeframe}, "--timeframe", base=params)
-        params["symbol"] = args.symbol
+        params["symbol"] = config.check_param("symbol", args.symbol, "--symbol")
         candles = load_candles(args.source, args.symbol, params["timeframe"])
         data = backtester.MarketData(candles, args.symbol, params["timeframe"])
         walkforward.fold_ranges(len(data), args.folds, config.WF_TRAIN_RATIO, walkforward.lookback_bars(params))
-    except (config.ConfigError, DataError) as exc:
+    except (config.ConfigError, DataError, cli.UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return cli.EXIT_USAGE
     progress.announce_compiles()
-    session = Session(data, params, args.folds, Path(args.out), Path(args.prod_dir), console, args.strategy)
+    session = Session(data, params, args.folds, out, prod_dir, console, args.strategy)
     if sys.stdin.isatty():
         console.print(f"{args.strategy} on {args.symbol} {params['timeframe']} ({len(data):,} bars). Type help.")
         run_prompt(session)

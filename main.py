@@ -19,20 +19,23 @@ import pandas as pd
 import cli  # first: a bad config.py ends here in one line, exit 2
 import config
 import progress
+from cli import UsageError
 from data_fetcher import TIMEFRAMES, DataError, load_candles
 
-EXIT_USAGE = 2
+EXIT_USAGE = cli.EXIT_USAGE
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    """A user error reported as one line with exit code 2."""
+def count_flag(flag: str) -> Any:
+    """The argparse type of a number flag: refused in one line, exit 2, outside config.FLAG_BOUNDS[flag]."""
+    return cli.bounded(config.FLAG_BOUNDS[flag])
 
 
-def default_out_dir(kind: str) -> Path:
-    """results/<kind>-<UTC timestamp>/ so that runs never overwrite each other."""
+def out_folder(args: argparse.Namespace, kind: str) -> Path:
+    """--out, or results/<kind>-<UTC timestamp>/ so that runs never overwrite each other; refused before any
+    work when the run could not write there (cli.writable_folder)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return config.RESULTS_DIR / f"{kind}-{stamp}"
+    return cli.writable_folder(args.out or config.RESULTS_DIR / f"{kind}-{stamp}", "--out")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -49,12 +52,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                         help="bar length (default: the strategy's timeframe param)")
     parser.add_argument("--start", default=None, help="first day to use, e.g. 2019-01-01 (UTC, inclusive)")
     parser.add_argument("--end", default=None, help="last day to use, e.g. 2019-06-30 (UTC, inclusive)")
-    parser.add_argument("--days", type=int, default=None,
+    parser.add_argument("--days", type=count_flag("--days"), default=None,
                         help="use only the last N days of the data (bybit: download depth)")
-    parser.add_argument("--tick", type=float, default=None,
+    parser.add_argument("--tick", type=count_flag("--tick"), default=None,
                         help="price tick of the instrument (needed for a symbol without cached Bybit info or a "
                              "config.INSTRUMENTS entry, e.g. a CSV source); overrides both")
-    parser.add_argument("--qty-step", type=float, default=None,
+    parser.add_argument("--qty-step", type=count_flag("--qty-step"), default=None,
                         help="quantity step of the instrument (also its minimum quantity); see --tick")
 
 
@@ -112,8 +115,10 @@ def symbols_of(args: argparse.Namespace) -> list[str]:
     if getattr(args, "symbol", None) and getattr(args, "symbols", None):
         raise UsageError("give --symbol or --symbols, not both")
     if getattr(args, "symbol", None):
-        return [args.symbol]
+        return [config.check_param("symbol", args.symbol, "--symbol")]
     symbols = parse_symbols(args.symbols) if getattr(args, "symbols", None) else list(config.SYMBOLS)
+    for symbol in symbols:
+        config.check_param("symbol", symbol, f"--symbols {args.symbols}" if args.symbols else "config.SYMBOLS")
     if len(symbols) > 1 and args.source.startswith("csv:") and "{symbol}" not in args.source:
         raise UsageError(f"--source {args.source} is one file for {len(symbols)} symbols; put {{symbol}} in the path "
                          "(csv:data/{symbol}_1h.csv) or give one --symbol")
@@ -144,8 +149,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     import multirun
 
     symbols = symbols_of(args)
-    out = Path(args.out) if args.out else default_out_dir("backtest")
-    check_counts(args)
+    out = out_folder(args, "backtest")
     if len(symbols) == 1:
         backtest_symbol(args, symbols[0], out)
         return 0
@@ -157,27 +161,12 @@ def run_spec(args: argparse.Namespace, kind: str) -> Any:
     from pipeline import RunSpec
 
     config.strategy(args.strategy)  # an unknown strategy stops here, before any work
+    prod_dir = getattr(args, "prod_dir", None)
     return RunSpec(strategy=args.strategy, source=args.source, symbol=symbols_of(args)[0],
-                   out=Path(args.out) if args.out else default_out_dir(kind), start=args.start, end=args.end,
+                   out=out_folder(args, kind), start=args.start, end=args.end,
                    params_file=getattr(args, "params", None), timeframe=args.timeframe,
                    tick=args.tick, qty_step=args.qty_step,
-                   prod_dir=Path(args.prod_dir) if getattr(args, "prod_dir", None) else None)
-
-
-def check_counts(args: argparse.Namespace) -> None:
-    """--trials, --jobs, --fold-trials, --worker-id and --folds in range (checked before any work starts)."""
-    if getattr(args, "trials", 1) < 1:
-        raise UsageError(f"--trials must be at least 1, got {args.trials}")
-    if getattr(args, "jobs", 1) < 1:
-        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-    for flag in ("fold_trials", "baseline_draws"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if getattr(args, "worker_id", 0) < 0:
-        raise UsageError(f"--worker-id must be 0 or more, got {args.worker_id}")
-    if getattr(args, "folds", 2) < 2:
-        raise UsageError(f"--folds must be at least 2, got {args.folds}")
+                   prod_dir=cli.writable_folder(prod_dir, "--prod-dir") if prod_dir else None)
 
 
 def search_settings(args: argparse.Namespace) -> Any:
@@ -202,7 +191,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     import multirun
     import pipeline
 
-    check_counts(args)
     symbols = symbols_of(args)
     if len(symbols) > 1:
         return multirun.optimize(run_spec(args, "optimize"), symbols, run_settings(args))
@@ -216,7 +204,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import multirun
     import pipeline
 
-    check_counts(args)
     symbols = symbols_of(args)
     if len(symbols) > 1:  # --jobs: symbols in parallel (each fold search then runs in its symbol's process)
         return multirun.validate(run_spec(args, "validate"), symbols, args.folds, args.jobs,
@@ -232,7 +219,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     import multirun
     import pipeline
 
-    check_counts(args)
     symbols = symbols_of(args)
     if len(symbols) > 1:
         return multirun.pipeline_run(run_spec(args, "pipeline"), symbols, run_settings(args))
@@ -243,30 +229,31 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def add_sampler_args(parser: argparse.ArgumentParser, jobs_help: str) -> None:
     """Flags every search shares: worker processes, seed, sampler, the re-optimizing walk-forward's budget."""
-    parser.add_argument("--jobs", type=int, default=config.OPTUNA_SETTINGS["n_jobs"],
+    parser.add_argument("--jobs", type=count_flag("--jobs"), default=config.OPTUNA_SETTINGS["n_jobs"],
                         help=f"worker processes: {jobs_help} (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=config.OPTUNA_SETTINGS["seed"],
+    parser.add_argument("--seed", type=count_flag("--seed"), default=config.OPTUNA_SETTINGS["seed"],
                         help="study seed; each worker derives its sampler seed from it and its worker id "
                              "(default: %(default)s)")
     parser.add_argument("--sampler", default=None, choices=list(config.SAMPLER_CHOICES),
                         help=f"sampler (default: config's {config.OPTUNA_SETTINGS['sampler']})")
-    parser.add_argument("--fold-trials", type=int, default=None,
+    parser.add_argument("--fold-trials", type=count_flag("--fold-trials"), default=None,
                         help=f"re-optimizing walk-forward: trials of each fold's search (default: "
                              f"{config.WF_FOLD_TRIALS})")
 
 
 def add_jobs_arg(parser: argparse.ArgumentParser) -> None:
     """--jobs of a command that runs symbols in worker processes."""
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=count_flag("--jobs"), default=1,
                         help="with several symbols: worker processes running them in parallel (default: %(default)s)")
 
 
 def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
     """Flags of a search: trial count, workers, folds, seed, storage, export, walk-forward."""
-    parser.add_argument("--trials", type=int, default=trials, help="trials to run (default: %(default)s)")
+    parser.add_argument("--trials", type=count_flag("--trials"), default=trials,
+                        help="trials to run (default: %(default)s)")
     add_sampler_args(parser, "the search's processes on one study (with several symbols: of the one search "
                              "for all of them, or of each symbol's search in turn with --search-symbols each)")
-    parser.add_argument("--worker-id", type=int, default=0,
+    parser.add_argument("--worker-id", type=count_flag("--worker-id"), default=0,
                         help="this machine's worker id on a shared study: give each machine its own (0, 1, ...) "
                              "so that no two draw the same trials (default: %(default)s)")
     parser.add_argument("--storage", default=None,
@@ -278,7 +265,7 @@ def add_search_args(parser: argparse.ArgumentParser, trials: int) -> None:
     parser.add_argument("--prod-dir", default=None,
                         help="folder of the exported prod_config_*.py (default: the repository root; with several "
                              "symbols each exports into its own folder: <out>/<SYMBOL>/, or <prod-dir>/<SYMBOL>/)")
-    parser.add_argument("--baseline-draws", type=int, default=None,
+    parser.add_argument("--baseline-draws", type=count_flag("--baseline-draws"), default=None,
                         help=f"random params sets drawn, at most, to rank the pick's hold-out Sharpe (default: "
                              f"{config.HOLDOUT_RANDOM_DRAWS})")
     parser.add_argument("--no-reoptimize", action="store_true",
@@ -341,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "later calls fetch only what is missing")
     dl.add_argument("--symbol", default=None, help="instrument, e.g. SOLUSDT (default: first of config.SYMBOLS)")
     dl.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length (default: %(default)s)")
-    dl.add_argument("--days", type=int, default=config.DATA_DAYS_DEPTH, help="depth in days (default: %(default)s)")
+    dl.add_argument("--days", type=count_flag("--days"), default=config.DATA_DAYS_DEPTH,
+                    help="depth in days (default: %(default)s)")
     dl.add_argument("--start", default=None, help="first day instead of --days (UTC)")
     dl.add_argument("--end", default=None, help="last day (UTC, default: now)")
     dl.set_defaults(func=cmd_download)
@@ -356,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--timeframe", default="1h", choices=list(TIMEFRAMES), help="bar length (default: %(default)s)")
     ex.add_argument("--start", default=None, help="first day (UTC, inclusive)")
     ex.add_argument("--end", default=None, help="last day (UTC, inclusive)")
-    ex.add_argument("--days", type=int, default=None, help="only the last N days (bybit: download depth)")
+    ex.add_argument("--days", type=count_flag("--days"), default=None,
+                    help="only the last N days (bybit: download depth)")
     ex.add_argument("--out", default=None, help="the file to write: FILE.csv or FILE.parquet (columns time, open, "
                                                 "high, low, close, volume; time ISO 8601 UTC)")
     ex.set_defaults(func=cmd_export_candles)
@@ -367,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_args(opt)
     add_data_args(opt)
     add_search_args(opt, config.OPTUNA_SETTINGS["n_trials"])
-    opt.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    opt.add_argument("--folds", type=count_flag("--folds"), default=config.WF_FOLDS,
+                     help="walk-forward folds (default: %(default)s)")
     opt.add_argument("--study-name", default=None,
                      help="name of the persistent study; run again with the same name to resume it")
     opt.add_argument("--out", default=None, help="output folder (default: results/optimize-<timestamp>/)")
@@ -376,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="walk-forward validation of a params set (e.g. best_params.json)")
     add_strategy_args(val)
     add_data_args(val)
-    val.add_argument("--folds", type=int, default=config.WF_FOLDS, help="walk-forward folds (default: %(default)s)")
+    val.add_argument("--folds", type=count_flag("--folds"), default=config.WF_FOLDS,
+                     help="walk-forward folds (default: %(default)s)")
     val.add_argument("--reoptimize", action="store_true",
                      help="also run the re-optimizing walk-forward: a search of the strategy's grid on each "
                           "fold's train window, its winner tested on the next window")
@@ -388,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_args(parser)
     add_data_args(parser)
     add_search_args(parser, config.DEFAULT_PIPELINE_TRIALS)
-    parser.add_argument("--folds", type=int, default=config.WF_FOLDS,
+    parser.add_argument("--folds", type=count_flag("--folds"), default=config.WF_FOLDS,
                         help="walk-forward folds (default: %(default)s)")
     parser.add_argument("--out", default=None, help="output folder (default: results/pipeline-<timestamp>/)")
     parser.set_defaults(func=cmd_pipeline)

@@ -92,13 +92,6 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
     for side in wanted:
         if args.params:
             params = config.load_params_file(args.params, base=config.fixed_params(side.upper()))  # its mode wins
-            strategy = strategy_loader.get(params["mode"])
-            if strategy.side != side:
-                if args.side == "both":
-                    continue
-                hint = f"run it with --side {strategy.side}" if strategy.side != "both" else \
-                    "a strategy that trades both ways runs in backtests only"
-                raise UsageError(f"{args.params} holds the {strategy.side} strategy {params['mode']}; {hint}")
         else:
             params = load_prod_params(side)
             if params is None:
@@ -106,6 +99,18 @@ def side_configs(args: argparse.Namespace) -> list[SideConfig]:
                     continue
                 raise UsageError(f"no prod_config_{side}.py: run `python main.py` (it exports strategies that pass) "
                                  "or give --params FILE")
+        source = args.params or f"prod_config_{side}.py"
+        trades = strategy_loader.get(params["mode"]).side
+        if trades == "both":
+            raise UsageError(f"{source} holds {params['mode']}, a strategy that trades both ways (SIDE = \"both\"): "
+                             "it runs in backtests only; accepted: a params file of a long or a short strategy (SIDE "
+                             "= \"long\" or \"short\")")
+        if trades != side:
+            if args.params and args.side == "both":
+                continue  # the params file runs on its own side
+            raise UsageError(f"{source} holds the {trades} strategy {params['mode']}; " +
+                             (f"run it with --side {trades}" if args.params else
+                              f"accepted: a {side} strategy (SIDE = \"{side}\"), as main.py exports it"))
         if args.symbol:
             params["symbol"] = config.check_param("symbol", args.symbol, "--symbol")
         if args.timeframe:
@@ -133,6 +138,7 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
     """
     from bybit_sim import SimExchange
 
+    out = cli.writable_folder(args.out or args.dir or "results/paper", "--out" if args.out or not args.dir else "--dir")
     timeframe = configs[0].params["timeframe"]
     symbol = configs[0].params["symbol"]
     candles = load_source(args.replay, symbol, timeframe, start=args.start, end=args.end)
@@ -140,7 +146,6 @@ def run_paper(args: argparse.Namespace, configs: list[SideConfig], behaviour: An
     if not 0 < history < len(candles):
         raise UsageError(f"--history-bars {history} is refused; accepted: 1 to {len(candles) - 1} "
                          f"(the file has {len(candles)} {timeframe} bars)")
-    out = Path(args.out or args.dir or "results/paper")
     instrument = config.instrument_for(symbol, args.tick, args.qty_step)
     with holding(out, symbol):  # the paper exchange is private to this process: only the folder is locked
         if (out / "state.sqlite").exists():
@@ -385,10 +390,9 @@ def holding(workdir: Path, symbol: str, account: str | None = None) -> Iterator[
     """The folder (and the account-and-symbol) lock for the run inside; an error inside it is written to
     logs/trader.log and events.jsonl (a ``fatal`` event) and raised again as Fatal.
 
-    A refused lock (another trader holds it) raises LockHeld and writes nothing: the folder is not ours.
+    A refused lock (another trader holds it) raises LockHeld and writes nothing: the folder is not ours. The
+    callers have checked ``workdir`` (cli.writable_folder).
     """
-    if workdir.exists() and not workdir.is_dir():
-        raise UsageError(f"{workdir} is a file; the trader's working folder must be a folder")
     lock = trader_lock.TraderLock(workdir, account, symbol)
     warnings = lock.acquire()
     try:
@@ -474,7 +478,7 @@ def run_live(args: argparse.Namespace, configs: list[SideConfig]) -> int:
     api_key = os.environ.get("BYBIT_API_KEY", "")
     if not api_key or not os.environ.get("BYBIT_API_SECRET"):
         raise UsageError("BYBIT_API_KEY and BYBIT_API_SECRET must be set (environment or .env)")
-    workdir = Path(args.dir or ".")
+    workdir = cli.writable_folder(args.dir or ".", "--dir")
     symbol, timeframe = configs[0].params["symbol"], configs[0].params["timeframe"]
     session = make_http(env=env, timeout=args.http_timeout)
     with holding(workdir, symbol, trader_lock.account_tag(session.endpoint, api_key, symbol)) as lock:
@@ -578,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="log the orders it would send without sending them")
     parser.add_argument("--mainnet", action="store_true", help="trade real money on Bybit mainnet")
     parser.add_argument("--yes", action="store_true",
-                        help=f"with --mainnet: no typed confirmation; needs {MAINNET_CONFIRM_VARIABLE}=<the account's "
-                             "UID> in the environment, checked against the account")
+                        help=f"only with --mainnet: no typed confirmation; needs {MAINNET_CONFIRM_VARIABLE}=<the "
+                             "account's UID> in the environment, checked against the account")
     parser.add_argument("--fresh-state", action="store_true",
                         help="start from a new state: the old state.sqlite is moved aside (never deleted); needed "
                              "when it is empty, unreadable or damaged")
@@ -590,16 +594,17 @@ def build_parser() -> argparse.ArgumentParser:
                              "Bybit), csv:PATH")
     parser.add_argument("--start", default=None, help="with --paper: first day of the replay (UTC, inclusive)")
     parser.add_argument("--end", default=None, help="with --paper: last day of the replay (UTC, inclusive)")
-    parser.add_argument("--history-bars", type=cli.bounded(config.Bound(1, 10**7, whole=True)), default=None,
+    parser.add_argument("--history-bars", type=cli.bounded(config.FLAG_BOUNDS["--history-bars"]), default=None,
                         help="bars of the file served as history in --paper (default: min(2000, a third))")
     parser.add_argument("--out", default=None, help="output folder of --paper (trader files and results)")
     parser.add_argument("--compare", action="store_true",
                         help="with --paper: compare the trades with the backtest of the same file, trade by trade; "
                              "a difference prints the first differing trade, its bar and both sides' state")
-    parser.add_argument("--tick", type=float, default=None,
+    parser.add_argument("--tick", type=cli.bounded(config.FLAG_BOUNDS["--tick"]), default=None,
                         help="with --paper: the instrument's price tick (a symbol without cached Bybit info or a "
                              "config.INSTRUMENTS entry)")
-    parser.add_argument("--qty-step", type=float, default=None, help="with --paper: the instrument's quantity step")
+    parser.add_argument("--qty-step", type=cli.bounded(config.FLAG_BOUNDS["--qty-step"]), default=None,
+                        help="with --paper: the instrument's quantity step")
     parser.add_argument("--export-trades", default=None, help="write the database's trades to this CSV and exit")
     parser.add_argument("--max-capital", type=cli.bounded(config.MAX_CAPITAL_BOUND), default=config.MAX_CAPITAL,
                         metavar="USDT", help="trade at most this much of the wallet (sizes follow the wallet's equity "
@@ -619,14 +624,19 @@ def check_combination(args: argparse.Namespace) -> None:
     """Flags that make no sense together are refused, not ignored."""
     paper_only = [flag for flag, value in (("--replay", args.replay), ("--history-bars", args.history_bars),
                                            ("--out", args.out), ("--compare", args.compare), ("--start", args.start),
-                                           ("--end", args.end)) if value]
+                                           ("--end", args.end), ("--tick", args.tick), ("--qty-step", args.qty_step))
+                  if value]
+    live_only = [flag for flag, value in (("--mainnet", args.mainnet), ("--fresh-state", args.fresh_state),
+                                          ("--check", args.check), ("--dry-run", args.dry_run),
+                                          ("--close-on-exit", args.close_on_exit)) if value]
+    cli.check_yes(args.mainnet, args.yes)
     if args.paper and not args.replay:
         raise UsageError("--paper needs --replay FILE (or sample, bybit, csv:PATH)")
     if paper_only and not args.paper:
         raise UsageError(f"{', '.join(paper_only)} only work with --paper")
-    if args.paper and (args.mainnet or args.fresh_state):
-        raise UsageError("--paper replays on a private simulator in an empty --out: --mainnet and --fresh-state "
-                         "do not apply")
+    if args.paper and live_only:
+        raise UsageError(f"--paper replays on a private simulator in an empty --out: {' and '.join(live_only)} "
+                         f"{'does' if len(live_only) == 1 else 'do'} not apply")
     if args.paper and args.max_capital is not None:
         raise UsageError("--max-capital does not apply to --paper: a paper replay trades config.CAPITAL per side, "
                          "as the backtest does")

@@ -92,7 +92,17 @@ def open_storage(url: str | None) -> BaseStorage:
     except config.ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - any driver error: name the URL (redacted) and stop before work
-        raise config.ConfigError(f"cannot open study storage '{shown}': {redact(str(exc), url)}") from None
+        raise config.ConfigError(f"cannot open study storage '{shown}': {driver_line(exc, url)}; accepted: "
+                                 f"{ACCEPTED_STORAGE}, on a file this user can write or a server that answers"
+                                 ) from None
+
+
+def driver_line(error: BaseException, url: str | None) -> str:
+    """A driver's error in one line, its password redacted: SQLAlchemy's "(Background on this error at: ...)"
+    line left out, the other lines (psycopg's hints) joined."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("(Background on this error at:")]
+    return redact(" ".join(lines) or type(error).__name__, url)
 
 
 def _open_rdb(url: str) -> RDBStorage:
@@ -179,7 +189,7 @@ class TrialWriter(threading.Thread):
                     len(self._pending) >= MAX_PENDING or time.monotonic() - self._pending[0][0] >= MAX_DELAY_S):
                 self._cond.wait(0.05)
             if self.error is not None:
-                raise StorageError(f"the study storage stopped accepting trials: {redact(str(self.error))}")
+                raise StorageError(f"the study storage stopped accepting trials: {driver_line(self.error, None)}")
             self._pending.append((time.monotonic(), trial))
             self._cond.notify_all()
 
@@ -219,7 +229,7 @@ class TrialWriter(threading.Thread):
         if self.error:
             lost = len(self._pending)
             raise StorageError(f"{lost} finished trial(s) could not be stored in the study storage: "
-                               f"{redact(str(self.error))}")
+                               f"{driver_line(self.error, None)}")
 
 
 def store_trials(storage: BaseStorage, study_id: int, trials: list[FrozenTrial]) -> list[FrozenTrial]:

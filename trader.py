@@ -177,6 +177,11 @@ class Trader(Bookkeeping, Reconciliation):
                  retry: RetryPolicy | None = None, fill_wait_seconds: float = FILL_WAIT_SECONDS,
                  keep_state_history: bool = False,
                  stop_rejections: int = config.STOP_REJECTIONS_TO_CLOSE) -> None:
+        for side in sides:  # so the core only ever opens a position on the side's own direction
+            trades = config.strategy(side.params["mode"]).side
+            if trades != side.side:
+                raise ValueError(f"the {side.side} side cannot run {side.params['mode']}, a strategy whose entries are "
+                                 f"{trades}; accepted: a {side.side} strategy (SIDE = \"{side.side}\")")
         self.retry = retry or RetryPolicy()
         self.http = http  # the pybit session (tests act on the exchange through it by hand)
         self.exchange = Bybit(http, symbol, self.retry)
@@ -451,8 +456,6 @@ class Trader(Bookkeeping, Reconciliation):
             logger.info("%s: the exchange no longer holds the position (a fill after the close of %s); its orders "
                         "wait for that fill to be booked", side.name, pd.Timestamp(bar_ts, unit="ms", tz="UTC"))
             return
-        if action == core.A_OPEN and (state[core.S_ORDER_DIR] > 0) != (side.name == "long"):
-            action = core.A_NONE  # a scalp signal for the other side; this side does not trade it
         own = {f"{side.name}-{bar_ts}-open" if action == core.A_OPEN else f"{side.name}-{bar_ts}-add"}
         if action in (core.A_OPEN, core.A_ADD):
             why = "decided on a bar missed during an outage" if not latest else \

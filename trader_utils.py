@@ -277,10 +277,13 @@ def api_retry_wrapper(call: Callable[[], Any], what: str, policy: RetryPolicy | 
                 wait = _rate_limit_wait(error, policy, attempt)
             elif isinstance(error, FailedRequestError) and error.status_code == 403:
                 wait = policy.ip_ban_seconds  # every request during the ban extends it: none until it lifts
-            logger.warning("%s failed (%s); retry %d/%d in %.2f s", what, reason, attempt + 1, policy.attempts - 1,
-                           wait)
             if attempt + 1 < policy.attempts:
+                logger.warning("%s failed (%s), attempt %d/%d; next in %.2f s", what, reason, attempt + 1,
+                               policy.attempts, wait)
                 policy.sleep(wait)
+            else:
+                logger.warning("%s failed (%s), attempt %d/%d; no attempt left", what, reason, attempt + 1,
+                               policy.attempts)
     raise ExchangeUnavailable(f"Bybit did not answer {what} after {policy.attempts} attempts (last: {reason})")
 
 

@@ -877,6 +877,7 @@ def restart_command(workdir: Path, trader_args: list[str], environ: Mapping[str,
         if any(a == flag or a.startswith(flag + "=") for a in args):
             raise cli.UsageError(f"{flag} cannot be a restarted trader's flag (the trader's folder is the "
                                  "watchdog's --dir)")
+    cli.check_yes("--mainnet" in args, "--yes" in args)
     if "--mainnet" in args:
         if "--yes" not in args:
             raise cli.UsageError("a restarted mainnet trader cannot be asked to type its confirmation: give "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import config
 import run_live
@@ -67,3 +71,13 @@ def start_trader(sim, monkeypatch, workdir, sides, timeout=10.0, retry=None, fil
         feed.close = close_both
         feed.fills = fills
     return trader, feed, feed.bars
+
+
+def mount_tmpfs(target: Path, options: str) -> bool:
+    """A tmpfs at ``target`` (root only: root writes through file modes, so a read-only or full folder needs a
+    real file system); False when it cannot be mounted here."""
+    target.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+    return mount.returncode == 0

@@ -153,8 +153,12 @@ def test_a_tick_too_coarse_for_the_price_is_refused_in_one_line(micro_coin_csv, 
 
 
 def test_tick_flags_are_checked(capsys):
-    assert main.main(["backtest", "--tick", "-1"]) == 2
-    assert "--tick must be a positive number, got -1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main.main(["backtest", "--tick", "-1"])
+    assert stopped.value.code == 2
+    assert "argument --tick: -1 is refused; accepted: a number in (0, 1000000]" in capsys.readouterr().err
+    with pytest.raises(config.ConfigError, match=r"--qty-step 0 is refused; accepted: a number in \(0, 1000000\]"):
+        config.instrument_for("BTCUSDT", qty_step=0)  # the same bound for callers of the library
 
 
 def test_a_trial_with_stops_finer_than_the_tick_is_a_constraint_not_a_crash():

@@ -314,6 +314,19 @@ def test_hedge_positions_walk_their_own_pessimistic_paths(env):
     assert not [f for f in fills if f["orderLinkId"] in ("a", "b")]
 
 
+def test_a_port_in_use_is_raised_at_once():
+    """It was a traceback in the server's thread and a 30 s wait for a start that could not come."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        sim = test_sim([FLAT] * 3, port=taken.getsockname()[1])
+        with pytest.raises(OSError, match="address already in use"):
+            sim.__enter__()
+    assert not sim._thread.is_alive()
+
+
 def test_lockstep_ack_and_funding_at_the_open(env):
     bars = [FLAT] * 10
     costs = {**COSTS, "funding_rate": 0.0001}

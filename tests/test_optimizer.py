@@ -252,17 +252,35 @@ def test_samplers(datasets, tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
-    (["optimize", "--trials", "0"], "--trials must be at least 1"),
-    (["optimize", "--baseline-draws", "0"], "--baseline-draws must be at least 1"),
-    (["optimize", "--worker-id", "-1"], "--worker-id must be 0 or more"),
-    (["validate", "--fold-trials", "0"], "--fold-trials must be at least 1"),
+    (["optimize", "--trials", "0"], "argument --trials: 0 is refused; accepted: a whole number in [1, 100000000]"),
+    (["optimize", "--baseline-draws", "0"], "argument --baseline-draws: 0 is refused; accepted: a whole number in "
+                                            "[1, 100000000]"),
+    (["optimize", "--worker-id", "-1"], "argument --worker-id: -1 is refused; accepted: a whole number in [0, "
+                                        "1000000]"),
+    (["validate", "--fold-trials", "0"], "argument --fold-trials: 0 is refused; accepted: a whole number in [1, "
+                                         "1000000]"),
     (["optimize", "--storage", "results/x.db"], "is not a storage URL; accepted: journal:PATH"),
     (["optimize", "--strategy", "NOPE"], "unknown strategy 'NOPE'"),
     (["validate", "--folds", "9", "--start", "2019-09-01"], "too few for 9 folds"),
 ])
 def test_optimize_and_validate_errors(argv, fragment, capsys, tmp_path):
-    assert main.main([*argv, "--out", str(tmp_path)]) == 2
-    assert fragment in capsys.readouterr().err
+    try:
+        code = main.main([*argv, "--out", str(tmp_path)])
+    except SystemExit as stopped:  # a flag out of range: refused as it is parsed
+        code = stopped.code
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and err.count("error: ") == 1, err
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    url = f"sqlite:///{blocker}/studies.db"  # SQLAlchemy adds a "(Background on this error at: ...)" line
+    assert main.main(["optimize", "--trials", "2", "--storage", url, "--out", str(tmp_path / "o")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the sample's own note on its gaps
+    assert last == f"error: cannot open study storage '{url}': (sqlite3.OperationalError) unable to open database " \
+                   f"file; accepted: {study_store.ACCEPTED_STORAGE}, on a file this user can write or a server that " \
+                   "answers"
 
 
 def test_export_writes_importable_config_and_keeps_backup(tmp_path):

@@ -29,8 +29,8 @@ SEGMENTS = [("walk", 330, 811), ("flat", 25, 812), ("trend_up", 260, 813), ("gap
 QUICK = {"macro_ema_period": 60, "regime_filter_period": 20, "rsi_period": 14, "partial_take_profit": True,
          "position_scaling": True, "cooldown_period_candles": 2, "timeframe": "1h", "symbol": "XRPUSDT"}
 SIDES = {
-    "long": {**config.FIXED_PARAMS_LONG, **QUICK, "grid_upper_rsi": 80},
-    "short": {**config.FIXED_PARAMS_SHORT, **QUICK, "adx_period": 0, "grid_lower_rsi": 20,
+    "long": {**config.fixed_params("LONG"), **QUICK, "grid_upper_rsi": 80},
+    "short": {**config.fixed_params("SHORT"), **QUICK, "adx_period": 0, "grid_lower_rsi": 20,
               "profit_lock_trigger_pct": 0.04, "profit_lock_target_pct": 0.02},
 }
 

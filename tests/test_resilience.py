@@ -89,14 +89,21 @@ def test_business_errors_are_raised_at_once(candles, monkeypatch):
         assert sim.stats()["requests"]["order/create"] == 1 and sleeps == []
 
 
-def test_spent_retries_raise_exchange_unavailable(candles, monkeypatch):
+def test_spent_retries_raise_exchange_unavailable(candles, monkeypatch, caplog):
     with SimExchange(candles, "BTCUSDT", "1h", history_bars=HISTORY,
                      faults=FaultConfig(rate=1.0, kinds=("http_502",))) as sim:
         session = session_for(sim, monkeypatch)
         policy, sleeps = recording_policy(attempts=3)
-        with pytest.raises(ExchangeUnavailable, match="after 3 attempts.*HTTP 502"):
+        with caplog.at_level("WARNING", "grtr.api"), \
+                pytest.raises(ExchangeUnavailable, match="after 3 attempts.*HTTP 502"):
             api_retry_wrapper(lambda: session.get_positions(category="linear", symbol="BTCUSDT"), "positions", policy)
         assert sim.stats()["requests"]["position/list"] == 3 and len(sleeps) == 2
+    # each attempt counted out of the 3 made (it said "retry 3/2" of the last one), the last one waits for nothing
+    lines = [r.getMessage() for r in caplog.records if r.name == "grtr.api"]
+    assert [line.split("), ", 1)[1] for line in lines] == [f"attempt 1/3; next in {sleeps[0]:.2f} s",
+                                                           f"attempt 2/3; next in {sleeps[1]:.2f} s",
+                                                           "attempt 3/3; no attempt left"]
+    assert all(line.startswith("positions failed (HTTP 502") for line in lines), lines
 
 
 def test_a_clock_behind_the_exchange_is_resynced_on_10002(candles, monkeypatch):

@@ -25,7 +25,7 @@ from fake_telegram import FakeTelegram
 import run_live
 from bybit_sim import SimExchange
 from data_fetcher import load_sample
-from live_helpers import HISTORY, events, params_file
+from live_helpers import HISTORY, events, mount_tmpfs, params_file
 from telegram_outbox import event_alert
 from trader_store import Store
 from watchdog import Settings, Watchdog
@@ -301,18 +301,9 @@ def test_a_damaged_state_is_refused_until_fresh_state_moves_it_aside(env, params
     assert Store(folder / "state.sqlite").get("last_bar_ts") is not None  # a new state
 
 
-def _mount_tmpfs(target: Path, options: str) -> bool:
-    """A tmpfs at ``target`` (root only); False when it cannot be mounted here."""
-    target.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
-    return mount.returncode == 0
-
-
 def test_a_read_only_folder_is_one_line(env, params, tmp_path):
     folder = tmp_path / "ro"
-    mounted = _mount_tmpfs(folder, "size=64k,ro")  # root writes through file modes: a read-only mount
+    mounted = mount_tmpfs(folder, "size=64k,ro")  # root writes through file modes: a read-only mount
     if not mounted:
         folder.chmod(0o555)
     try:
@@ -321,7 +312,9 @@ def test_a_read_only_folder_is_one_line(env, params, tmp_path):
         if mounted:
             subprocess.run(["umount", str(folder)], check=True)
         folder.chmod(0o755)
-    assert f"cannot write {folder}/trader.lock" in line and "the trader's folders must be writable" in line
+    assert line == f"error: --dir {folder} is refused: {folder} cannot be written here (its permissions, or a " \
+                   "read-only file system); accepted: a folder, or a path where one can be made, that this user can " \
+                   "write"  # before any work (it was trader.lock's refusal, once the lock was taken)
 
 
 @pytest.mark.parametrize("full", ["tmpfs", "rlimit"])
@@ -332,7 +325,7 @@ def test_a_full_disk_is_one_line(env, params, tmp_path, full):
     limit = 64 * 1024
     preexec = None
     if full == "tmpfs":
-        if not _mount_tmpfs(folder, "size=64k"):
+        if not mount_tmpfs(folder, "size=64k"):
             pytest.skip("a tmpfs needs root and mount")
     else:
         (folder / "logs").mkdir(parents=True)

@@ -63,7 +63,6 @@ def test_builtin_library_maps_keys_to_files():
         assert config.strategy(name) is strategy  # a NAME resolves too
     assert config.fixed_params("LONG")["signal_exit_after_breakeven"] is True
     assert config.fixed_params("SCALP")["signal_exit_after_breakeven"] is False
-    assert config.PARAM_GRID_LONG == config.param_grid("LONG")  # the former names still answer
 
 
 def test_scalp_goes_long_where_the_long_rule_holds():

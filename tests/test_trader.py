@@ -156,3 +156,22 @@ def test_cli_refusals(tmp_path, capsys, monkeypatch):
     assert "--mainnet" in capsys.readouterr().err
     assert run_live.main(["--paper", "--side", "long"]) == 2
     assert "--paper needs --replay" in capsys.readouterr().err
+    monkeypatch.delenv("BYBIT_ENV")
+    import gates
+
+    gates.export_prod_config(config.fixed_params("SHORT"), {}, tmp_path).rename(tmp_path / "prod_config_long.py")
+    assert run_live.main(["--side", "long"]) == 2  # a short strategy edited into the long side's file
+    assert "prod_config_long.py holds the short strategy short_only; accepted: a long strategy (SIDE = \"long\")" \
+        in capsys.readouterr().err
+
+
+def test_a_side_runs_only_a_strategy_of_its_own_direction(tmp_path):
+    """The trader never sends an entry against its side (the core's entries follow the strategy's SIDE)."""
+    from trader import Trader
+
+    with pytest.raises(ValueError, match="the long side cannot run short_only, a strategy whose entries are short; "
+                                         "accepted: a long strategy"):
+        Trader(None, "BTCUSDT", "1h", [SideConfig("long", config.fixed_params("SHORT"))], tmp_path, env="paper")
+    with pytest.raises(ValueError, match="the short side cannot run short_scalp, a strategy whose entries are both"):
+        Trader(None, "BTCUSDT", "1h", [SideConfig("short", config.fixed_params("SCALP"))], tmp_path, env="paper")
+    assert list(tmp_path.iterdir()) == []  # refused before any file is made

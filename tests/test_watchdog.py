@@ -86,12 +86,17 @@ class Clock:
         self.advance(moment.timestamp() - self())
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``condition`` every 10 ms until it holds; fail after ``timeout`` seconds."""
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0,
+               process: subprocess.Popen | None = None) -> None:
+    """Poll ``condition`` every 10 ms until it holds. ``timeout`` only bounds a hang, generously (a fake trader
+    takes a few seconds to start on a busy machine); with ``process`` (the child that must make the condition
+    true), its exit before that fails at once, with its exit code."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if process is not None and process.poll() is not None and not condition():
+            raise AssertionError(f"the process {process.pid} exited ({process.returncode}) before the condition held")
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in {timeout:g} s")
         time.sleep(0.01)
 
 
@@ -523,7 +528,7 @@ def watched_then_killed(workdir, tg, clock, processes) -> tuple[Watchdog, subpro
     """A restarting watchdog that has seen a fake trader start, and that trader killed."""
     dog = make_dog(workdir, tg, clock, restart=True)
     first = start_fake_trader(workdir, processes)
-    wait_until(lambda: started_pids(workdir) == [first.pid])
+    wait_until(lambda: started_pids(workdir) == [first.pid], process=first)
     dog.poll()
     first.kill()
     first.wait()
@@ -539,7 +544,7 @@ def test_a_restart_runs_the_watchdogs_own_command_never_the_heartbeats(workdir, 
     dog.poll()
     processes.append(dog.child.pid)
     assert dog.child.args == fake_trader_command(workdir)
-    wait_until(lambda: len(started_pids(workdir)) == 2)
+    wait_until(lambda: len(started_pids(workdir)) == 2, process=dog.child)  # the restarted trader's start event
     assert not planted.exists()
     dog.close()
 
