@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import config
@@ -71,6 +73,21 @@ def start_trader(sim, monkeypatch, workdir, sides, timeout=10.0, retry=None, fil
         feed.close = close_both
         feed.fills = fills
     return trader, feed, feed.bars
+
+
+@contextlib.contextmanager
+def read_only_folder(folder: Path) -> Iterator[Path]:
+    """``folder`` made unwritable for this user while the block runs: a read-only tmpfs for root (who writes
+    through file modes), else its mode; writable again afterwards."""
+    mounted = mount_tmpfs(folder, "size=64k,ro")
+    if not mounted:
+        folder.chmod(0o500)
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+        folder.chmod(0o700)
 
 
 def mount_tmpfs(target: Path, options: str) -> bool:

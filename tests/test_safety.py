@@ -25,7 +25,7 @@ from fake_telegram import FakeTelegram
 import run_live
 from bybit_sim import SimExchange
 from data_fetcher import load_sample
-from live_helpers import HISTORY, events, mount_tmpfs, params_file
+from live_helpers import HISTORY, events, mount_tmpfs, params_file, read_only_folder
 from telegram_outbox import event_alert
 from trader_store import Store
 from watchdog import Settings, Watchdog
@@ -302,16 +302,8 @@ def test_a_damaged_state_is_refused_until_fresh_state_moves_it_aside(env, params
 
 
 def test_a_read_only_folder_is_one_line(env, params, tmp_path):
-    folder = tmp_path / "ro"
-    mounted = mount_tmpfs(folder, "size=64k,ro")  # root writes through file modes: a read-only mount
-    if not mounted:
-        folder.chmod(0o555)
-    try:
+    with read_only_folder(tmp_path / "ro") as folder:
         line = one_error_line(run(command(folder, params), env))
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(folder)], check=True)
-        folder.chmod(0o755)
     assert line == f"error: --dir {folder} is refused: {folder} cannot be written here (its permissions, or a " \
                    "read-only file system); accepted: a folder, or a path where one can be made, that this user can " \
                    "write"  # before any work (it was trader.lock's refusal, once the lock was taken)

@@ -294,18 +294,10 @@ def test_an_unusable_prod_dir_is_refused_before_the_search(tmp_path, capsys):
 
 def test_an_out_that_cannot_be_written_is_refused(tmp_path, capsys):
     import main
-    from live_helpers import mount_tmpfs
+    from live_helpers import read_only_folder
 
-    locked = tmp_path / "locked"
-    mounted = mount_tmpfs(locked, "size=64k,ro")  # root writes through file modes: a read-only mount
-    if not mounted:
-        locked.chmod(0o500)
-    try:
+    with read_only_folder(tmp_path / "locked") as locked:
         line = refused(main.main, ["backtest", "--out", str(locked / "x")], capsys)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(locked)], check=True)
-        locked.chmod(0o700)
     assert line == f"error: --out {locked / 'x'} is refused: {locked} cannot be written here (its permissions, or " \
                    "a read-only file system); accepted: a folder, or a path where one can be made, that this user " \
                    "can write"
