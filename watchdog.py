@@ -14,16 +14,18 @@ while Telegram is unreachable. Settings are in config.py (``WATCHDOG_SETTINGS``,
 ``WATCHDOG_ALERT_LEVELS``); ``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID`` and ``TELEGRAM_API_URL``
 come from the environment or ``.env``. The token is part of every Bot API URL, so every error text
 is redacted before it is logged or raised.
+
+This module is the entry point: the monitoring pass (events, heartbeat, process, the daily summary),
+restarts, the threads and the command line; watchdog_files.py reads the trader's files and
+watchdog_commands.py answers the Telegram commands.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import logging.handlers
-import math
 import os
 import signal
 import sqlite3
@@ -43,22 +45,14 @@ from dotenv import load_dotenv
 import cli  # first: a bad config.py ends here in one line, exit 2
 import config
 from trader_lock import process_alive
-from telegram_outbox import (DEFAULT_API_URL, HOUR_MS, Alert, BotApi, Sender, Store, TelegramError,
-                             TelegramUnreachable, backoff_delay, duration, esc, event_alert, finite_or_none,
-                             log_block, num, redact, send_test_message, telegram_settings, usdt, utc_text)
+from telegram_outbox import (DEFAULT_API_URL, HOUR_MS, Alert, BotApi, Sender, Store, duration, esc, event_alert,
+                             log_block, redact, send_test_message, telegram_settings, utc_text)
+from watchdog_commands import Commands
+from watchdog_files import EventReader, last_lifecycle, log_tail, read_heartbeat
 
 logger = logging.getLogger("grtr.watchdog")
 EXIT_TELEGRAM = 1
 EXIT_USAGE = cli.EXIT_USAGE
-MAX_TRADES_LISTED = 30
-COMMANDS_HELP = (
-    "/status: positions, stops, unrealized PnL, last bar, heartbeat age\n"
-    "/trades [n]: the last n trades (default 10)\n"
-    "/pnl [days]: PnL, trades and drawdown of the last days (default 1)\n"
-    "/pause: no new entries (open positions are still managed)\n"
-    "/resume: entries again\n"
-    "/help: this list"
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,139 +90,8 @@ class Settings:
 
 
 # ----------------------------------------------------------------------------------------------
-# The event log
+# The trader's process
 # ----------------------------------------------------------------------------------------------
-class EventReader:
-    """logs/events.jsonl read from a persisted position (inode, first bytes, offset).
-
-    The trader rotates by renaming the file to ``events.jsonl.1``; when the file at the path is no
-    longer the one being read, the rest of the renamed one is read first, then the new one from 0.
-    Only complete lines are consumed. With no saved position, an existing log is read from its end
-    (earlier events are not replayed); a log that appears later is read from its start.
-    """
-
-    HEAD_BYTES = 64
-
-    def __init__(self, path: Path, position: dict[str, Any] | None) -> None:
-        self.path = path
-        self.rotated = path.with_name(path.name + ".1")
-        if position is None:
-            found = self._identity(path)
-            self.ino, self.head, self.offset = (found[0], found[2], found[1]) if found else (None, b"", 0)
-            if found:
-                logger.info("%s exists: reading from its end (%d bytes are not replayed)", path, found[1])
-        else:
-            self.ino, self.head, self.offset = position["ino"], bytes.fromhex(position["head"]), position["offset"]
-
-    def position(self) -> dict[str, Any]:
-        """What to persist to resume exactly here."""
-        return {"ino": self.ino, "head": self.head.hex(), "offset": self.offset}
-
-    def _identity(self, path: Path) -> tuple[int, int, bytes] | None:
-        """(inode, size, first bytes) of ``path``, or None when it does not exist."""
-        try:
-            with path.open("rb") as handle:
-                stat = os.fstat(handle.fileno())
-                return stat.st_ino, stat.st_size, handle.read(self.HEAD_BYTES)
-        except FileNotFoundError:
-            return None
-
-    def _same(self, found: tuple[int, int, bytes] | None) -> bool:
-        return found is not None and found[0] == self.ino and found[2].startswith(self.head)
-
-    def read(self) -> list[dict[str, Any]]:
-        """The complete events appended since the last read, in order."""
-        events: list[dict[str, Any]] = []
-        current = self._identity(self.path)
-        if self.ino is not None and not self._same(current):
-            if self._same(self._identity(self.rotated)):
-                events += self._read_from(self.rotated)
-            else:
-                logger.error("%s was replaced and its previous file is gone (rotated twice between two reads?): "
-                             "events after offset %d of the old file are lost", self.path, self.offset)
-            self.ino, self.head, self.offset = None, b"", 0
-        if current is None:
-            return events
-        if self.ino is None:
-            self.ino, self.head, self.offset = current[0], current[2], 0
-        elif current[1] < self.offset:
-            logger.warning("%s shrank below the read position: reading it again from its start", self.path)
-            self.offset = 0
-        return events + self._read_from(self.path)
-
-    def _read_from(self, path: Path) -> list[dict[str, Any]]:
-        try:
-            with path.open("rb") as handle:
-                if os.fstat(handle.fileno()).st_ino != self.ino:
-                    return []  # replaced since it was looked at: the next read follows the rotation
-                if len(self.head) < self.HEAD_BYTES:
-                    self.head = handle.read(self.HEAD_BYTES)
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        complete = data[:data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        events = []
-        for line in complete.splitlines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                logger.error("%s: unreadable line skipped: %r", path.name, line[:200])
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
-
-
-def last_lifecycle(path: Path, tail_bytes: int = 1_000_000) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The last ``start`` event of an event log and the ``stop`` that followed it (None when it has not
-    stopped), from the log's last ``tail_bytes`` and, when they hold no start, its rotated file."""
-    start: dict[str, Any] | None = None
-    stop: dict[str, Any] | None = None
-    for candidate in (path, path.with_name(path.name + ".1")):
-        try:
-            with candidate.open("rb") as handle:
-                handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
-                data = handle.read()
-        except OSError:
-            continue
-        for line in data.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a partial first line of the tail, or an unreadable one
-            if not isinstance(event, dict):
-                continue
-            if event.get("event") == "start" and isinstance(event.get("pid"), int):
-                start, stop = event, None
-            elif event.get("event") == "stop" and start is not None:
-                stop = event
-        if start is not None:
-            return start, stop
-    return None, None
-
-
-# ----------------------------------------------------------------------------------------------
-# The trader's files
-# ----------------------------------------------------------------------------------------------
-def read_heartbeat(path: Path) -> dict[str, Any] | None:
-    """heartbeat.json, or None when it is missing or unreadable."""
-    try:
-        beat = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        logger.warning("%s unreadable: %s", path, exc)
-        return None
-    if not isinstance(beat, dict) or not isinstance(beat.get("pid"), int) or not isinstance(beat.get("time_ms"), int):
-        logger.warning("%s lacks pid or time_ms", path)
-        return None
-    return beat
-
-
 def running_copy(cmdline: list[str], cwd: str | None) -> int | None:
     """The pid of a live process running exactly ``cmdline`` (in ``cwd`` when known), or None."""
     for process in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
@@ -238,97 +101,6 @@ def running_copy(cmdline: list[str], cwd: str | None) -> int | None:
             return info["pid"]
     return None
 
-
-def log_tail(path: Path, lines: int, clean: Callable[[str], str]) -> list[str]:
-    """The last ``lines`` lines of a text file (missing file: none), each cut to 200 characters and passed
-    through ``clean`` (the token's redaction)."""
-    if lines <= 0:
-        return []
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 64_000))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [clean(line[:200]) for line in text.splitlines()[-lines:]]
-
-
-def iso_ms(text: Any) -> int | None:
-    """An ISO-8601 time as epoch milliseconds (UTC when no offset is given), or None."""
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def write_control(workdir: Path, paused: bool, now_ms: int) -> None:
-    """control.json, atomically: the trader reads it at each bar."""
-    tmp = workdir / "control.json.tmp"
-    tmp.write_text(json.dumps({"paused": paused, "updated_ms": now_ms, "by": "watchdog"}))
-    os.replace(tmp, workdir / "control.json")
-
-
-def _query_read_only(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """The rows of ``sql`` on the trader's database, opened read-only; none when it does not exist yet."""
-    if not db_path.exists():
-        return []
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
-
-
-def read_trades(db_path: Path) -> list[dict[str, Any]]:
-    """The trader's trades table (read-only), oldest first."""
-    keys = ("symbol", "side", "qty", "entry_time", "exit_time", "entry_price", "exit_price", "fees", "funding", "pnl",
-            "exit_reason")
-    rows = _query_read_only(db_path, f"SELECT {', '.join(keys)} FROM trades ORDER BY id")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
-
-
-def read_equity(db_path: Path) -> list[tuple[int, float]]:
-    """The trader's equity table (read-only): (ts_ms, equity) in time order."""
-    return _query_read_only(db_path, "SELECT ts_ms, equity FROM equity ORDER BY ts_ms")
-
-
-def period_report(trades: list[dict[str, Any]], equity: list[tuple[int, float]], start_ms: int, end_ms: int
-                  ) -> list[str]:
-    """Lines on the trades closed and the equity in [start_ms, end_ms): PnL, wins, equity, drawdown.
-
-    Drawdowns are from the highest equity before ``end_ms``; the deepest one of the period counts the
-    level the period started at, so it is never shallower than the drawdown now.
-    """
-    closed = [t for t in trades if start_ms <= (iso_ms(t["exit_time"]) or -1) < end_ms]
-    by_trade: dict[tuple[Any, Any], float] = {}
-    for t in closed:  # partial take-profits are rows of the same trade
-        key = (t["side"], t["entry_time"])
-        by_trade[key] = by_trade.get(key, 0.0) + (t["pnl"] or 0.0)
-    won = sum(1 for pnl in by_trade.values() if pnl > 0)
-    lines = [f"trades: {len(by_trade)} ({won} won, {len(by_trade) - won} lost)",
-             f"PnL: {usdt(sum(t['pnl'] or 0.0 for t in closed))}, fees {usdt(sum(t['fees'] or 0.0 for t in closed))}"]
-    peak, deepest, last, in_period = -math.inf, 0.0, None, False
-    for ts, value in equity:
-        if ts >= end_ms:
-            break
-        peak = max(peak, value)
-        if ts >= start_ms and not in_period and last is not None:
-            deepest = last[2]  # the drawdown the period started at
-        in_period = in_period or ts >= start_ms
-        last = (ts, value, value / peak - 1 if peak > 0 else 0.0)
-        if in_period:
-            deepest = min(deepest, last[2])
-    if last is not None:
-        lines.append(f"equity: {usdt(last[1], signed=False)}")
-        if in_period:
-            lines.append(f"drawdown: {last[2] * 100:.2f}% now, deepest {deepest * 100:.2f}% in the period")
-        else:
-            lines.append(f"drawdown: {last[2] * 100:.2f}% (no bar closed in the period; the last at "
-                         f"{utc_text(last[0])})")
-    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +121,7 @@ class MonitorState:
     daily: str | None = None              # date of the last daily summary
 
 
-class Watchdog:
+class Watchdog(Commands):
     """Heartbeat, process and event-log checks, alerts into the outbox, restarts, and commands."""
 
     def __init__(self, workdir: Path, token: str, chat_id: str, api_url: str = DEFAULT_API_URL,
@@ -635,133 +407,6 @@ class Watchdog:
         lines = self._report(end_ms - 24 * HOUR_MS, end_ms)
         return [Alert("daily", f"📊 <b>Daily summary</b>, 24 h to {utc_text(end_ms)}\n" + "\n".join(lines))]
 
-    def _report(self, start_ms: int, end_ms: int) -> list[str]:
-        db_path = self.workdir / "state.sqlite"
-        try:
-            return [esc(line) for line in period_report(read_trades(db_path), read_equity(db_path), start_ms, end_ms)]
-        except sqlite3.Error as exc:
-            return [f"trader database unreadable: {esc(exc)}"]
-
-    # --- commands -----------------------------------------------------------------------------
-    def command(self, text: str) -> str:
-        """The HTML reply to a command from the configured chat."""
-        words = text.split()
-        name = words[0].split("@")[0].lower() if words else ""
-        args = words[1:]
-        now_ms = int(self.clock() * 1000)
-        if name == "/status":
-            return self._status(now_ms)
-        if name == "/trades":
-            count = _count_arg(args, 10, MAX_TRADES_LISTED)
-            return self._trades(count) if count else f"Usage: /trades [n], n from 1 to {MAX_TRADES_LISTED}"
-        if name == "/pnl":
-            days = _count_arg(args, 1, 3650)
-            if not days:
-                return "Usage: /pnl [days], days from 1 to 3650"
-            end_ms, clock_note = self._trader_now(now_ms)
-            return (f"<b>PnL, last {days} d</b>{clock_note}\n"
-                    + "\n".join(self._report(end_ms - days * 24 * HOUR_MS, end_ms + 1)))
-        if name in ("/pause", "/resume"):
-            paused = name == "/pause"
-            write_control(self.workdir, paused, now_ms)
-            logger.info("control.json: paused=%s", paused)
-            if paused:
-                return ("⏸ <b>Paused</b>: no new entries from the trader's next bar on; open positions are still "
-                        "managed. /resume to undo.")
-            return "▶️ <b>Resumed</b>: entries allowed again from the trader's next bar on."
-        if name in ("/help", "/start"):
-            return esc(COMMANDS_HELP)
-        return f"Unknown command {esc(name)}.\n{esc(COMMANDS_HELP)}"
-
-    def _trader_now(self, now_ms: int) -> tuple[int, str]:
-        """The trader's present: the wall clock, or for a paper replay (its bars are history) the close of
-        the last bar it booked; with a note saying which when it is not the wall clock."""
-        beat = read_heartbeat(self.workdir / "heartbeat.json")
-        if beat is None or beat.get("env") != "paper":
-            return now_ms, ""
-        curve = read_equity(self.workdir / "state.sqlite")
-        if not curve:
-            return now_ms, ""
-        return curve[-1][0], f" (paper replay: its bars to {utc_text(curve[-1][0])})"
-
-    def _status(self, now_ms: int) -> str:
-        beat = read_heartbeat(self.workdir / "heartbeat.json")
-        if beat is None:
-            return "No heartbeat.json yet: the trader has not run in this folder."
-        pid = beat["pid"]
-        alive = self._alive(pid, beat.get("started_ms") or 0)
-        lines = [f"<b>{esc(beat.get('symbol'))}</b> ({esc(beat.get('env'))}), pid {pid} "
-                 f"{'running' if alive else 'NOT RUNNING'}{', PAUSED' if beat.get('paused') else ''}",
-                 f"heartbeat {duration((now_ms - beat['time_ms']) / 1000)} ago · last bar "
-                 f"{utc_text(beat['last_bar_ts']) if isinstance(beat.get('last_bar_ts'), int) else '—'}"]
-        equity = finite_or_none(beat.get("equity"))
-        if equity is None:
-            curve = read_equity(self.workdir / "state.sqlite")
-            equity = curve[-1][1] if curve else None
-        lines.append(f"equity {usdt(equity, signed=False)}")
-        for p in beat.get("positions") or []:
-            wanted = (f" (the trader wants {num(p['wanted_stop'])}: not on the exchange, "
-                      f"{esc(p.get('stop_rejections', 0))} refused in a row)" if p.get("wanted_stop") else "")
-            lines.append(f"{esc(str(p.get('side')).upper())} {num(p.get('qty'))} @ {num(p.get('entry_price'))}, "
-                         f"stop {num(p.get('stop'))}{wanted}, TP {num(p.get('take_profit'))}, "
-                         f"mark {num(p.get('mark_price'))}, uPnL {usdt(p.get('unrealized_pnl'))}")
-        if not beat.get("positions"):
-            lines.append("no open position")
-        return "\n".join(lines)
-
-    def _trades(self, count: int) -> str:
-        try:
-            trades = read_trades(self.workdir / "state.sqlite")[-count:]
-        except sqlite3.Error as exc:
-            return f"trader database unreadable: {esc(exc)}"
-        if not trades:
-            return "No trades yet."
-        lines = [f"<b>Last {len(trades)} trades</b>"]
-        for t in trades:
-            lines.append(f"{esc(str(t['exit_time'])[:16].replace('T', ' '))} {esc(str(t['side']).upper())} "
-                         f"{num(t['qty'])} {num(t['entry_price'])}→{num(t['exit_price'])} {usdt(t['pnl'])} "
-                         f"{esc(t['exit_reason'])}")
-        return "\n".join(lines)
-
-    def poll_commands(self, timeout: int) -> float:
-        """One getUpdates long poll; commands from the configured chat are answered through the outbox,
-        every other chat is ignored and logged. Returns the seconds to wait before the next poll."""
-        params: dict[str, Any] = {"timeout": timeout, "allowed_updates": ["message"]}
-        if self.updates_offset is not None:
-            params["offset"] = self.updates_offset
-        try:
-            updates = self.commands_api.call("getUpdates", http_timeout=timeout + self.settings.request_timeout_s,
-                                             **params)
-        except (TelegramUnreachable, TelegramError) as exc:
-            self._command_failures += 1
-            retry = exc.retry_after if isinstance(exc, TelegramError) else None
-            delay = retry if retry is not None else backoff_delay(self._command_failures, self.settings.retry_base_s,
-                                                                  self.settings.retry_max_s)
-            logger.warning("getUpdates failed (%s); next try in %.1f s", exc, delay)
-            return delay
-        self._command_failures = 0
-        for update in updates or []:
-            self.updates_offset = int(update["update_id"]) + 1
-            message = update.get("message") or {}
-            chat = str((message.get("chat") or {}).get("id"))
-            text = message.get("text") or ""
-            reply = None
-            if chat != self.chat_id:
-                logger.warning("ignored a message from chat %s: only TELEGRAM_CHAT_ID may give commands", chat)
-            elif text.startswith("/"):
-                logger.info("command %r", text[:100])
-                try:
-                    reply = self.command(text)
-                except (OSError, sqlite3.Error) as exc:
-                    logger.exception("command %r failed", text[:100])
-                    reply = f"Command failed: {esc(self.redact(str(exc)))}"
-            with self.store.transaction() as db:
-                if reply is not None:
-                    Store.enqueue(db, self.chat_id, self.redact(reply), False, int(self.clock() * 1000), None)
-                Store.put(db, "updates_offset", self.updates_offset)
-            if reply is not None:
-                self.wake.set()
-        return 0.0
 
     # --- threads ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -807,15 +452,6 @@ class Watchdog:
                 stop.wait(delay)
 
 
-def _count_arg(args: list[str], default: int, high: int) -> int | None:
-    """The optional whole-number argument of a command, or None when it is not one in [1, high]."""
-    if not args:
-        return default
-    try:
-        value = int(args[0])
-    except ValueError:
-        return None
-    return value if 1 <= value <= high else None
 
 
 # ----------------------------------------------------------------------------------------------
