@@ -199,8 +199,9 @@ def drive_lockstep(trader: Trader, sim: Any, closed: queue.Queue, max_bars: int 
     played = 0
     while max_bars is None or played < max_bars:
         ack.request("POST", "/sim/ack")
-        if json.loads(ack.getresponse().read())["finished"] and closed.empty():
-            return True
+        answer = json.loads(ack.getresponse().read())
+        if answer["finished"] and answer["closed_bar"] < 0 and closed.empty():
+            return True  # no bar played by this ack (one it played is on its way to ``closed``)
         try:
             trader.on_bar_message(closed.get(timeout=10))
         except queue.Empty:
