@@ -11,6 +11,7 @@ to poll REST meanwhile (missed bar closes are caught up from there).
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import queue
@@ -26,7 +27,7 @@ logger = logging.getLogger("grtr.feed")
 MAX_BACKOFF_SECONDS = 60.0
 
 
-class _Stream:
+class _Stream(abc.ABC):
     """A pybit WebSocket that a subclass subscribes in ``_connect``, reconnected with capped backoff."""
 
     def __init__(self, clock: Callable[[], float], ws_factory: Callable[..., Any]) -> None:
@@ -37,8 +38,9 @@ class _Stream:
         self.next_attempt_at = -math.inf
         self.ws: Any = None
 
+    @abc.abstractmethod
     def _connect(self) -> None:
-        raise NotImplementedError
+        """Open ``self.ws`` and subscribe it (each stream its own topics)."""
 
     def _reconnect(self, name: str, why: str, backoff_unit: float) -> bool:
         """A new socket, subscribed again, unless the backoff says wait; True when it was replaced.

@@ -1,4 +1,4 @@
-"""Shared test fixtures: real candles from the bundled sample (no network, no ../shared)."""
+"""Shared test fixtures: real candles from the bundled sample (no network, nothing outside the checkout)."""
 
 from __future__ import annotations
 
