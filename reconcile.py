@@ -155,8 +155,9 @@ class Reconciliation:
                 self.events.emit("desync", name, detail=detail)
         self.store.set("awaiting", self.awaiting)
 
-    def reconcile(self) -> None:
-        """Compare each side with the exchange (executions, position/list, open orders) and repair.
+    def reconcile(self, rescue: bool = True) -> None:
+        """Compare each side with the exchange (executions, position/list, open orders) and repair (without
+        ``rescue``, a position the state does not know is left for a later reconcile).
 
         Run at start-up and every few seconds by the live loop. Executions not booked yet are
         booked first (a stop or liquidation fill, a close by hand), missing ones waited for; then a
@@ -177,7 +178,7 @@ class Reconciliation:
                 if side.name in busy:
                     logger.info("%s: reconcile postponed: fills of the next bar are pending", side.name)
                     continue
-                self._reconcile_side(side, position, orders, data)
+                self._reconcile_side(side, position, orders, data, rescue)
                 self.store.save_state(side.name, side.state, int(time.time() * 1000))
             for idx, position in positions.items():
                 logger.error("position %s of %s on positionIdx %d is not managed by any side", position.side,
@@ -186,7 +187,7 @@ class Reconciliation:
                                                          f"on positionIdx {idx}")
 
     def _reconcile_side(self, side: Side, position: PositionInfo | None, orders: list[Any],
-                        data: backtester.MarketData) -> None:
+                        data: backtester.MarketData, rescue: bool = True) -> None:
         state, tick = side.state, self.instrument["tick_size"]
         if position is not None and position.direction != side.direction:
             self.events.emit("desync", side.name, detail=f"a {position.side} position of {position.size:g} "
@@ -198,6 +199,10 @@ class Reconciliation:
                 self._ensure_stop(side, position.stop_loss, tick)
             return
         if not state[core.S_DIR] and position is not None:
+            if not rescue:
+                logger.info("%s: a position of %g not in the state is left for now: a bar close awaits its "
+                            "fills (it may be that bar's own entry)", side.name, position.size)
+                return
             opened = self.exchange.position_open_time(position)
             if opened is None:
                 opened = self.exchange.server_time_ms()

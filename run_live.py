@@ -524,6 +524,7 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
     clock = time.monotonic
     next_reconcile = clock() + settings.reconcile_seconds
     next_beat = 0.0
+    price = None
     while not stopping:
         try:
             try:
@@ -539,14 +540,14 @@ def live_loop(trader: Trader, feed: MarketFeed, fills: FillFeed, settings: argpa
             if price is not None:
                 trader.tick_guard(price, clock(), settings.tick_grace_seconds)
             if clock() >= next_reconcile:
-                trader.catch_up()  # a bar rolled back since is handled again first
-                trader.reconcile()
                 next_reconcile = clock() + settings.reconcile_seconds
+                trader.catch_up_and_reconcile()
+        except ExchangeUnavailable as exc:
+            trader.report_error(exc)
+        finally:  # also while a bar stays rolled back: the watchdog must not take a waiting trader for dead
             if clock() >= next_beat:
                 trader.write_heartbeat(price if price is not None else float("nan"), float("nan"))
                 next_beat = clock() + 5.0
-        except ExchangeUnavailable as exc:
-            trader.report_error(exc)
 
 
 def export_trades(args: argparse.Namespace) -> int:

@@ -54,7 +54,7 @@ POSITION_GONE = 110017  # docs: v5/error.mdx: a reduce-only order finds no posit
 NO_MARGIN = "not enough available margin on the exchange"  # entry_skipped's reasons (repeats merge on them)
 STOP_CROSSED = "the market is already beyond its stop"
 ACTIONS = {core.A_OPEN: "entry", core.A_ADD: "add"}
-BASE_PRICE = re.compile(r"base_price:([0-9.]+(?:[eE][-+]?[0-9]+)?)")
+WRONG_SIDE = re.compile(r"set for (Buy|Sell) position should (lower|greater) base_price", re.IGNORECASE)
 
 
 @dataclass
@@ -125,13 +125,13 @@ class _RedactFilter(logging.Filter):
         return True
 
 
-def refused_at(message: str) -> tuple[float, float] | None:
-    """The price a wrong-side stop was refused against, from Bybit's 10001 message ("StopLoss:9025 set for Buy
-    position should lower base_price:9020??LastPrice", e.g. ccxt/ccxt#19089), as a (last, mark) pair; None when
-    the message does not say (the docs give no format: v5/error.mdx). The price at the refusal, not one read
-    later, tells whether the market had passed the stop: it may have come back since."""
-    found = BASE_PRICE.search(message)
-    return (float(found.group(1)),) * 2 if found else None
+def refused_as_passed(message: str) -> bool:
+    """Whether a refusal says the stop was on the wrong side of the price it triggers by, at the refusal:
+    Bybit's 10001 "StopLoss:9025 set for Buy position should lower base_price:9020??LastPrice" (its figures
+    are sometimes scaled integers, "sl:257970000 ... base_price:259477000": only the wording is read; e.g.
+    ccxt/ccxt#19089; the docs give no format: v5/error.mdx). The refusal, not a price read later, tells that
+    the market had passed the stop: it may have come back since."""
+    return WRONG_SIDE.search(message) is not None
 
 
 def fmt(value: float, step: float) -> str:
@@ -154,6 +154,7 @@ class Side:
     resync: bool = False
     crossed_at: float | None = None  # when the tick guard first saw the stop crossed
     stop_rejections: int = 0
+    stop_passed: bool = False  # the last stop sent was refused because the market had passed it
 
     @property
     def name(self) -> str:
@@ -265,12 +266,22 @@ class Trader(Bookkeeping, Reconciliation):
             self.events.emit("security_warning", None, detail=warning)
         self.recovering = True
         try:
-            self.catch_up()
-            self.reconcile()
-        except FillsPending as exc:  # a side awaits an execution: the live loop handles the bar again, as it
-            self.report_error(exc)   # does any rolled-back bar; exiting would only restart into the same wait
+            self.catch_up_and_reconcile()
         finally:
             self.recovering = False
+
+    def catch_up_and_reconcile(self) -> None:
+        """The bars missed, then reconcile. A bar rolled back because its fills stay invisible (FillsPending: a
+        side awaits an execution) is reported and handled again later, and reconcile runs all the same (every
+        position keeps a stop, the awaiting state is saved) but rescues nothing: a position the state does not
+        know may be that bar's own entry, still unbooked. Exiting would only restart into the same wait."""
+        try:
+            self.catch_up()
+        except FillsPending as exc:
+            self.report_error(exc)
+            self.reconcile(rescue=False)
+        else:
+            self.reconcile()
 
     def _download(self, days: int | None = None, start_ms: int | None = None) -> pd.DataFrame:
         start = pd.Timestamp(start_ms, unit="ms", tz="UTC") if start_ms is not None else None
@@ -551,9 +562,10 @@ class Trader(Bookkeeping, Reconciliation):
                              kind=kind, exchange_stop=side.exchange_stop)
         elif state[core.S_DIR]:
             price = self._trigger_price()
-            if core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price,
-                                    price) == core.EXIT_STOP:
-                # The market already opened beyond the new stop: the stop is crossed, as a gapped-through
+            crossed = core.protective_exit(state[core.S_STOP], state[core.S_LIQ], state[core.S_DIR], price, price)
+            if crossed == core.EXIT_STOP or (side.stop_passed and crossed != core.EXIT_LIQUIDATION):
+                # The market already opened beyond the new stop (the refusal said so, or the price is): the
+                # stop is crossed, as a gapped-through
                 # stop in the backtest, so the position is closed at market now (reduce-only). Beyond the
                 # liquidation price too, the exchange liquidates it (the backtest's rule): nothing to send.
                 self._close(side, f"{side.name}-{bar_ts}-close{int(state[core.S_STOP_KIND])}", data)
@@ -650,6 +662,7 @@ class Trader(Bookkeeping, Reconciliation):
             logger.info("dry run: would move the %s stop to %s", side.name, state[core.S_STOP])
             return False
         stop = fmt(state[core.S_STOP], self.instrument["tick_size"])
+        side.stop_passed = False
         try:
             self.exchange.move_stop(side.config.position_idx, stop, config.STOP_TRIGGER_BY)
         except ExchangeRefused as exc:
@@ -658,7 +671,9 @@ class Trader(Bookkeeping, Reconciliation):
                 logger.info("%s %s not set: the position is gone on the exchange (a fill the trader books at the "
                             "next close)", side.name, action)
                 return False
-            if self._beyond_market(state[core.S_STOP], state[core.S_DIR], refused_at(exc.message)):
+            side.stop_passed = refused_as_passed(exc.message) or self._beyond_market(state[core.S_STOP],
+                                                                                     state[core.S_DIR])
+            if side.stop_passed:
                 logger.info("%s %s to %s not set: the market has passed it", side.name, action, stop)
                 return False  # the caller closes at market, as the backtest fills a stop the open has crossed
             self._note_rejections(side, side.stop_rejections + 1)

@@ -111,6 +111,11 @@ class Bookkeeping:
             with self.store.transaction():
                 self._book(side, fill, data)
                 self.store.record_execution(fill.exec_id, side.name if side else "", fill.raw, fill.time_ms)
+                if side and fill.link_id.startswith(f"{side.name}-") and self.store.order(fill.link_id) is None:
+                    # the trader's own order, its record lost with a bar rolled back after it was sent (a kill,
+                    # a refusal that changed the bar's course): known from its fill, never sent again
+                    self.store.record_order(fill.link_id, side.name, "recovered", {}, "filled", fill.order_id,
+                                            fill.time_ms)
                 if side:
                     self.store.save_state(side.name, side.state, fill.time_ms)
                 self.store.set("exec_since_ms", max(fill.time_ms, self.store.get("exec_since_ms", 0)))
