@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import config  # noqa: E402
 import holdout  # noqa: E402
 import optimizer  # noqa: E402
+import pipeline  # noqa: E402
 import progress  # noqa: E402
 from data_fetcher import load_candles  # noqa: E402
 
@@ -45,12 +45,10 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def space(strategy: str, timeframe: str | None, symbol: str) -> tuple[dict, dict]:
-    """The strategy's fixed params and grid; ``timeframe`` replaces both's timeframe (as main.py's flag)."""
-    params, grid = {**config.fixed_params(strategy), "symbol": symbol}, dict(config.param_grid(strategy))
-    if timeframe:
-        params["timeframe"], grid["timeframe"] = timeframe, [timeframe]
-    return params, grid
+def space(strategy: str, timeframe: str | None, symbol: str, source: str) -> tuple[dict, dict]:
+    """The strategy's fixed params and grid as the pipeline builds them (``timeframe``: its --timeframe)."""
+    spec = pipeline.RunSpec(strategy=strategy, source=source, symbol=symbol, out=Path("."), timeframe=timeframe)
+    return pipeline.base_params(spec), pipeline.search_grid(spec)
 
 
 def one_run(data: optimizer.Datasets, space_: tuple[dict, dict], method: str, workers: int, seed: int,
@@ -90,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     progress.announce_compiles()
     data = optimizer.Datasets(lambda tf: load_candles(args.source, "BTCUSDT", tf), "BTCUSDT")
-    space_ = space(args.strategy, args.timeframe, "BTCUSDT")
+    space_ = space(args.strategy, args.timeframe, "BTCUSDT", args.source)
     info = data.describe(space_[0]["timeframe"])
     say(f"data: in-sample {info['in_sample_start'][:10]} .. {info['in_sample_end'][:10]}, hold-out "
         f"{info.get('holdout_start', '')[:10]} .. {info.get('holdout_end', '')[:10]}")

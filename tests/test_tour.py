@@ -43,5 +43,5 @@ def test_the_tour_runs_end_to_end_on_the_sample_offline():
 
 def test_the_readme_names_no_path_a_clone_lacks():
     text = (ROOT / "README.md").read_text()
-    for absent in ("../shared", "/work/", "path/to/", "data.csv", "my_params.json", "my_long.json"):
+    for absent in (str(Path("..") / "shared"), "/work/", "path/to/", "data.csv", "my_params.json", "my_long.json"):
         assert absent not in text, f"the README points at {absent!r}, which a clone does not have"
